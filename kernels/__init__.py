@@ -1,0 +1,1 @@
+"""Kernels of gain-curate, installed as `gain_curate.kernels` (never as top-level `kernels`)."""
