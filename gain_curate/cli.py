@@ -1,0 +1,244 @@
+"""Command line: parse, call, print. No logic lives here.
+
+gain-curate score --model Qwen/Qwen2.5-7B-Instruct --data gsm8k --out runs/gsm8k
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gain_curate import __version__
+from gain_curate.errors import GainCurateError
+
+
+def _fail(e: GainCurateError) -> click.ClickException:
+    return click.ClickException(str(e))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gain-curate")
+def main() -> None:
+    """Rank RL prompts by GAIN-RL angle concentration, before you train.
+
+    \b
+    Example:
+      gain-curate score --model Qwen/Qwen2.5-7B-Instruct --data gsm8k --out runs/gsm8k
+      # verl: data.train_files=runs/gsm8k/data/*.parquet data.shuffle=False
+    """
+
+
+@main.command()
+@click.option(
+    "--model",
+    "model",
+    default="smollm2",
+    show_default=True,
+    help="Hub id, short name (Qwen2.5-7B), local folder, or `smollm2` (embedded, offline).",
+)
+@click.option(
+    "--data",
+    "data",
+    default="champ",
+    show_default=True,
+    help="Preset (gsm8k, math, champ), hub dataset id, or a .jsonl/.json/.parquet/.csv file or save_to_disk folder.",
+)
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option(
+    "--question-key", help="Question column (dotted for nested fields). Default: detected."
+)
+@click.option("--answer-key", help="Answer column (dotted for nested fields). Default: detected.")
+@click.option(
+    "--split",
+    default="train",
+    show_default=True,
+    help="Split for hub datasets and save_to_disk folders.",
+)
+@click.option(
+    "--system-prompt",
+    help="System prompt of the scoring conversation. Default: an R1-style reasoning prompt.",
+)
+@click.option(
+    "--system-prompt-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the system prompt from a file.",
+)
+@click.option("--no-system-prompt", is_flag=True, help="Score without a system prompt.")
+@click.option(
+    "--few-shot",
+    default="gainrl",
+    show_default=True,
+    help="gainrl (one worked example), none, or a JSON file.",
+)
+@click.option(
+    "--instruction", help="Text appended after the question, outside the question segment."
+)
+@click.option(
+    "--layer",
+    type=int,
+    help="Decoder layer whose MLP input is used (negative counts from the end). Default: last.",
+)
+@click.option(
+    "--inter-weight",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="w in score = C_intra + w C_inter (8 reproduces the reference code).",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Longer scoring conversations are not scored (null scores, reason too_long).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option(
+    "--token-budget",
+    type=click.IntRange(min=1),
+    help="Tokens per forward batch. Default: 32768 on GPU, 4096 on CPU.",
+)
+@click.option("--rows-per-shard", type=click.IntRange(min=1), default=50_000, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N rows.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+def score(**kw: Any) -> None:
+    """Score every prompt, rank, and write verl-ready Parquet shards plus a manifest.
+
+    \b
+    Example:
+      gain-curate score --model Qwen2.5-7B-Instruct --data gsm8k --out runs/gsm8k
+    """
+    from gain_curate.score import ScoreConfig, run_score
+    from gain_curate.template import DEFAULT_SYSTEM_PROMPT, ScoringTemplate, load_few_shot
+
+    try:
+        system = DEFAULT_SYSTEM_PROMPT
+        if kw["system_prompt_file"] is not None:
+            system = kw["system_prompt_file"].read_text(encoding="utf-8").strip()
+        if kw["system_prompt"] is not None:
+            system = kw["system_prompt"]
+        few_shot_name, few_shot = load_few_shot(kw["few_shot"])
+        template = ScoringTemplate(
+            system_prompt=None if kw["no_system_prompt"] else system,
+            few_shot=few_shot,
+            instruction=kw["instruction"],
+            few_shot_name=few_shot_name,
+        )
+        cfg = ScoreConfig(
+            data=kw["data"], model=kw["model"], out=kw["out"], template=template,
+            question_key=kw["question_key"], answer_key=kw["answer_key"], split=kw["split"],
+            limit=kw["limit"], layer=kw["layer"], inter_weight=kw["inter_weight"],
+            max_tokens=kw["max_tokens"], dtype=kw["dtype"], device=kw["device"],
+            token_budget=kw["token_budget"], rows_per_shard=kw["rows_per_shard"], overwrite=kw["overwrite"],
+        )  # fmt: skip
+        with _progress(quiet=kw["as_json"]) as hooks:
+            result = run_score(cfg, hooks)
+    except GainCurateError as e:
+        raise _fail(e) from None
+    if kw["as_json"]:
+        click.echo(json.dumps(_summary_json(result), indent=2))
+    else:
+        _print_summary(result)
+
+
+def _summary_json(result: Any) -> dict[str, Any]:
+    m = result.manifest
+    return {
+        "out": str(result.out),
+        "manifest": str(result.out / "gain_manifest.json"),
+        "shards": [str(result.out / s["path"]) for s in m["shards"]],
+        "counts": m["counts"],
+        "seconds": m["seconds"],
+        "spearman_score_vs_question_tokens": m["stats"]["spearman_score_vs_question_tokens"],
+        "config_hash": m["config_hash"],
+    }
+
+
+class _progress:
+    """Rich progress bar with prompts/s and tokens/s, wired to score's Hooks."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __enter__(self) -> Any:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        from gain_curate.score import Hooks
+
+        self.console = Console(stderr=True, quiet=self.quiet)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=self.console, transient=False,
+        )  # fmt: skip
+        self.task = None
+        self.tokens = 0
+        self.t0 = 0.0
+
+        def start(prompts: int, tokens: int) -> None:
+            self.progress.start()
+            self.t0 = time.perf_counter()
+            self.task = self.progress.add_task("scoring", total=prompts, rate="")
+
+        def batch(prompts: int, tokens: int) -> None:
+            self.tokens += tokens
+            done = self.progress.tasks[0].completed + prompts
+            dt = max(time.perf_counter() - self.t0, 1e-9)
+            self.progress.update(
+                self.task,
+                advance=prompts,
+                rate=f"{done / dt:,.1f} prompts/s  {self.tokens / dt:,.0f} tok/s",
+            )
+
+        return Hooks(
+            status=lambda msg: self.console.print(
+                f"[dim]{msg}[/dim]", soft_wrap=True, highlight=False
+            ),
+            start=start,
+            batch=batch,
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+
+def _print_summary(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = result.manifest
+    t = Table(title="gain-curate score", show_header=False)
+    t.add_row("rows", f"{m['counts']['rows']:,}")
+    t.add_row("scored", f"{m['counts']['scored']:,}")
+    for reason, k in m["counts"]["unscored"].items():
+        t.add_row(f"unscored: {reason}", f"{k:,}")
+    rho = m["stats"]["spearman_score_vs_question_tokens"]
+    t.add_row("spearman(score, question tokens)", "n/a" if rho is None else f"{rho:+.3f}")
+    t.add_row("time", f"{result.seconds:.1f} s")
+    t.add_row("shards", f"{result.out / 'data'} ({len(m['shards'])} file(s))")
+    t.add_row("manifest", str(result.out / "gain_manifest.json"))
+    Console().print(t)
+    click.echo(f"ranked shards: {result.out / 'data'}")
+    click.echo("verl: " + " ".join(m["trainer_flags"]["verl"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

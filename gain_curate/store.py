@@ -1,0 +1,253 @@
+"""Everything that touches disk: the ranked Parquet shards and the manifest (DESIGN.md 4).
+
+    OUT/
+      gain_manifest.json                  written last, atomically (tmp + rename)
+      data/train-00000-of-0000N.parquet   rows sorted by gain_rank, one Arrow schema for all
+      .gain-curate/                       staging and work parts (hidden from loaders)
+
+Columns are verl's RL schema (data_source, prompt, ability, reward_model, extra_info) so
+`data.train_files` can point at the shards, then the input's other columns, then the
+gain_* columns. One explicit schema is built for the whole run and every shard is a slice
+of one table, so the shards always concatenate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gain_curate.errors import OutputError
+
+MANIFEST = "gain_manifest.json"
+WORK_DIR = ".gain-curate"
+VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
+# Names verl's RLHFDataset / DataProto use for itself: an input column with one of these
+# names moves into extra_info as input_<name> instead of shadowing it at top level.
+VERL_RESERVED = frozenset(
+    {"index", "uid", "raw_prompt", "raw_prompt_ids", "full_prompts", "multi_modal_data",
+     "multi_modal_inputs", "input_ids", "attention_mask", "position_ids", "tools_kwargs",
+     "interaction_kwargs", "dummy_tensor"}
+)  # fmt: skip
+PROMPT_TYPE = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))
+REWARD_TYPE = pa.struct([("ground_truth", pa.string()), ("style", pa.string())])
+GAIN_FIELDS = [
+    pa.field("gain_uid", pa.string(), nullable=False),
+    pa.field("gain_rank", pa.int64(), nullable=False),
+    pa.field("gain_score", pa.float64()),
+    pa.field("gain_c_intra", pa.float64()),
+    pa.field("gain_c_inter", pa.float64()),
+    pa.field("gain_tokens_prefix", pa.int32()),
+    pa.field("gain_tokens_question", pa.int32()),
+    pa.field("gain_unscored_reason", pa.string()),
+]
+
+
+@dataclass
+class RankedRows:
+    """Per input row, in INPUT order; `order[r]` is the input row at rank r."""
+
+    uids: list[str]
+    questions: list[str | None]
+    answers: list[str | None]
+    score: np.ndarray  # float64, NaN where unscored
+    c_intra: np.ndarray
+    c_inter: np.ndarray
+    tokens_prefix: np.ndarray  # int64, -1 where never tokenized
+    tokens_question: np.ndarray
+    reasons: list[str | None]
+    order: np.ndarray  # int64 permutation
+
+
+def rank_order(score: np.ndarray, uids: list[str]) -> np.ndarray:
+    """Highest score first, ties by gain_uid; unscored (NaN) rows last, in input order."""
+    scored = [i for i in range(len(uids)) if np.isfinite(score[i])]
+    scored.sort(key=lambda i: (-score[i], uids[i]))
+    unscored = [i for i in range(len(uids)) if not np.isfinite(score[i])]
+    return np.asarray(scored + unscored, dtype=np.int64)
+
+
+def check_output_dir(out: Path, *, overwrite: bool) -> None:
+    """Refuse before any work: OUT a file, or OUT already holding a run without --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path {out} is a file, not a folder: choose another --out")
+    if (out / MANIFEST).exists() and not overwrite:
+        raise OutputError(
+            f"{out} already holds a scored run ({MANIFEST}): pass --overwrite or choose another --out"
+        )
+
+
+def build_table(
+    table: pa.Table,
+    rows: RankedRows,
+    *,
+    question_key: str,
+    answer_key: str | None,
+    data_source: str,
+    split: str,
+    trainer_prompts: list[str],
+) -> pa.Table:
+    """Input table + scores -> the output table in rank order, with its explicit schema."""
+    order = pa.array(rows.order)
+    n = len(rows.uids)
+    rank_of = np.empty(n, dtype=np.int64)
+    rank_of[rows.order] = np.arange(n)
+    taken = table.take(order)
+    names = set(table.column_names)
+
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {}
+    cols["data_source"] = (
+        taken["data_source"] if "data_source" in names else pa.array([data_source] * n, pa.string())
+    )
+    if "prompt" in names and _is_chat(table.schema.field("prompt").type):
+        cols["prompt"] = taken["prompt"]
+    else:
+        msgs = [[{"content": trainer_prompts[i], "role": "user"}] for i in rows.order]
+        cols["prompt"] = pa.array(msgs, PROMPT_TYPE)
+    cols["ability"] = (
+        taken["ability"] if "ability" in names else pa.array(["math"] * n, pa.string())
+    )
+    if "reward_model" in names:
+        cols["reward_model"] = taken["reward_model"]
+    else:
+        gts = [{"ground_truth": rows.answers[i], "style": "rule"} for i in rows.order]
+        cols["reward_model"] = pa.array(gts, REWARD_TYPE)
+
+    # extra_info: the input's own fields, the consumed question/answer columns, reserved
+    # top-level names, then index (the input row), split, gain_uid and gain_rank.
+    extra: dict[str, pa.Array | pa.ChunkedArray] = {}
+    if "extra_info" in names and pa.types.is_struct(table.schema.field("extra_info").type):
+        ei = taken["extra_info"].combine_chunks()
+        for k in range(ei.type.num_fields):
+            extra[ei.type.field(k).name] = ei.field(k)
+    top = question_key.split(".")[0]
+    consumed = {top} if top not in VERL_COLUMNS else set()
+    if answer_key and answer_key.split(".")[0] not in VERL_COLUMNS:
+        consumed.add(answer_key.split(".")[0])
+    for name in table.column_names:
+        if name in consumed:
+            extra.setdefault("question" if name == top else "answer", taken[name])
+        elif name in VERL_RESERVED:
+            extra[f"input_{name}"] = taken[name]
+    extra["index"] = pa.array(rows.order, pa.int64())
+    extra.setdefault("split", pa.array([split] * n, pa.string()))
+    extra["gain_uid"] = pa.array([rows.uids[i] for i in rows.order], pa.string())
+    extra["gain_rank"] = pa.array(np.arange(n), pa.int64())
+    cols["extra_info"] = pa.StructArray.from_arrays(
+        [_combine(a) for a in extra.values()], names=list(extra)
+    )
+    for name in table.column_names:
+        if name not in VERL_COLUMNS and name not in consumed and name not in VERL_RESERVED:
+            cols[name] = taken[name]
+
+    def f(values: np.ndarray) -> pa.Array:
+        return pa.array(values[rows.order], pa.float64(), mask=~np.isfinite(values[rows.order]))
+
+    def tokens(values: np.ndarray) -> pa.Array:
+        return pa.array(values[rows.order], pa.int32(), mask=values[rows.order] < 0)
+
+    gain = [
+        pa.array([rows.uids[i] for i in rows.order], pa.string()),
+        pa.array(np.arange(n), pa.int64()),
+        f(rows.score),
+        f(rows.c_intra),
+        f(rows.c_inter),
+        tokens(rows.tokens_prefix),
+        tokens(rows.tokens_question),
+        pa.array([rows.reasons[i] for i in rows.order], pa.string()),
+    ]
+    fields = [pa.field(k, v.type) for k, v in cols.items()] + GAIN_FIELDS
+    schema = pa.schema(fields)  # explicit; the input's HF metadata is dropped on purpose
+    return pa.Table.from_arrays([_combine(v) for v in cols.values()] + gain, schema=schema)
+
+
+def _is_chat(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) and pa.types.is_struct(t.value_type)
+
+
+def _combine(a: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+
+
+def shard_name(i: int, n: int) -> str:
+    return f"train-{i:05d}-of-{n:05d}.parquet"
+
+
+def write_shards(table: pa.Table, out: Path, *, rows_per_shard: int) -> list[dict[str, Any]]:
+    """Write the ranked table as shards under OUT/data, all at once or not at all.
+
+    Shards are staged in OUT/.gain-curate/staging and the folder is renamed into place, so
+    a crash leaves either the old data folder or the new one, never a mix.
+    """
+    n_shards = max(1, -(-table.num_rows // rows_per_shard))
+    staging = out / WORK_DIR / "staging"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        shards = []
+        for i in range(n_shards):
+            part = table.slice(i * rows_per_shard, rows_per_shard)
+            path = staging / shard_name(i, n_shards)
+            pq.write_table(part, path, compression="zstd")
+            first = i * rows_per_shard
+            shards.append(
+                {
+                    "path": f"data/{path.name}",
+                    "rows": part.num_rows,
+                    "sha256": file_sha256(path),
+                    "rank_range": [first, first + part.num_rows - 1],
+                }
+            )
+        data = out / "data"
+        if data.exists():
+            shutil.rmtree(data)
+        staging.rename(data)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(
+            f"cannot write shards under {out}: {e.strerror or e} (check free space and permissions)"
+        ) from None
+    return shards
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
+    """Atomic: the manifest appears whole, after the shards it describes, or not at all."""
+    path = out / MANIFEST
+    tmp = out / WORK_DIR / (MANIFEST + ".tmp")
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
+def remove_previous_run(out: Path) -> None:
+    """--overwrite: drop the old manifest first, so no reader sees it beside new shards."""
+    (out / MANIFEST).unlink(missing_ok=True)
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    path = out / MANIFEST
+    if not path.is_file():
+        raise OutputError(
+            f"{out} holds no scored run ({MANIFEST} missing): run `gain-curate score --out {out}` first"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

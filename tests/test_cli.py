@@ -1,0 +1,115 @@
+"""The CLI through click's CliRunner: a real run, --json, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gain_curate.cli import main
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "d.jsonl"
+    rows = [
+        {
+            "question": f"If a train goes {i} miles an hour for 3 hours, how far does it go?",
+            "answer": f"#### {3 * i}",
+        }
+        for i in range(1, 7)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_help_is_instant_and_lists_commands() -> None:
+    code, out = run("--help")
+    assert code == 0 and "score" in out and "Example" in out
+
+
+def test_score_json_summary(tiny_qwen2_dir: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, text = run("score", "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(out),
+                     "--system-prompt", "You are a careful math tutor.", "--few-shot", "none", "--json")  # fmt: skip
+    assert code == 0, text
+    summary = json.loads(text)
+    assert summary["counts"]["scored"] == 6
+    assert Path(summary["shards"][0]).is_file()
+    manifest = json.loads((out / "gain_manifest.json").read_text())
+    assert manifest["signal"]["template"]["system_prompt"] == "You are a careful math tutor."
+    assert manifest["signal"]["template"]["few_shot"] == []
+
+
+def test_score_prints_where_the_shards_are(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path
+) -> None:
+    code, text = run(
+        "score", "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(tmp_path / "o")
+    )
+    assert code == 0, text
+    assert f"ranked shards: {tmp_path / 'o' / 'data'}" in text
+    assert "data.train_files=" in text
+
+
+def test_existing_run_needs_overwrite(tiny_qwen2_dir: Path, data: Path, tmp_path: Path) -> None:
+    args = [
+        "score",
+        "--model",
+        str(tiny_qwen2_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert run(*args)[0] == 0
+    code, text = run(*args)
+    assert code != 0 and "--overwrite" in text
+    assert run(*args, "--overwrite")[0] == 0
+
+
+def _bad_inputs(tmp_path: Path, data: Path, model: Path) -> list[tuple[list[str], str]]:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    few = tmp_path / "few.json"
+    few.write_text("{not json")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    m, d = str(model), str(data)
+    return [
+        (["--model", m, "--data", str(tmp_path / "missing.jsonl")], "file not found"),
+        (["--model", m, "--data", "nosuchpreset"], "no such file or preset: nosuchpreset"),
+        (["--model", m, "--data", d, "--question-key", "nope"], "'nope'"),
+        (["--model", m, "--data", d, "--answer-key", "nope"], "columns: question, answer"),
+        (["--model", m, "--data", str(empty)], "has no rows"),
+        (["--model", str(tmp_path / "no_model"), "--data", d], "model folder not found"),
+        (["--model", m, "--data", d, "--few-shot", str(few)], "not valid JSON"),
+        (["--model", m, "--data", d, "--layer", "99"], "out of range"),
+        (["--model", m, "--data", d, "--out", str(a_file)], "is a file"),
+    ]
+
+
+def test_bad_input_gets_one_line_and_no_output(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path
+) -> None:
+    for args, expected in _bad_inputs(tmp_path, data, tiny_qwen2_dir):
+        out = tmp_path / "out"
+        full = ["score", "--out", str(out), *args] if "--out" not in args else ["score", *args]
+        code, text = run(*full)
+        assert code != 0, (args, text)
+        assert expected in text, (args, text)
+        lines = [
+            line
+            for line in text.splitlines()
+            if line.strip() and not line.startswith(("reading", "loading", "tokenizing"))
+        ]
+        assert len(lines) == 1 and lines[0].startswith("Error: "), (args, text)
+        assert "Traceback" not in text
+        assert not (out / "gain_manifest.json").exists() and not (out / "data").exists(), args

@@ -1,0 +1,267 @@
+"""`score` end to end: exact against a dense cosine matrix on a real model, outputs as specified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from gain_curate.angles import naive_angle_concentration
+from gain_curate.score import ScoreConfig, run_score
+from gain_curate.template import ScoringTemplate
+
+QUESTIONS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
+    "What is 7 times 8?",
+    "Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. Her parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents. How much more money does Betty need to buy the wallet?",
+    "  Leading and trailing spaces are part of this question.  ",
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def read_run(out: Path) -> tuple[pa.Table, dict]:
+    manifest = json.loads((out / "gain_manifest.json").read_text())
+    tables = [pq.read_table(out / s["path"]) for s in manifest["shards"]]
+    return pa.concat_tables(tables), manifest
+
+
+def dense_reference(
+    model_dir: Path, template: ScoringTemplate, question: str
+) -> tuple[float, float]:
+    """The paper's metric the slow, obvious way: full causal LM with logits, a hook on the
+    last layer's MLP input, the n x n cosine matrix of the WHOLE rendered prompt."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    text = tok.apply_chat_template(
+        template.messages(question), tokenize=False, add_generation_prompt=True
+    )
+    start = text.rindex(question)
+    end = start + len(question)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
+    offsets = enc["offset_mapping"][0].tolist()
+    in_q = [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+    grabbed = []
+    handle = model.model.layers[-1].mlp.register_forward_pre_hook(lambda m, a: grabbed.append(a[0]))
+    with torch.no_grad():
+        model(input_ids=enc["input_ids"])
+    handle.remove()
+    h = grabbed[0][0]
+    return naive_angle_concentration(h[in_q[0] : in_q[-1] + 1], h[: in_q[0]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "template",
+    [
+        ScoringTemplate(),
+        ScoringTemplate(
+            system_prompt="You are a careful math tutor.",
+            few_shot=(),
+            instruction="Answer with a number.",
+        ),
+    ],
+    ids=["default", "tutor-instruction"],
+)
+def test_scores_equal_dense_cosine_matrix_on_real_model(
+    smollm2_dir: Path, tmp_path: Path, template: ScoringTemplate
+) -> None:
+    data = write_jsonl(
+        tmp_path / "q.jsonl", [{"question": q, "answer": str(i)} for i, q in enumerate(QUESTIONS)]
+    )
+    cfg = ScoreConfig(
+        data=str(data),
+        model=str(smollm2_dir),
+        out=tmp_path / "out",
+        template=template,
+        dtype="float32",
+        device="cpu",
+        token_budget=256,
+    )
+    run_score(cfg)
+    table, _ = read_run(tmp_path / "out")
+    rows = {r["extra_info"]["index"]: r for r in table.to_pylist()}
+    for i, q in enumerate(QUESTIONS):
+        intra, inter = dense_reference(smollm2_dir, template, q)
+        assert rows[i]["gain_c_intra"] == pytest.approx(intra, abs=1e-4), q
+        assert rows[i]["gain_c_inter"] == pytest.approx(inter, abs=1e-4), q
+        assert rows[i]["gain_score"] == pytest.approx(intra + inter, abs=2e-4)
+
+
+def test_run_writes_ranked_verl_shards_and_manifest(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    qs = [f"Question number {i}: how many apples are in {i} baskets of {i + 2}?" for i in range(9)]
+    rows = [{"question": q, "answer": f"#### {i}", "difficulty": i % 3} for i, q in enumerate(qs)]
+    rows.append({"question": "   ", "answer": "#### 0", "difficulty": 0})  # unscorable
+    rows.append({"question": qs[2], "answer": "#### 2", "difficulty": 2})  # duplicate of row 2
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "out"
+    run_score(
+        ScoreConfig(
+            data=str(data), model=str(tiny_qwen2_dir), out=out, rows_per_shard=4, device="cpu"
+        )
+    )
+    table, m = read_run(out)
+    assert len(m["shards"]) == 3 and [s["rows"] for s in m["shards"]] == [4, 4, 3]
+    schemas = {pq.read_schema(out / s["path"]) for s in m["shards"]}
+    assert len(schemas) == 1  # one explicit schema: the shards concatenate
+    assert table.column_names[:5] == [
+        "data_source",
+        "prompt",
+        "ability",
+        "reward_model",
+        "extra_info",
+    ]
+    assert "index" not in table.column_names and "uid" not in table.column_names
+    assert table["gain_rank"].to_pylist() == list(range(11))
+    scores = table["gain_score"].to_pylist()
+    scored = [s for s in scores if s is not None]
+    assert scored == sorted(scored, reverse=True) and len(scored) == 9
+    assert scores[-2:] == [None, None]  # unscored rank last
+    assert sorted(table["gain_unscored_reason"].to_pylist()[-2:]) == ["duplicate", "empty_question"]
+    assert sorted(r["index"] for r in table["extra_info"].to_pylist()) == list(range(11))
+    ei = table["extra_info"].to_pylist()
+    assert [e["gain_rank"] for e in ei] == list(range(11))
+    assert [e["gain_uid"] for e in ei] == table["gain_uid"].to_pylist()
+    assert len(set(table["gain_uid"].to_pylist())) == 11
+    assert table["reward_model"].to_pylist()[0]["ground_truth"].isdigit()  # '#### n' -> n
+    assert table["difficulty"].to_pylist()  # other input columns pass through
+    for s in m["shards"]:
+        rank_lo, rank_hi = s["rank_range"]
+        part = pq.read_table(out / s["path"])
+        assert part["gain_rank"].to_pylist() == list(range(rank_lo, rank_hi + 1))
+    for key in (
+        "version",
+        "created_at",
+        "config_hash",
+        "input",
+        "model",
+        "signal",
+        "shards",
+        "counts",
+        "stats",
+        "trainer_flags",
+    ):
+        assert key in m
+    assert m["counts"] == {
+        "rows": 11,
+        "scored": 9,
+        "unscored": {"duplicate": 1, "empty_question": 1},
+    }
+    assert m["model"]["layer"] == 3 and m["model"]["chat_template_sha256"]
+    assert m["input"]["rows"] == 11 and len(m["input"]["content_hash"]) == 64
+    assert -1 <= m["stats"]["spearman_score_vs_question_tokens"] <= 1
+    assert not (out / ".gain-curate" / "staging").exists()
+
+
+def test_verl_input_keeps_its_columns(
+    tiny_qwen2_dir: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    src = shared_data / "verl" / "math_train.parquet"
+    out = tmp_path / "out"
+    run_score(
+        ScoreConfig(data=str(src), model=str(tiny_qwen2_dir), out=out, limit=12, device="cpu")
+    )
+    table, m = read_run(out)
+    original = pq.read_table(src).slice(0, 12)
+    for col in ("level", "type", "data_source", "ability", "prompt", "reward_model"):
+        assert col in table.column_names
+    by_index = {r["extra_info"]["index"]: r for r in table.to_pylist()}
+    for i, row in enumerate(original.to_pylist()):
+        assert by_index[i]["prompt"] == row["prompt"]
+        assert by_index[i]["reward_model"] == row["reward_model"]
+        assert by_index[i]["level"] == row["level"]
+        assert by_index[i]["extra_info"]["split"] == row["extra_info"]["split"]
+    assert m["input"]["is_verl_schema"] is True
+
+
+def test_layer_and_inter_weight(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [{"question": q} for q in QUESTIONS[:3]])
+    run_score(
+        ScoreConfig(
+            data=str(data),
+            model=str(tiny_qwen2_dir),
+            out=tmp_path / "a",
+            layer=1,
+            inter_weight=8.0,
+            device="cpu",
+        )
+    )
+    table, m = read_run(tmp_path / "a")
+    assert m["model"]["layer"] == 1 and m["signal"]["inter_weight"] == 8.0
+    for r in table.to_pylist():
+        assert r["gain_score"] == pytest.approx(r["gain_c_intra"] + 8 * r["gain_c_inter"])
+
+
+def test_max_tokens_marks_long_prompts(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    data = write_jsonl(
+        tmp_path / "d.jsonl", [{"question": "short one?"}, {"question": "long " * 300 + "?"}]
+    )
+    run_score(
+        ScoreConfig(
+            data=str(data),
+            model=str(tiny_qwen2_dir),
+            out=tmp_path / "o",
+            max_tokens=200,
+            device="cpu",
+        )
+    )
+    table, _ = read_run(tmp_path / "o")
+    assert table["gain_unscored_reason"].to_pylist() == [None, "too_long"]
+    assert table["gain_tokens_question"].to_pylist()[1] > 200  # counted, never truncated
+
+
+def test_same_input_gives_identical_shards(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [{"question": q} for q in QUESTIONS])
+    for name in ("a", "b"):
+        run_score(
+            ScoreConfig(
+                data=str(data),
+                model=str(tiny_qwen2_dir),
+                out=tmp_path / name,
+                device="cpu",
+                token_budget=64,
+            )
+        )
+    a = (tmp_path / "a" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    b = (tmp_path / "b" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    assert a == b
+
+
+def test_batched_equals_one_at_a_time(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [{"question": q} for q in QUESTIONS])
+    run_score(
+        ScoreConfig(
+            data=str(data),
+            model=str(tiny_qwen2_dir),
+            out=tmp_path / "big",
+            dtype="float32",
+            device="cpu",
+            token_budget=100_000,
+        )
+    )
+    run_score(
+        ScoreConfig(
+            data=str(data),
+            model=str(tiny_qwen2_dir),
+            out=tmp_path / "one",
+            dtype="float32",
+            device="cpu",
+            token_budget=1,
+        )
+    )
+    big, _ = read_run(tmp_path / "big")
+    one, _ = read_run(tmp_path / "one")
+    np.testing.assert_allclose(
+        big["gain_score"].to_numpy(), one["gain_score"].to_numpy(), atol=1e-5
+    )
