@@ -109,6 +109,16 @@ def main() -> None:
     type=click.IntRange(min=1),
     help="Tokens per forward batch. Default: 32768 on GPU, 4096 on CPU.",
 )
+@click.option(
+    "--kernel",
+    type=click.Choice(["auto", "triton", "torch"]),
+    default="auto",
+    show_default=True,
+    help="Segment-sum reduction: auto = Triton on CUDA, torch elsewhere.",
+)
+@click.option(
+    "--no-prefix-sharing", is_flag=True, help="Run every conversation whole (slower; for checking)."
+)
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=50_000, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N rows.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
@@ -141,7 +151,7 @@ def score(**kw: Any) -> None:
             question_key=kw["question_key"], answer_key=kw["answer_key"], split=kw["split"],
             limit=kw["limit"], layer=kw["layer"], inter_weight=kw["inter_weight"],
             max_tokens=kw["max_tokens"], dtype=kw["dtype"], device=kw["device"],
-            token_budget=kw["token_budget"], rows_per_shard=kw["rows_per_shard"], overwrite=kw["overwrite"],
+            token_budget=kw["token_budget"], kernel=kw["kernel"], share_prefix=not kw["no_prefix_sharing"], rows_per_shard=kw["rows_per_shard"], overwrite=kw["overwrite"],
         )  # fmt: skip
         with _progress(quiet=kw["as_json"]) as hooks:
             result = run_score(cfg, hooks)

@@ -249,6 +249,15 @@ def from_pretrained_kwargs(dtype: torch.dtype, revision: str | None) -> dict[str
     return kwargs
 
 
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV-cache argument of `model.forward`: transformers 5.x is renaming
+    `past_key_values` to `cache` (5.24 warns on the old name, 5.17 knows only it)."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache, "use_cache": True}
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto` -> bfloat16 on CUDA, float32 elsewhere; else bf16 / fp16 / fp32 by any alias."""
     import torch

@@ -5,11 +5,19 @@ chosen layer, stopped by a pre-hook on that layer's MLP, whose input is the outp
 post-attention RMSNorm (what mlp.up_proj multiplies). Later layers are never loaded.
 Tokens after the question are never run either: attention is causal, they cannot change
 P or Q.
+
+Shared prefix: P (system prompt, few-shot turns, user-turn header) is the same token string
+for nearly every prompt, and causal attention makes its hidden states and KV the same too.
+So P runs once; its KV is copied into each batch's cache and its unit sum s_P is reused;
+only question tokens run, at positions p, p+1, ... Each prompt's P is checked at the token
+level; a prompt whose tokens do not start with the shared prefix runs whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +25,7 @@ from typing import Any
 import torch
 
 from gain_curate.errors import ModelError
-from gain_curate.kernels.naive import naive_segment_unit_sums
-from gain_curate.models import ModelRef, from_pretrained_kwargs, quiet_transformers
+from gain_curate.models import ModelRef, cache_kwargs, from_pretrained_kwargs, quiet_transformers
 from gain_curate.template import Segments
 
 
@@ -98,22 +105,49 @@ def load_model(
 
 
 @torch.inference_mode()
-def mlp_inputs(
-    lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
+def mlp_inputs(lm: LoadedModel, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """(B, T) ids -> (B, T, d) input of the hooked layer's MLP; nothing after it runs."""
     lm.captured.clear()
     with contextlib.suppress(_StopForward):
-        lm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        lm.model(input_ids=input_ids, **kwargs)
     if not lm.captured:
         raise ModelError("the model finished without reaching the hooked MLP")
     return lm.captured.pop()
 
 
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """auto -> triton on CUDA (when triton imports), torch elsewhere."""
+    if kernel == "auto":
+        if device.type != "cuda":
+            return "torch"
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "triton"
+    if kernel == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ModelError(
+            "--kernel triton needs a CUDA device (or TRITON_INTERPRET=1 to interpret it on CPU)"
+        )
+    return kernel
+
+
+def reduce_rows(x: torch.Tensor, offsets: torch.Tensor, kernel: str) -> torch.Tensor:
+    """(N, d) packed rows, (S + 1,) CSR offsets -> (S, d) fp32 unit-vector sums."""
+    if kernel == "triton":
+        from gain_curate.kernels.segment_sum import segment_unit_sums_fwd
+
+        return segment_unit_sums_fwd(x, offsets)
+    from gain_curate.kernels.naive import naive_segment_unit_sums
+
+    return naive_segment_unit_sums(x, offsets)
+
+
 def length_sorted_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
     """Indices grouped into batches whose padded size (B x longest) fits the token budget.
 
-    Longest first, so an out-of-memory failure shows up in the first batch, not the last.
+    Longest first, so an out-of-memory failure shows up in the first batch, not the last;
+    sorted lengths keep the padding to a few percent (reported as padded tokens).
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
@@ -127,11 +161,124 @@ def length_sorted_batches(lengths: list[int], token_budget: int) -> list[list[in
 
 @dataclass(frozen=True)
 class BatchSums:
-    """Segment sums of one batch: indices into the caller's list, (B, d) fp32 sums."""
+    """Segment sums of one batch: indices into the caller's list, (B, d) fp32 sums on CPU."""
 
     indices: list[int]
     s_p: torch.Tensor
     s_q: torch.Tensor
+
+
+@dataclass
+class PrefillStats:
+    """What the prefill did, for the manifest and the benchmark."""
+
+    prompts: int = 0
+    tokens_run: int = 0  # real tokens through the model (shared prefix counted once)
+    tokens_padded: int = 0  # B x T summed over batches
+    shared_prefix_tokens: int = 0
+    prompts_sharing_prefix: int = 0
+    oom_retries: int = 0
+
+
+@dataclass(frozen=True)
+class PrefixState:
+    ids: list[int]
+    s_p: torch.Tensor  # (d,) fp32 on CPU
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, (1, kv_heads, p, head_dim)
+
+
+def shared_prefix(segments: list[Segments]) -> list[int] | None:
+    """The most common P token string, if at least two prompts share it."""
+    counts = Counter(tuple(s.input_ids[: s.p]) for s in segments)
+    if not counts:
+        return None
+    ids, n = counts.most_common(1)[0]
+    return list(ids) if n >= 2 and ids else None
+
+
+def _new_cache(lm: LoadedModel) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(config=lm.model.config)
+
+
+def run_prefix(lm: LoadedModel, ids: list[int], kernel: str) -> PrefixState:
+    cache = _new_cache(lm)
+    x = torch.tensor([ids], device=lm.device)
+    h = mlp_inputs(lm, x, **cache_kwargs(lm.model, cache))[0]
+    s_p = reduce_rows(h, torch.tensor([0, len(ids)]), kernel)[0].cpu()
+    kv = [(layer.keys, layer.values) for layer in cache.layers[: lm.layer + 1]]
+    return PrefixState(ids, s_p, kv)
+
+
+def _question_batch(
+    lm: LoadedModel, prefix: PrefixState, qs: list[list[int]], pad_id: int
+) -> torch.Tensor:
+    """Question tokens only, right-padded, attending to the shared prefix: (B, T, d)."""
+    p, width, b = len(prefix.ids), max(len(q) for q in qs), len(qs)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    mask = torch.zeros(b, p + width, dtype=torch.long)
+    mask[:, :p] = 1
+    for i, q in enumerate(qs):
+        ids[i, : len(q)] = torch.tensor(q)
+        mask[i, p : p + len(q)] = 1
+    cache = _new_cache(lm)
+    for layer, (k, v) in enumerate(prefix.kv):
+        cache.update(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1), layer)
+    pos = torch.arange(p, p + width).expand(b, -1)
+    dev = lm.device
+    return mlp_inputs(
+        lm,
+        ids.to(dev),
+        attention_mask=mask.to(dev),
+        position_ids=pos.to(dev),
+        **cache_kwargs(lm.model, cache),
+    )
+
+
+def _full_batch(lm: LoadedModel, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Whole conversations (P and Q), right-padded: (B, T, d). Real tokens never attend to
+    pads under a causal mask, and keep positions 0..n-1, so this equals a per-prompt run."""
+    width, b = max(len(s) for s in seqs), len(seqs)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    mask = torch.zeros(b, width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return mlp_inputs(lm, ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
+
+
+def _packed(h: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """(B, T, d) right-padded -> (sum lengths, d) real rows, in batch order."""
+    keep = torch.zeros(h.shape[:2], dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        keep[i, :n] = True
+    return h[keep.to(h.device)]
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _batches_with_retry(
+    lengths: list[int], budget: int, stats: PrefillStats, run: Callable[[list[int]], BatchSums]
+) -> Iterator[BatchSums]:
+    """Run length-sorted batches; on out-of-memory, halve the budget and retry that batch."""
+    pending = length_sorted_batches(lengths, budget)
+    while pending:
+        batch = pending.pop(0)
+        try:
+            result = run(batch)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            if not _is_oom(e) or len(batch) == 1:
+                raise
+            stats.oom_retries += 1
+            budget = max(1, budget // 2)
+            torch.cuda.empty_cache()
+            sub = length_sorted_batches([lengths[i] for i in batch], budget)
+            pending[:0] = [[batch[j] for j in part] for part in sub]
+            continue
+        yield result
 
 
 def segment_sums(
@@ -140,28 +287,65 @@ def segment_sums(
     *,
     token_budget: int,
     pad_id: int = 0,
+    kernel: str = "torch",
+    share_prefix: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    stats: PrefillStats | None = None,
 ) -> Iterator[BatchSums]:
-    """Run every conversation up to the end of its question; yield P and Q unit-vector sums.
+    """Yield the P and Q unit-vector sums of every segment, a batch at a time."""
+    stats = stats if stats is not None else PrefillStats()
+    prefix_ids = shared_prefix(segments) if share_prefix else None
+    shared = [i for i, s in enumerate(segments) if prefix_ids and s.input_ids[: s.p] == prefix_ids]
+    is_shared = set(shared)
+    alone = [i for i in range(len(segments)) if i not in is_shared]
 
-    Right padding: real tokens never attend to pads under a causal mask, and their
-    positions are 0..n-1 exactly as unpadded, so the result equals a per-prompt run.
-    """
-    for batch in length_sorted_batches([len(s.input_ids) for s in segments], token_budget):
-        segs = [segments[i] for i in batch]
-        width = max(len(s.input_ids) for s in segs)
-        ids = torch.full((len(segs), width), pad_id, dtype=torch.long)
-        seg_id = torch.full((len(segs), width), -1, dtype=torch.long)
-        for b, s in enumerate(segs):
-            n = len(s.input_ids)
-            ids[b, :n] = torch.tensor(s.input_ids)
-            seg_id[b, : s.p] = 2 * b  # P of prompt b
-            seg_id[b, s.p : n] = 2 * b + 1  # Q of prompt b
-        valid = seg_id >= 0
-        h = mlp_inputs(lm, ids.to(lm.device), valid.to(lm.device).long())
-        valid = valid.to(lm.device)
-        sums = naive_segment_unit_sums(h[valid], seg_id.to(lm.device)[valid], 2 * len(segs))
-        sums = sums.view(len(segs), 2, -1).cpu()
-        if on_batch is not None:
-            on_batch(len(segs), int(valid.sum()))
-        yield BatchSums(batch, sums[:, 0], sums[:, 1])
+    if shared:
+        prefix = run_prefix(lm, prefix_ids, kernel)
+        stats.shared_prefix_tokens, stats.prompts_sharing_prefix = len(prefix_ids), len(shared)
+        stats.tokens_run += len(prefix_ids)
+        p = len(prefix_ids)
+
+        def run_shared(batch: list[int]) -> BatchSums:
+            qs = [segments[shared[j]].input_ids[p:] for j in batch]
+            lengths = [len(q) for q in qs]
+            h = _question_batch(lm, prefix, qs, pad_id)
+            offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+            s_q = reduce_rows(_packed(h, lengths), offsets, kernel).cpu()
+            _count(stats, len(batch), sum(lengths), h.shape[0] * h.shape[1], on_batch)
+            return BatchSums([shared[j] for j in batch], prefix.s_p.expand(len(batch), -1), s_q)
+
+        q_lengths = [segments[i].q for i in shared]
+        yield from _batches_with_retry(q_lengths, token_budget, stats, run_shared)
+
+    def run_alone(batch: list[int]) -> BatchSums:
+        segs = [segments[alone[j]] for j in batch]
+        lengths = [len(s.input_ids) for s in segs]
+        h = _full_batch(lm, [s.input_ids for s in segs], pad_id)
+        bounds = [0]
+        for s in segs:  # P then Q of each prompt, consecutive in the packed rows
+            bounds += [bounds[-1] + s.p, bounds[-1] + len(s.input_ids)]
+        sums = (
+            reduce_rows(_packed(h, lengths), torch.tensor(bounds), kernel)
+            .cpu()
+            .view(len(segs), 2, -1)
+        )
+        _count(stats, len(batch), sum(lengths), h.shape[0] * h.shape[1], on_batch)
+        return BatchSums([alone[j] for j in batch], sums[:, 0], sums[:, 1])
+
+    yield from _batches_with_retry(
+        [len(segments[i].input_ids) for i in alone], token_budget, stats, run_alone
+    )
+
+
+def _count(
+    stats: PrefillStats,
+    prompts: int,
+    tokens: int,
+    padded: int,
+    on_batch: Callable[[int, int], None] | None,
+) -> None:
+    stats.prompts += prompts
+    stats.tokens_run += tokens
+    stats.tokens_padded += padded
+    if on_batch is not None:
+        on_batch(prompts, tokens)

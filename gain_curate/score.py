@@ -41,6 +41,8 @@ class ScoreConfig:
     dtype: str = "auto"
     device: str = "auto"
     token_budget: int | None = None
+    kernel: str = "auto"
+    share_prefix: bool = True
     rows_per_shard: int = 50_000
     overwrite: bool = False
 
@@ -89,7 +91,7 @@ def run_score(cfg: ScoreConfig, hooks: Hooks | None = None) -> ScoreResult:
 
     from gain_curate.angles import angle_scores
     from gain_curate.models import load_tokenizer, resolve_dtype, resolve_model
-    from gain_curate.prefill import load_model, segment_sums
+    from gain_curate.prefill import PrefillStats, load_model, resolve_kernel, segment_sums
     from gain_curate.sources import load_source
     from gain_curate.template import segment_batch, template_hash
 
@@ -113,6 +115,7 @@ def run_score(cfg: ScoreConfig, hooks: Hooks | None = None) -> ScoreResult:
         cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     dtype = resolve_dtype(cfg.dtype, device)
+    kernel = resolve_kernel(cfg.kernel, device)
 
     reasons: list[str | None] = list(src.problems)
     for i, dup in enumerate(duplicate_flags(src.questions, src.answers)):
@@ -146,7 +149,12 @@ def run_score(cfg: ScoreConfig, hooks: Hooks | None = None) -> ScoreResult:
     budget = cfg.token_budget or (32768 if device.type == "cuda" else 4096)
     hooks.start(len(run_segs), sum(len(s.input_ids) for s in run_segs))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    for b in segment_sums(lm, run_segs, token_budget=budget, pad_id=pad_id, on_batch=hooks.batch):
+    stats = PrefillStats()
+    batches = segment_sums(
+        lm, run_segs, token_budget=budget, pad_id=pad_id, kernel=kernel,
+        share_prefix=cfg.share_prefix, on_batch=hooks.batch, stats=stats,
+    )  # fmt: skip
+    for b in batches:
         rows = [runnable[j] for j in b.indices]
         p = torch.tensor([tokens_p[i] for i in rows])
         q = torch.tensor([tokens_q[i] for i in rows])
@@ -182,7 +190,8 @@ def run_score(cfg: ScoreConfig, hooks: Hooks | None = None) -> ScoreResult:
         "device": device.type, "layer": lm.layer, "num_layers": lm.num_layers, "hidden_size": lm.hidden_size,
         "chat_template_sha256": template_hash(tok),
     }  # fmt: skip
-    manifest = build_manifest(cfg, src.spec, model_info, ranked, shards, seconds)
+    run_info = {"kernel": kernel, "token_budget": budget, **asdict(stats)}
+    manifest = build_manifest(cfg, src.spec, model_info, ranked, shards, seconds, run_info)
     store.write_manifest(cfg.out, manifest)
     return ScoreResult(cfg.out, manifest, seconds)
 
@@ -205,6 +214,7 @@ def build_manifest(
     rows: store.RankedRows,
     shards: list[dict[str, Any]],
     seconds: float,
+    run_info: dict[str, Any],
 ) -> dict[str, Any]:
     scored = int(np.isfinite(rows.score).sum())
     unscored = Counter(r for r in rows.reasons if r is not None)
@@ -241,6 +251,7 @@ def build_manifest(
             ),
         },
         "seconds": round(seconds, 3),
+        "prefill": run_info,
         "trainer_flags": {
             "verl": [
                 f"data.train_files=[{','.join(files)}]",

@@ -7,7 +7,16 @@ benchmarks can build the very same tokenizer.
 
 from __future__ import annotations
 
-import importlib.util
+import os
+
+import torch
+
+# Triton decides at decoration time whether to interpret, so this must run before any test
+# module imports kernel code: on a machine without CUDA, kernels run in the interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib.util  # noqa: E402
 from pathlib import Path
 
 import pytest

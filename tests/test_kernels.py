@@ -1,0 +1,85 @@
+"""The Triton segment-sum kernel against its torch reference, over odd shapes and dtypes.
+
+Runs under TRITON_INTERPRET=1 on CPU (conftest sets it before triton is imported) and
+unchanged on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gain_curate.kernels.naive import naive_segment_unit_sums
+from gain_curate.kernels.segment_sum import chunk_table, segment_unit_sums_fwd
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# bf16/fp16 inputs are read as-is and upcast; the reference upcasts the same values, so the
+# only difference is fp32 summation order.
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 1e-5}
+
+
+def make(
+    lengths: list[int], d: int, dtype: torch.dtype, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    x = (torch.randn(n, d, generator=g) + 0.5 * torch.randn(1, d, generator=g)).to(dtype)
+    offsets = torch.tensor(
+        [0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int64
+    )
+    return x.to(DEVICE), offsets
+
+
+@pytest.mark.parametrize("d", [1, 63, 896, 3584])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_matches_reference_on_odd_shapes(d: int, dtype: torch.dtype) -> None:
+    lengths = [1, 5, 1, 70, 3, 1] if d >= 896 else [1, 2, 130, 1, 17, 64, 65, 1]
+    x, offsets = make(lengths, d, dtype, seed=d)
+    got = segment_unit_sums_fwd(x, offsets)
+    want = naive_segment_unit_sums(x, offsets)
+    assert got.dtype == torch.float32 and got.shape == (len(lengths), d)
+    torch.testing.assert_close(got, want, rtol=TOL[dtype], atol=TOL[dtype] * max(lengths))
+
+
+def test_many_segments_and_empty_segments() -> None:
+    lengths = [(i * 7) % 5 for i in range(300)]  # includes zero-length segments
+    x, offsets = make(lengths, 63, torch.float32, seed=3)
+    got = segment_unit_sums_fwd(x, offsets, chunk_rows=4)
+    torch.testing.assert_close(got, naive_segment_unit_sums(x, offsets), rtol=1e-5, atol=1e-5)
+    assert torch.all(got[[i for i, n in enumerate(lengths) if n == 0]] == 0)
+
+
+def test_empty_input() -> None:
+    x = torch.empty(0, 896, device=DEVICE)
+    assert segment_unit_sums_fwd(x, torch.zeros(1, dtype=torch.int64)).shape == (0, 896)
+    out = segment_unit_sums_fwd(x, torch.zeros(4, dtype=torch.int64))
+    assert out.shape == (3, 896) and torch.all(out == 0)
+
+
+def test_rows_are_unit_normalised_and_zero_rows_are_safe() -> None:
+    x, offsets = make([4], 16, torch.float32)
+    x = x * torch.tensor([1.0, 1e3, 1e-3, 7.0], device=DEVICE)[:, None]  # scale must not matter
+    x[2] = 0  # a zero row adds nothing instead of NaN
+    got = segment_unit_sums_fwd(x, offsets)
+    u = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    torch.testing.assert_close(got[0], u.sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_bit_identical() -> None:
+    x, offsets = make([300, 1, 129], 896, torch.bfloat16, seed=5)
+    a = segment_unit_sums_fwd(x, offsets, chunk_rows=16)
+    b = segment_unit_sums_fwd(x, offsets, chunk_rows=16)
+    assert torch.equal(a, b)
+
+
+def test_chunk_table_covers_every_row_once() -> None:
+    lo, hi, seg_chunk = chunk_table([0, 3, 3, 10], 4)
+    assert list(zip(lo, hi)) == [(0, 3), (3, 7), (7, 10)]
+    assert seg_chunk == [0, 1, 1, 3]
+
+
+def test_bad_offsets_raise() -> None:
+    x = torch.zeros(5, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="offsets must rise"):
+        segment_unit_sums_fwd(x, torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match="packed rows"):
+        segment_unit_sums_fwd(torch.zeros(5, device=DEVICE), torch.tensor([0, 5]))
