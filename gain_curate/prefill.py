@@ -143,19 +143,29 @@ def reduce_rows(x: torch.Tensor, offsets: torch.Tensor, kernel: str) -> torch.Te
     return naive_segment_unit_sums(x, offsets)
 
 
-def length_sorted_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
-    """Indices grouped into batches whose padded size (B x longest) fits the token budget.
+def length_sorted_batches(
+    lengths: list[int], token_budget: int, max_padding: float = 0.05
+) -> list[list[int]]:
+    """Indices grouped into batches whose padded size (B x longest) fits the token budget
+    and whose padding stays under `max_padding` of it.
 
-    Longest first, so an out-of-memory failure shows up in the first batch, not the last;
-    sorted lengths keep the padding to a few percent (reported as padded tokens).
+    Longest first, so an out-of-memory failure shows up in the first batch, not the last.
+    Without the padding cap, a small dataset's few batches each span a wide length range
+    and a third of the compute goes to pads.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
+    real = 0
     for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= token_budget:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
+        if batches:
+            longest, size = lengths[batches[-1][0]], len(batches[-1]) + 1
+            padded = size * longest
+            if padded <= token_budget and (padded - real - lengths[i]) <= max_padding * padded:
+                batches[-1].append(i)
+                real += lengths[i]
+                continue
+        batches.append([i])
+        real = lengths[i]
     return batches
 
 

@@ -146,7 +146,7 @@ def run_score(cfg: ScoreConfig, hooks: Hooks | None = None) -> ScoreResult:
     c_intra, c_inter = np.full(n, np.nan), np.full(n, np.nan)
     hooks.status(f"loading {ref.name} ({dtype}, {device})")
     lm = load_model(ref, dtype=dtype, device=device, layer=cfg.layer)
-    budget = cfg.token_budget or (32768 if device.type == "cuda" else 4096)
+    budget = cfg.token_budget or (32768 if device.type == "cuda" else 2048)
     hooks.start(len(run_segs), sum(len(s.input_ids) for s in run_segs))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     stats = PrefillStats()

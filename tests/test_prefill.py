@@ -145,3 +145,13 @@ def test_batches_fit_the_budget_longest_first() -> None:
     assert batches[0] == [2, 3]  # the two longest first
     for b in batches:
         assert len(b) * max(lengths[i] for i in b) <= 18 or len(b) == 1
+
+
+def test_batches_keep_padding_small() -> None:
+    lengths = [100, 98, 97, 60, 59, 58, 57, 20, 20, 19]
+    for batch in length_sorted_batches(lengths, 10_000, max_padding=0.05):
+        longest = max(lengths[i] for i in batch)
+        padded = len(batch) * longest
+        assert padded - sum(lengths[i] for i in batch) <= 0.05 * padded
+    # a wide budget alone would have put everything in one batch, 35% padding
+    assert len(length_sorted_batches(lengths, 10_000, max_padding=1.0)) == 1
