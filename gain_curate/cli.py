@@ -163,6 +163,146 @@ def score(**kw: Any) -> None:
         _print_summary(result)
 
 
+def _parse_sigma(
+    ctx: click.Context, param: click.Parameter, value: str
+) -> tuple[float, float | None]:
+    """`1000` (rank positions) or `0.05N` (a fraction of the number of prompts)."""
+    try:
+        if value.upper().endswith("N"):
+            frac = float(value[:-1])
+            if frac <= 0:
+                raise ValueError
+            return 1.0, frac
+        sigma = float(value)
+        if sigma <= 0:
+            raise ValueError
+        return sigma, None
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: give a positive number of rank positions (1000) or a fraction of N (0.05N)"
+        ) from None
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--epochs", type=click.IntRange(min=1), required=True, help="Epochs to plan.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), required=True, help="Prompts drawn per epoch (B)."
+)
+@click.option(
+    "--sigma",
+    default="1000",
+    show_default=True,
+    callback=_parse_sigma,
+    help="Width of the Gaussian: rank positions, or a fraction of N such as 0.05N.",
+)
+@click.option(
+    "--mu0", type=float, default=0.0, show_default=True, help="Starting rank position of the mean."
+)
+@click.option(
+    "--n",
+    "n_step",
+    type=float,
+    default=500.0,
+    show_default=True,
+    help="Step scale n of the update.",
+)
+@click.option("--alpha", type=float, default=2.0, show_default=True)
+@click.option(
+    "--beta",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Accuracy at which the accuracy term is 0.",
+)
+@click.option(
+    "--adj-min", type=float, default=0.0, show_default=True, help="Smallest step of mu per epoch."
+)
+@click.option(
+    "--adj-max", type=float, default=1000.0, show_default=True, help="Largest step of mu per epoch."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--assumed-accuracy",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Accuracy the open-loop plan assumes for every epoch.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the per-epoch summary as JSON.")
+def schedule(out: Path, **kw: Any) -> None:
+    """Write the GAIN-RL sampling plan OUT/schedule/plan.parquet for a scored run.
+
+    \b
+    Example:
+      gain-curate schedule runs/gsm8k --epochs 200 --batch-size 256 --assumed-accuracy 0.8
+    """
+    from gain_curate import store
+    from gain_curate.schedule import GainSchedule, ScheduleParams, open_loop_plan
+
+    try:
+        uids, scores = store.read_ranking(out)
+        sigma, sigma_fraction = kw["sigma"]
+        if kw["batch_size"] > len(uids):
+            raise click.BadParameter(
+                f"{kw['batch_size']} exceeds the {len(uids)} prompts in {out}",
+                param_hint="--batch-size",
+            )
+        params = ScheduleParams(
+            batch_size=kw["batch_size"], mu0=kw["mu0"], sigma=sigma, sigma_fraction=sigma_fraction, n=kw["n_step"],
+            alpha=kw["alpha"], beta=kw["beta"], adj_min=kw["adj_min"], adj_max=kw["adj_max"], seed=kw["seed"],
+        )  # fmt: skip
+        sched = GainSchedule(len(uids), params, uids=uids, scores=scores)
+        plans = open_loop_plan(sched, kw["epochs"], kw["assumed_accuracy"])
+        path = store.write_plan(out, plans, uids)
+        summary = _plan_summary(plans, sched.history, len(uids))
+        store.update_manifest(out, "schedule", {
+            "plan": str(path.relative_to(out)), "sha256": store.file_sha256(path), "epochs": kw["epochs"],
+            "assumed_accuracy": kw["assumed_accuracy"], "params": sched.state_dict()["params"],
+            "angle_signal": "mean offline gain_score of the epoch's prompts", "epochs_summary": summary,
+        })  # fmt: skip
+    except (GainCurateError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    if kw["as_json"]:
+        click.echo(json.dumps({"plan": str(path), "epochs": summary}, indent=2))
+        return
+    _print_plan(summary, len(uids))
+    click.echo(f"plan: {path}")
+
+
+def _plan_summary(
+    plans: list[Any], history: list[dict[str, float]], n: int
+) -> list[dict[str, Any]]:
+    import numpy as np
+
+    rows = []
+    for plan, h in zip(plans, history):
+        q = np.quantile(plan, [0.1, 0.5, 0.9])
+        rows.append({"epoch": int(h["epoch"]), "mu": round(h["mu"], 1), "rank_p10": int(q[0]),
+                     "rank_p50": int(q[1]), "rank_p90": int(q[2]), "mu_next": round(h["mu_next"], 1)})  # fmt: skip
+    return rows
+
+
+def _print_plan(summary: list[dict[str, Any]], n: int, width: int = 40) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"GAIN-RL plan over {n:,} ranked prompts (rank 0 = highest score)")
+    for col in ("epoch", "mu", "ranks p10-p90", f"0 {'where the epoch draws':^{width - 4}} N"):
+        t.add_column(col)
+    step = max(1, len(summary) // 20)
+    for row in summary[::step] + ([summary[-1]] if (len(summary) - 1) % step else []):
+        lo, hi = (
+            row["rank_p10"] * width // n,
+            max(row["rank_p90"] * width // n, row["rank_p10"] * width // n + 1),
+        )
+        bar = "·" * lo + "█" * (hi - lo) + "·" * (width - hi)
+        t.add_row(
+            str(row["epoch"]), f"{row['mu']:.0f}", f"{row['rank_p10']}-{row['rank_p90']}", bar
+        )
+    Console().print(t)
+
+
 def _summary_json(result: Any) -> dict[str, Any]:
     m = result.manifest
     return {

@@ -236,6 +236,13 @@ def remove_previous_run(out: Path) -> None:
     (out / MANIFEST).unlink(missing_ok=True)
 
 
+def update_manifest(out: Path, key: str, value: Any) -> None:
+    """Set one top-level section of the manifest, atomically."""
+    manifest = read_manifest(out)
+    manifest[key] = value
+    write_manifest(out, manifest)
+
+
 def read_manifest(out: Path) -> dict[str, Any]:
     path = out / MANIFEST
     if not path.is_file():
@@ -251,3 +258,56 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_ranking(out: Path) -> tuple[list[str], np.ndarray]:
+    """gain_uid and gain_score by rank position, from the shards the manifest lists."""
+    manifest = read_manifest(out)
+    uids: list[str] = []
+    scores: list[float | None] = []
+    for shard in manifest["shards"]:
+        path = out / shard["path"]
+        if not path.is_file():
+            raise OutputError(
+                f"shard {path} listed in {MANIFEST} is missing: re-run `gain-curate score`"
+            )
+        t = pq.read_table(path, columns=["gain_uid", "gain_score"])
+        uids += t["gain_uid"].to_pylist()
+        scores += t["gain_score"].to_pylist()
+    return uids, np.array([np.nan if s is None else s for s in scores], dtype=np.float64)
+
+
+PLAN_SCHEMA = pa.schema(
+    [
+        ("epoch", pa.int32()),
+        ("position", pa.int32()),
+        ("gain_uid", pa.string()),
+        ("gain_rank", pa.int64()),
+    ]
+)
+
+
+def write_plan(out: Path, plans: list[np.ndarray], uids: list[str]) -> Path:
+    """OUT/schedule/plan.parquet: one row per draw (epoch, position in epoch, uid, rank)."""
+    epoch = np.concatenate([np.full(len(p), e, dtype=np.int32) for e, p in enumerate(plans)])
+    position = np.concatenate([np.arange(len(p), dtype=np.int32) for p in plans])
+    ranks = np.concatenate(plans).astype(np.int64)
+    table = pa.Table.from_arrays(
+        [
+            pa.array(epoch),
+            pa.array(position),
+            pa.array([uids[r] for r in ranks], pa.string()),
+            pa.array(ranks),
+        ],
+        schema=PLAN_SCHEMA,
+    )
+    path = out / "schedule" / "plan.parquet"
+    tmp = out / WORK_DIR / "plan.parquet.tmp"
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    return path

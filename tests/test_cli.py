@@ -113,3 +113,43 @@ def test_bad_input_gets_one_line_and_no_output(
         assert len(lines) == 1 and lines[0].startswith("Error: "), (args, text)
         assert "Traceback" not in text
         assert not (out / "gain_manifest.json").exists() and not (out / "data").exists(), args
+
+
+def test_schedule_plan_walks_down_the_ranking(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "many.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"question": f"How much is {i} plus {i * 7} apples?"}) + "\n"
+            for i in range(120)
+        )
+    )
+    out = tmp_path / "run"
+    assert (
+        run("score", "--model", str(tiny_qwen2_dir), "--data", str(path), "--out", str(out))[0] == 0
+    )
+    code, text = run("schedule", str(out), "--epochs", "6", "--batch-size", "10", "--sigma", "8",
+                     "--n", "20", "--adj-max", "40", "--assumed-accuracy", "0.8", "--json")  # fmt: skip
+    assert code == 0, text
+    epochs = json.loads(text)["epochs"]
+    plan = pq.read_table(out / "schedule" / "plan.parquet").to_pylist()
+    assert len(plan) == 60 and {r["epoch"] for r in plan} == set(range(6))
+    first = [r["gain_rank"] for r in plan if r["epoch"] == 0]
+    assert max(first) < 30  # epoch 0 sits at the top of the ranking
+    medians = [e["rank_p50"] for e in epochs]
+    assert medians[-1] > medians[0] + 60 and epochs[-1]["mu"] > epochs[0]["mu"]  # and moves down it
+    manifest = json.loads((out / "gain_manifest.json").read_text())
+    assert manifest["schedule"]["params"]["batch_size"] == 10
+    assert manifest["schedule"]["assumed_accuracy"] == 0.8
+    ranks = {r["gain_uid"]: r["gain_rank"] for r in pq.read_table(out / "data").to_pylist()}
+    assert all(ranks[r["gain_uid"]] == r["gain_rank"] for r in plan)
+
+
+def test_schedule_errors_are_one_line(tmp_path: Path) -> None:
+    code, text = run("schedule", str(tmp_path / "nothing"), "--epochs", "2", "--batch-size", "4")
+    assert code != 0 and "holds no scored run" in text and "Traceback" not in text
+    code, text = run(
+        "schedule", str(tmp_path), "--epochs", "2", "--batch-size", "4", "--sigma", "-3"
+    )
+    assert code != 0 and "positive number" in text
