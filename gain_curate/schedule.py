@@ -8,8 +8,8 @@ without replacement with p(r) ~ exp(-(r - mu)^2 / (2 sigma^2)). After the epoch,
 
 acc is the epoch's fraction correct in [0, 1]. ang is the angle signal of the epoch's
 prompts: the paper measures it online during training; here it is the mean OFFLINE
-gain_score of the prompts the epoch drew (what `score` wrote), so no extra forward pass is
-needed. Defaults are the paper's: mu0 = 0, sigma = 1000, n = 500, alpha = 2, beta = 0.5,
+gain_score (what `score` wrote) of the prompts whose results the epoch observed, or of the
+epoch's plan when results come without ids, so no extra forward pass is needed. Defaults are the paper's: mu0 = 0, sigma = 1000, n = 500, alpha = 2, beta = 0.5,
 adj_min = 0, adj_max = 1000.
 
 One object serves every trainer: `plan_epoch()` is deterministic in (seed, epoch, mu), so a
@@ -88,7 +88,10 @@ class GainSchedule:
         self.consumed = 0  # draws of the current epoch already handed out
         self._correct = 0.0
         self._seen = 0
+        self._ang_sum = 0.0
+        self._ang_seen = 0
         self.history: list[dict[str, float]] = []
+        self._plan_cache: tuple[tuple[int, float], np.ndarray] | None = None
 
     @property
     def sigma(self) -> float:
@@ -105,9 +108,11 @@ class GainSchedule:
             w = np.maximum(w, np.finfo(np.float64).tiny)
         return w / w.sum()
 
-    def plan_epoch(self) -> np.ndarray:
-        """The B rank positions of the current epoch, in draw order (deterministic)."""
-        rng = np.random.default_rng([self.params.seed, self.epoch])
+    def plan_epoch(self, epoch: int | None = None) -> np.ndarray:
+        """B rank positions drawn at the current mu, in draw order; deterministic in
+        (seed, epoch, mu). `epoch` defaults to the current one; a trainer that draws ahead
+        of its results (TRL prefetches a batch) passes its own draw counter."""
+        rng = np.random.default_rng([self.params.seed, self.epoch if epoch is None else epoch])
         return rng.choice(
             self.n_prompts, size=self.params.batch_size, replace=False, p=self.probabilities()
         )
@@ -131,6 +136,8 @@ class GainSchedule:
                 raise KeyError(f"unknown gain_uid {u!r}")
             self._correct += float(c)
             self._seen += 1
+            self._ang_sum += self.scores[self._rank_of[u]]
+            self._ang_seen += 1
 
     def observe_accuracy(self, correct: Sequence[float]) -> None:
         """Tally results when only accuracies are known (open-loop plans, tests)."""
@@ -140,7 +147,10 @@ class GainSchedule:
     def end_epoch(self) -> dict[str, float]:
         """Apply the update rule with this epoch's accuracy and angle signal; next epoch."""
         acc = self._correct / self._seen if self._seen else 0.0
-        ang = float(self.scores[self.plan_epoch()].mean())
+        if self._ang_seen:
+            ang = self._ang_sum / self._ang_seen
+        else:
+            ang = float(self.scores[self.plan_epoch()].mean())
         mu_before = self.mu
         self.mu, delta = mu_update(self.mu, acc, ang, self.params, self.n_prompts)
         record = {
@@ -154,7 +164,7 @@ class GainSchedule:
         self.history.append(record)
         self.epoch += 1
         self.consumed = 0
-        self._correct, self._seen = 0.0, 0
+        self._correct, self._seen, self._ang_sum, self._ang_seen = 0.0, 0, 0.0, 0
         return record
 
     def state_dict(self) -> dict[str, Any]:
@@ -166,10 +176,13 @@ class GainSchedule:
             "consumed": self.consumed,
             "correct": self._correct,
             "seen": self._seen,
+            "ang_sum": self._ang_sum,
+            "ang_seen": self._ang_seen,
             "history": list(self.history),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._plan_cache = None
         if state["n_prompts"] != self.n_prompts:
             raise ValueError(
                 f"state is for {state['n_prompts']} prompts, this schedule has {self.n_prompts}"
@@ -181,6 +194,7 @@ class GainSchedule:
             int(state["consumed"]),
         )
         self._correct, self._seen = float(state["correct"]), int(state["seen"])
+        self._ang_sum, self._ang_seen = float(state["ang_sum"]), int(state["ang_seen"])
         self.history = list(state["history"])
 
 

@@ -153,3 +153,29 @@ def test_schedule_errors_are_one_line(tmp_path: Path) -> None:
         "schedule", str(tmp_path), "--epochs", "2", "--batch-size", "4", "--sigma", "-3"
     )
     assert code != 0 and "positive number" in text
+
+
+def test_export_openrlhf_epoch(tiny_qwen2_dir: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert (
+        run("score", "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(out))[0] == 0
+    )
+    code, text = run("export", str(out), "--format", "openrlhf", "--epoch", "0")
+    assert code != 0 and "gain-curate schedule" in text  # no plan yet: one line saying what to run
+    assert run("schedule", str(out), "--epochs", "2", "--batch-size", "3", "--sigma", "2")[0] == 0
+    code, text = run("export", str(out), "--format", "openrlhf", "--epoch", "1")
+    assert code == 0, text
+    rows = [
+        json.loads(line)
+        for line in (out / "export" / "openrlhf" / "epoch-00001.jsonl").read_text().splitlines()
+    ]
+    import pyarrow.parquet as pq
+
+    plan = [
+        r for r in pq.read_table(out / "schedule" / "plan.parquet").to_pylist() if r["epoch"] == 1
+    ]
+    assert [r["gain_uid"] for r in rows] == [p["gain_uid"] for p in plan]
+    assert set(rows[0]) == {"datasource", "prompt", "input", "label", "gain_uid", "gain_rank"}
+    assert rows[0]["label"].isdigit() and rows[0]["input"] == rows[0]["prompt"][-1]["content"]
+    code, text = run("export", str(out), "--format", "openrlhf", "--epoch", "5")
+    assert code != 0 and "outside the plan" in text

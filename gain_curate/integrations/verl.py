@@ -1,0 +1,165 @@
+"""verl adapters: train on GAIN-RL's curriculum inside verl's PPO/GRPO trainer.
+
+verl 0.5-0.7 have a curriculum-sampler hook (`data.sampler`):
+
+    data.train_files=[runs/gsm8k/data/train-00000-of-00001.parquet]
+    data.sampler.class_path=pkg://gain_curate.integrations.verl
+    data.sampler.class_name=GainCurriculumSampler
+    data.dataloader_num_workers=0        # verl asserts this for curriculum samplers
+    +data.gain.sigma=1000 +data.gain.seed=0   # optional: mu0 n alpha beta adj_min adj_max
+
+verl 0.8+ removed that hook upstream; a custom dataset follows the plan instead and hears
+each step's results through `on_batch_end`:
+
+    data.custom_cls.path=pkg://gain_curate.integrations.verl
+    data.custom_cls.name=GainRLHFDataset
+    data.shuffle=False data.dataloader_num_workers=0
+    trainer.use_v1=false                 # verl 0.9+: only the v0 trainer calls on_batch_end
+
+One schedule epoch is one training step: B = data.gen_batch_size or data.train_batch_size
+prompts drawn at the current mu; after the step, accuracy (the reward's `acc`, else
+token_level_scores.sum(-1) > 0) moves mu. Rows are identified by extra_info["gain_uid"],
+the one per-row field that reaches the trainer's batch in every verl version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from verl.utils.dataset.rl_dataset import RLHFDataset
+
+from gain_curate.integrations._common import build_schedule, per_prompt, schedule_params
+from gain_curate.schedule import GainSchedule
+
+try:  # verl 0.5-0.7
+    from verl.experimental.dataset.sampler import AbstractCurriculumSampler
+except ImportError:  # verl 0.8+, or verl absent: the sampler class is not defined
+    AbstractCurriculumSampler = None  # type: ignore[assignment,misc]
+
+
+def batch_results(batch: Any) -> tuple[list[str], list[float]]:
+    """A verl DataProto after the reward -> per-prompt (gain_uid, fraction correct)."""
+    nt = batch.non_tensor_batch
+    uids = [e["gain_uid"] for e in nt["extra_info"]]
+    if "acc" in nt:
+        correct = np.asarray(nt["acc"], dtype=np.float64)
+    else:
+        correct = (batch.batch["token_level_scores"].sum(-1) > 0).float().cpu().numpy()
+    return per_prompt(uids, correct.clip(0.0, 1.0).tolist())
+
+
+def _batch_size(data_config: Mapping[str, Any]) -> int:
+    return int(data_config.get("gen_batch_size") or data_config["train_batch_size"])
+
+
+def _gain_cfg(data_config: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    g = data_config.get("gain")
+    if g is not None and not isinstance(g, dict):  # OmegaConf DictConfig -> plain dict
+        from omegaconf import OmegaConf
+
+        g = OmegaConf.to_container(g, resolve=True)
+    return g
+
+
+class _Follower:
+    """The state both adapters share: the schedule, row mapping, and lazy drawing."""
+
+    def __init__(self, frame: Any, data_config: Mapping[str, Any]) -> None:
+        b = _batch_size(data_config)
+        scores = frame["gain_score"] if "gain_score" in frame.column_names else None
+        params = schedule_params(_gain_cfg(data_config), b)
+        self.schedule, self.rows = build_schedule(frame["extra_info"], scores, params)
+        self.batch_size = b
+        self.length = (len(self.rows) // b) * b  # constant: verl derives its step count from it
+
+    def next_row(self) -> int:
+        """The dataset row of the next draw; a step whose results never came still advances."""
+        if self.schedule.consumed >= self.batch_size:
+            self.schedule.end_epoch()
+        return self.rows[int(self.schedule.take(1)[0])]
+
+    def update(self, batch: Any) -> None:
+        uids, correct = batch_results(batch)
+        self.schedule.observe(uids, correct)
+        self.schedule.end_epoch()
+
+
+if AbstractCurriculumSampler is not None:
+
+    class GainCurriculumSampler(AbstractCurriculumSampler):  # type: ignore[misc,valid-type]
+        """verl 0.5-0.7 curriculum sampler (`data.sampler.class_name=GainCurriculumSampler`)."""
+
+        def __init__(self, data_source: Any, data_config: Any) -> None:
+            self._f = _Follower(data_source.dataframe, data_config)
+
+        @property
+        def schedule(self) -> GainSchedule:
+            return self._f.schedule
+
+        def __len__(self) -> int:
+            return self._f.length
+
+        def __iter__(self) -> Iterator[int]:
+            for _ in range(self._f.length):
+                yield self._f.next_row()
+
+        def update(self, batch: Any) -> None:
+            self._f.update(batch)
+
+        def state_dict(self) -> dict[str, Any]:
+            return self._f.schedule.state_dict()
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self._f.schedule.load_state_dict(state)
+
+
+def _same_files(a: Any, b: Any) -> bool:
+    def norm(x: Any) -> list[str]:
+        return sorted(str(v) for v in ([x] if isinstance(x, str) else list(x or [])))
+
+    return bool(a) and bool(b) and norm(a) == norm(b)
+
+
+class GainRLHFDataset(RLHFDataset):
+    """verl `data.custom_cls`: row i of an epoch is the schedule's i-th draw.
+
+    Pass-through (plain RLHFDataset order) for the validation set, recognised by its files
+    being `data.val_files`, or when `data.gain.passthrough=true`.
+    """
+
+    def __init__(
+        self, data_files: Any, tokenizer: Any, config: Any, processor: Any = None, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            data_files=data_files, tokenizer=tokenizer, config=config, processor=processor, **kwargs
+        )
+        gain = _gain_cfg(config) or {}
+        self.passthrough = bool(gain.get("passthrough")) or _same_files(
+            data_files, config.get("val_files")
+        )
+        self._f = None if self.passthrough else _Follower(self.dataframe, config)
+
+    @property
+    def schedule(self) -> GainSchedule | None:
+        return None if self._f is None else self._f.schedule
+
+    def __len__(self) -> int:
+        return super().__len__() if self._f is None else self._f.length
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        if self._f is None:
+            return super().__getitem__(item)
+        return super().__getitem__(self._f.next_row())
+
+    def on_batch_end(self, batch: Any) -> None:
+        if self._f is not None:
+            self._f.update(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self._f is None else self._f.schedule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._f is not None and state:
+            self._f.schedule.load_state_dict(state)
