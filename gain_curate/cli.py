@@ -70,6 +70,11 @@ def main() -> None:
 )
 @click.option("--no-system-prompt", is_flag=True, help="Score without a system prompt.")
 @click.option(
+    "--chat-template",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Jinja chat template for a model that ships none.",
+)
+@click.option(
     "--few-shot",
     default="gainrl",
     show_default=True,
@@ -119,6 +124,31 @@ def main() -> None:
 @click.option(
     "--no-prefix-sharing", is_flag=True, help="Run every conversation whole (slower; for checking)."
 )
+@click.option(
+    "--part-rows",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Input rows per work part: the unit of resume and of distribution.",
+)
+@click.option(
+    "--shard",
+    callback=lambda c, p, v: _parse_shard(v),
+    help="I/N: score only the parts whose number mod N is I, then stop (merge later).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process (all local GPUs); ray: Ray Data GPU actors.",
+)
+@click.option("--ray-address", help="Ray cluster address (default: start or join a local Ray).")
+@click.option(
+    "--num-gpus",
+    type=click.IntRange(min=0),
+    help="Ray: model replicas (one GPU each); 0 = CPU actors.",
+)
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=50_000, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N rows.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
@@ -130,7 +160,7 @@ def score(**kw: Any) -> None:
     Example:
       gain-curate score --model Qwen2.5-7B-Instruct --data gsm8k --out runs/gsm8k
     """
-    from gain_curate.score import ScoreConfig, run_score
+    from gain_curate.score import ScoreConfig
     from gain_curate.template import DEFAULT_SYSTEM_PROMPT, ScoringTemplate, load_few_shot
 
     try:
@@ -151,12 +181,28 @@ def score(**kw: Any) -> None:
             question_key=kw["question_key"], answer_key=kw["answer_key"], split=kw["split"],
             limit=kw["limit"], layer=kw["layer"], inter_weight=kw["inter_weight"],
             max_tokens=kw["max_tokens"], dtype=kw["dtype"], device=kw["device"],
-            token_budget=kw["token_budget"], kernel=kw["kernel"], share_prefix=not kw["no_prefix_sharing"], rows_per_shard=kw["rows_per_shard"], overwrite=kw["overwrite"],
+            token_budget=kw["token_budget"], kernel=kw["kernel"], share_prefix=not kw["no_prefix_sharing"],
+            part_rows=kw["part_rows"], chat_template=str(kw["chat_template"]) if kw["chat_template"] else None,
+            rows_per_shard=kw["rows_per_shard"], overwrite=kw["overwrite"],
         )  # fmt: skip
         with _progress(quiet=kw["as_json"]) as hooks:
-            result = run_score(cfg, hooks)
+            if kw["backend"] == "ray":
+                from gain_curate.distributed import run_score_ray
+
+                result = run_score_ray(
+                    cfg, hooks, address=kw["ray_address"], num_gpus=kw["num_gpus"]
+                )
+            else:
+                from gain_curate.distributed import run_score_local
+
+                result = run_score_local(cfg, hooks, shard=kw["shard"])
     except GainCurateError as e:
         raise _fail(e) from None
+    if result is None:
+        i, n = kw["shard"]
+        click.echo(f"shard {i}/{n} done: its parts are in {kw['out'] / '.gain-curate' / 'parts'}; "
+                   f"run `gain-curate merge {kw['out']}` once every shard is done")  # fmt: skip
+        return
     if kw["as_json"]:
         click.echo(json.dumps(_summary_json(result), indent=2))
     else:
@@ -296,6 +342,146 @@ def export(out: Path, fmt: str, epoch: int) -> None:
     click.echo(f"{fmt} epoch {epoch}: {path}")
 
 
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a PNG overview here.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
+    """Show what a scored run holds: counts, score ranges, top and bottom prompts.
+
+    \b
+    Example:
+      gain-curate inspect runs/gsm8k --plot runs/gsm8k/overview.png
+    """
+    from gain_curate.report import plot, summarize
+
+    try:
+        info = summarize(out)
+        if plot_path is not None:
+            info["plot"] = {"path": str(plot_path), "size": list(plot(out, plot_path))}
+    except GainCurateError as e:
+        raise _fail(e) from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    _print_inspect(info)
+
+
+def _print_inspect(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"{info['out']}  ({info['model']})", show_header=False)
+    t.add_row("rows", f"{info['rows']:,}")
+    t.add_row("scored", f"{info['scored']:,}")
+    for reason, k in info["unscored"].items():
+        t.add_row(f"unscored: {reason}", f"{k:,}")
+    for key in ("score", "c_intra", "c_inter"):
+        s = info[key]
+        if s:
+            t.add_row(
+                key,
+                f"min {s['min']:.4f}  p10 {s['p10']:.4f}  median {s['p50']:.4f}  p90 {s['p90']:.4f}  max {s['max']:.4f}",
+            )
+    rho = info["spearman_score_vs_question_tokens"]
+    t.add_row("spearman(score, question tokens)", "n/a" if rho is None else f"{rho:+.3f}")
+    if info["difficulty_column"]:
+        rho = info["spearman_score_vs_difficulty"]
+        t.add_row(
+            f"spearman(score, {info['difficulty_column']})", "n/a" if rho is None else f"{rho:+.3f}"
+        )
+    console.print(t)
+    for title, rows in (("top (sampled first)", info["top"]), ("bottom", info["bottom"])):
+        tb = Table(title=title)
+        for col in ("rank", "score", "question"):
+            tb.add_column(col, overflow="ellipsis", no_wrap=col == "question")
+        for r in rows:
+            tb.add_row(str(r["rank"]), f"{r['score']:.4f}", r["question"])
+        console.print(tb)
+    if "plot" in info:
+        click.echo(f"plot: {info['plot']['path']}")
+
+
+@main.command()
+@click.option("--model", "model", default="smollm2", show_default=True, help="As for score.")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    help="As for score; needs an answer column (the reference solution).",
+)
+@click.option(
+    "--sample", type=click.IntRange(min=3), default=256, show_default=True, help="Prompts to check."
+)
+@click.option("--layer", type=int, help="Decoder layer (default: last), as for score.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("runs/validate"),
+    show_default=True,
+)
+@click.option("--question-key", help="Question column, as for score.")
+@click.option("--answer-key", help="Reference-solution column, as for score.")
+@click.option("--few-shot", default="gainrl", show_default=True, help="As for score.")
+@click.option("--system-prompt", help="As for score.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default="float32",
+    show_default=True,
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Which prompts are sampled.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def validate(**kw: Any) -> None:
+    """Check the signal on your model: gradient norm of the layer's mlp.up_proj vs score.
+
+    \b
+    Example:
+      gain-curate validate --model smollm2 --data ../shared/data/gsm8k/train.jsonl --sample 256
+    """
+    from gain_curate.template import DEFAULT_SYSTEM_PROMPT, ScoringTemplate, load_few_shot
+    from gain_curate.validate import run_validate
+
+    try:
+        name, few_shot = load_few_shot(kw["few_shot"])
+        template = ScoringTemplate(
+            system_prompt=kw["system_prompt"] or DEFAULT_SYSTEM_PROMPT,
+            few_shot=few_shot,
+            few_shot_name=name,
+        )
+        result = run_validate(kw["model"], kw["data"], sample=kw["sample"], layer=kw["layer"], out=kw["out"], template=template,
+                              answer_key=kw["answer_key"], question_key=kw["question_key"], dtype=kw["dtype"],
+                              device=kw["device"], seed=kw["seed"])  # fmt: skip
+    except GainCurateError as e:
+        raise _fail(e) from None
+    if kw["as_json"]:
+        click.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title=f"does the signal hold? {result['model']}, {result['sample']} prompts, {result['weight']}"
+    )
+    t.add_column("Spearman of ||grad||_F with")
+    t.add_column("rho", justify="right")
+    for key, label in (("spearman_grad_vs_score", "gain_score"), ("spearman_grad_vs_c_intra", "C_intra"),
+                       ("spearman_grad_vs_c_inter", "C_inter"), ("spearman_grad_vs_question_tokens", "question length"),
+                       ("partial_spearman_grad_vs_score_given_length", "gain_score, length held fixed")):  # fmt: skip
+        v = result[key]
+        t.add_row(label, "n/a" if v is None else f"{v:+.3f}")
+    Console().print(t)
+    click.echo(f"table: {kw['out'] / 'validate.parquet'}  plot: {kw['out'] / 'validate.png'}")
+
+
 def _plan_summary(
     plans: list[Any], history: list[dict[str, float]], n: int
 ) -> list[dict[str, Any]]:
@@ -327,6 +513,42 @@ def _print_plan(summary: list[dict[str, Any]], n: int, width: int = 40) -> None:
             str(row["epoch"]), f"{row['mu']:.0f}", f"{row['rank_p10']}-{row['rank_p90']}", bar
         )
     Console().print(t)
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected I/N with 0 <= I < N, e.g. 0/4") from None
+    return i, n
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+def merge(out: Path, as_json: bool) -> None:
+    """Rank-merge the parts that `score --shard I/N` workers wrote; write shards + manifest.
+
+    \b
+    Example:
+      for i in 0 1 2 3; do gain-curate score ... --out runs/big --shard $i/4 & done; wait
+      gain-curate merge runs/big
+    """
+    from gain_curate.score import merge_run
+
+    try:
+        with _progress(quiet=as_json) as hooks:
+            result = merge_run(out, hooks)
+    except GainCurateError as e:
+        raise _fail(e) from None
+    if as_json:
+        click.echo(json.dumps(_summary_json(result), indent=2))
+    else:
+        _print_summary(result)
 
 
 def _summary_json(result: Any) -> dict[str, Any]:

@@ -66,17 +66,38 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ModelError(f"cannot find the decoder layers of {type(model).__name__}")
 
 
-def load_model(
-    ref: ModelRef, *, dtype: torch.dtype, device: torch.device, layer: int | None
-) -> LoadedModel:
-    from transformers import AutoConfig, AutoModel
+@dataclass(frozen=True)
+class ModelShape:
+    layer: int  # 0-based hooked layer
+    num_layers: int
+    hidden_size: int
+
+
+def read_config(ref: ModelRef) -> Any:
+    from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(ref.path, revision=ref.revision)
+        return AutoConfig.from_pretrained(ref.path, revision=ref.revision)
     except (OSError, ValueError) as e:
         raise ModelError(
             f"cannot read the model config of {ref.name}: {str(e).splitlines()[0]}"
         ) from None
+
+
+def model_shape(ref: ModelRef, layer: int | None) -> ModelShape:
+    """The hooked layer and the model's size, from its config alone (no weights)."""
+    config = read_config(ref)
+    text_config = getattr(config, "text_config", None) or config
+    n = text_config.num_hidden_layers
+    return ModelShape(resolve_layer(layer, n), n, text_config.hidden_size)
+
+
+def load_model(
+    ref: ModelRef, *, dtype: torch.dtype, device: torch.device, layer: int | None
+) -> LoadedModel:
+    from transformers import AutoModel
+
+    config = read_config(ref)
     text_config = getattr(config, "text_config", None) or config
     num_layers = text_config.num_hidden_layers
     idx = resolve_layer(layer, num_layers)

@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 
 from gain_curate import __version__, store
 from gain_curate.angles import FORMULA
+from gain_curate.errors import ModelError, OutputError
 from gain_curate.stats import spearman, summary
 from gain_curate.template import ScoringTemplate
 
@@ -43,6 +44,8 @@ class ScoreConfig:
     token_budget: int | None = None
     kernel: str = "auto"
     share_prefix: bool = True
+    part_rows: int = 10_000
+    chat_template: str | None = None  # a Jinja file for models that ship none
     rows_per_shard: int = 50_000
     overwrite: bool = False
 
@@ -86,19 +89,34 @@ def duplicate_flags(questions: list[str | None], answers: list[str | None]) -> l
     return flags
 
 
-def run_score(cfg: ScoreConfig, hooks: Hooks | None = None) -> ScoreResult:
+@dataclass
+class Prepared:
+    """Everything decided before any model runs: input, tokenizer, reasons, parts, hash."""
+
+    cfg: ScoreConfig
+    src: Any  # sources.SourceData
+    ref: Any  # models.ModelRef
+    tok: Any
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+    kernel: str
+    reasons: list[str | None]  # per input row, before tokenization
+    uids: list[str]
+    parts: list[range]
+    model_info: dict[str, Any]
+    config_hash: str
+
+
+def prepare(cfg: ScoreConfig, hooks: Hooks) -> Prepared:
     import torch
 
-    from gain_curate.angles import angle_scores
     from gain_curate.models import load_tokenizer, resolve_dtype, resolve_model
-    from gain_curate.prefill import PrefillStats, load_model, resolve_kernel, segment_sums
+    from gain_curate.prefill import model_shape, resolve_kernel
     from gain_curate.sources import load_source
-    from gain_curate.template import segment_batch, template_hash
+    from gain_curate.template import template_hash
 
-    hooks = hooks or Hooks()
-    t0 = time.perf_counter()
-    store.check_output_dir(cfg.out, overwrite=cfg.overwrite)
-
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise OutputError(f"output path {cfg.out} is a file, not a folder: choose another --out")
     hooks.status(f"reading {cfg.data}")
     src = load_source(
         cfg.data,
@@ -110,22 +128,51 @@ def run_score(cfg: ScoreConfig, hooks: Hooks | None = None) -> ScoreResult:
     n = src.table.num_rows
     ref = resolve_model(cfg.model)
     hooks.status(f"loading tokenizer of {ref.name}")
-    tok = load_tokenizer(ref)
+    template_text = None
+    if cfg.chat_template is not None:
+        try:
+            template_text = Path(cfg.chat_template).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ModelError(
+                f"--chat-template {cfg.chat_template}: {e.strerror or e}; give a readable Jinja file"
+            ) from None
+    tok = load_tokenizer(ref, chat_template=template_text)
     device = torch.device(
         cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     dtype = resolve_dtype(cfg.dtype, device)
     kernel = resolve_kernel(cfg.kernel, device)
-
+    shape = model_shape(ref, cfg.layer)
     reasons: list[str | None] = list(src.problems)
     for i, dup in enumerate(duplicate_flags(src.questions, src.answers)):
         if dup and reasons[i] is None:
             reasons[i] = "duplicate"
-    todo = [i for i in range(n) if reasons[i] is None]
-    hooks.status(f"tokenizing {len(todo)} prompts")
-    segs = segment_batch(tok, cfg.template, [src.questions[i] for i in todo])
-    tokens_p = np.full(n, -1, dtype=np.int64)
-    tokens_q = np.full(n, -1, dtype=np.int64)
+    model_info = {
+        "name": ref.name, "path": ref.path, "revision": ref.revision, "dtype": str(dtype).removeprefix("torch."),
+        "device": device.type, "layer": shape.layer, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
+        "chat_template_sha256": template_hash(tok),
+    }  # fmt: skip
+    parts = [range(a, min(a + cfg.part_rows, n)) for a in range(0, n, cfg.part_rows)]
+    uids = prompt_uids(src.questions, src.answers, src.table.column(0).to_pylist())
+    h = config_hash(cfg, src.spec.content_hash, {**model_info, "kernel": kernel})
+    return Prepared(cfg, src, ref, tok, device, dtype, kernel, reasons, uids, parts, model_info, h)
+
+
+def score_rows(prep: Prepared, lm: Any, rows: range, hooks: Hooks) -> tuple[Any, dict[str, Any]]:
+    """Score one part of the input: a table in PART_SCHEMA order and the prefill stats."""
+    import pyarrow as pa
+    import torch
+
+    from gain_curate.angles import angle_scores
+    from gain_curate.prefill import PrefillStats, segment_sums
+    from gain_curate.template import segment_batch
+
+    cfg, src = prep.cfg, prep.src
+    reasons = {i: prep.reasons[i] for i in rows}
+    todo = [i for i in rows if reasons[i] is None]
+    segs = segment_batch(prep.tok, cfg.template, [src.questions[i] for i in todo])
+    tokens_p = dict.fromkeys(rows, -1)
+    tokens_q = dict.fromkeys(rows, -1)
     runnable, run_segs = [], []
     for i, s in zip(todo, segs):
         if s is None:
@@ -141,39 +188,115 @@ def run_score(cfg: ScoreConfig, hooks: Hooks | None = None) -> ScoreResult:
         else:
             runnable.append(i)
             run_segs.append(s)
-
-    score = np.full(n, np.nan)
-    c_intra, c_inter = np.full(n, np.nan), np.full(n, np.nan)
-    hooks.status(f"loading {ref.name} ({dtype}, {device})")
-    lm = load_model(ref, dtype=dtype, device=device, layer=cfg.layer)
-    budget = cfg.token_budget or (32768 if device.type == "cuda" else 2048)
-    hooks.start(len(run_segs), sum(len(s.input_ids) for s in run_segs))
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    score = dict.fromkeys(rows, float("nan"))
+    c_intra, c_inter = dict(score), dict(score)
+    budget = cfg.token_budget or (32768 if prep.device.type == "cuda" else 2048)
+    pad_id = prep.tok.pad_token_id if prep.tok.pad_token_id is not None else 0
     stats = PrefillStats()
     batches = segment_sums(
-        lm, run_segs, token_budget=budget, pad_id=pad_id, kernel=kernel,
+        lm, run_segs, token_budget=budget, pad_id=pad_id, kernel=prep.kernel,
         share_prefix=cfg.share_prefix, on_batch=hooks.batch, stats=stats,
     )  # fmt: skip
     for b in batches:
-        rows = [runnable[j] for j in b.indices]
-        p = torch.tensor([tokens_p[i] for i in rows])
-        q = torch.tensor([tokens_q[i] for i in rows])
+        idx = [runnable[j] for j in b.indices]
+        p = torch.tensor([tokens_p[i] for i in idx])
+        q = torch.tensor([tokens_q[i] for i in idx])
         a = angle_scores(b.s_q, q, b.s_p, p, cfg.inter_weight)
-        score[rows], c_intra[rows], c_inter[rows] = (
-            a.score.numpy(),
-            a.c_intra.numpy(),
-            a.c_inter.numpy(),
-        )
+        for k, i in enumerate(idx):
+            score[i], c_intra[i], c_inter[i] = (
+                a.score[k].item(),
+                a.c_intra[k].item(),
+                a.c_inter[k].item(),
+            )
     for i in runnable:
         if not np.isfinite(score[i]):
             reasons[i] = "non_finite_hidden_states"
-            score[i] = c_intra[i] = c_inter[i] = np.nan
+            score[i] = c_intra[i] = c_inter[i] = float("nan")
+    hooks.batch(len(rows) - len(runnable), 0)  # rows never run still count as done
+    table = pa.table({
+        "row": list(rows), "score": [score[i] for i in rows], "c_intra": [c_intra[i] for i in rows],
+        "c_inter": [c_inter[i] for i in rows], "tokens_prefix": [tokens_p[i] for i in rows],
+        "tokens_question": [tokens_q[i] for i in rows], "reason": [reasons[i] for i in rows],
+    })  # fmt: skip
+    return table, {"token_budget": budget, **asdict(stats)}
 
-    uids = prompt_uids(src.questions, src.answers, src.table.column(0).to_pylist())
+
+def run_score(
+    cfg: ScoreConfig, hooks: Hooks | None = None, *, shard: tuple[int, int] | None = None
+) -> ScoreResult | None:
+    """Score every unfinished part (or this shard's share of them), then merge.
+
+    Parts are the unit of work and of resume: a rerun on the same OUT with the same config
+    skips finished parts; `shard=(i, n)` scores parts p with p % n == i and stops before
+    the merge (`gain-curate merge OUT` does it once every shard is done).
+    """
+    from gain_curate.prefill import load_model
+
+    hooks = hooks or Hooks()
+    t0 = time.perf_counter()
+    prep = prepare(cfg, hooks)
+    todo = claim_parts(prep, hooks, shard)
+    if isinstance(todo, ScoreResult):
+        return todo
+    if todo:
+        hooks.status(f"loading {prep.ref.name} ({prep.dtype}, {prep.device})")
+        lm = load_model(prep.ref, dtype=prep.dtype, device=prep.device, layer=cfg.layer)
+        hooks.start(sum(len(prep.parts[p]) for p in todo), 0)
+        work = store.WorkDir(cfg.out)
+        for p in todo:
+            table, stats = score_rows(prep, lm, prep.parts[p], hooks)
+            work.write_part(p, table, prep.config_hash, stats)
+    if shard is not None:
+        return None
+    return merge(prep, hooks, time.perf_counter() - t0)
+
+
+def claim_parts(
+    prep: Prepared, hooks: Hooks, shard: tuple[int, int] | None = None
+) -> list[int] | ScoreResult:
+    """Take OUT for this config: the parts still to score (this shard's share), or the
+    finished result when OUT already holds this very run."""
+    cfg = prep.cfg
+    manifest = store.read_manifest(cfg.out) if (cfg.out / store.MANIFEST).is_file() else None
+    if (
+        manifest is not None
+        and manifest.get("config_hash") == prep.config_hash
+        and not cfg.overwrite
+    ):
+        hooks.status(f"{cfg.out} is already complete for this config")
+        return ScoreResult(cfg.out, manifest, 0.0)
+    work = store.WorkDir(cfg.out)
+    run = {"config": config_dict(cfg), "parts": len(prep.parts), "rows": prep.src.table.num_rows}
+    work.claim(prep.config_hash, run, overwrite=cfg.overwrite)
+    mine = [p for p in range(len(prep.parts)) if shard is None or p % shard[1] == shard[0]]
+    todo = [p for p in mine if not work.done(p, prep.config_hash)]
+    if len(todo) < len(mine):
+        hooks.status(f"resuming: {len(mine) - len(todo)} of {len(mine)} parts already finished")
+    return todo
+
+
+def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
+    """Rank every part together and write the public shards, then the manifest."""
+    cfg, src = prep.cfg, prep.src
+    parts, part_stats = store.WorkDir(cfg.out).read_parts(len(prep.parts), prep.config_hash)
+    n = src.table.num_rows
+    cols = parts.to_pydict()
+
+    def arr(name: str) -> np.ndarray:
+        out = np.empty(
+            n, dtype=np.float64 if name not in ("tokens_prefix", "tokens_question") else np.int64
+        )
+        out[np.asarray(cols["row"])] = cols[name]
+        return out
+
+    reasons: list[str | None] = [None] * n
+    for r, why in zip(cols["row"], cols["reason"]):
+        reasons[r] = why
+    score = arr("score")
     ranked = store.RankedRows(
-        uids=uids, questions=src.questions, answers=src.answers, score=score, c_intra=c_intra,
-        c_inter=c_inter, tokens_prefix=tokens_p, tokens_question=tokens_q, reasons=reasons,
-        order=store.rank_order(score, uids),
+        uids=prep.uids, questions=src.questions, answers=src.answers, score=score, c_intra=arr("c_intra"),
+        c_inter=arr("c_inter"), tokens_prefix=arr("tokens_prefix"), tokens_question=arr("tokens_question"),
+        reasons=reasons, order=store.rank_order(score, prep.uids),
     )  # fmt: skip
     trainer_prompts = [cfg.template.user_content(q) if q is not None else "" for q in src.questions]
     table = store.build_table(
@@ -181,24 +304,60 @@ def run_score(cfg: ScoreConfig, hooks: Hooks | None = None) -> ScoreResult:
         data_source=src.spec.data_source, split=cfg.split, trainer_prompts=trainer_prompts,
     )  # fmt: skip
     hooks.status(f"writing {cfg.out}")
-    if cfg.overwrite:
-        store.remove_previous_run(cfg.out)
+    (cfg.out / store.MANIFEST).unlink(missing_ok=True)  # never a manifest beside other shards
     shards = store.write_shards(table, cfg.out, rows_per_shard=cfg.rows_per_shard)
-    seconds = time.perf_counter() - t0
-    model_info = {
-        "name": ref.name, "path": ref.path, "revision": ref.revision, "dtype": str(dtype).removeprefix("torch."),
-        "device": device.type, "layer": lm.layer, "num_layers": lm.num_layers, "hidden_size": lm.hidden_size,
-        "chat_template_sha256": template_hash(tok),
-    }  # fmt: skip
-    run_info = {"kernel": kernel, "token_budget": budget, **asdict(stats)}
-    manifest = build_manifest(cfg, src.spec, model_info, ranked, shards, seconds, run_info)
+    totals: dict[str, Any] = {
+        "kernel": prep.kernel,
+        "token_budget": part_stats[0]["token_budget"] if part_stats else None,
+    }
+    for key in ("prompts", "tokens_run", "tokens_padded", "prompts_sharing_prefix", "oom_retries"):
+        totals[key] = sum(s[key] for s in part_stats)
+    totals["shared_prefix_tokens"] = max((s["shared_prefix_tokens"] for s in part_stats), default=0)
+    totals["parts"] = len(prep.parts)
+    manifest = build_manifest(
+        cfg, prep.src.spec, prep.model_info, ranked, shards, seconds, totals, prep.config_hash
+    )
     store.write_manifest(cfg.out, manifest)
     return ScoreResult(cfg.out, manifest, seconds)
 
 
+def config_dict(cfg: ScoreConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["out"] = str(cfg.out)
+    d["template"] = cfg.template.to_dict()
+    return d
+
+
+def config_from_dict(d: dict[str, Any]) -> ScoreConfig:
+    t = d["template"]
+    template = ScoringTemplate(system_prompt=t["system_prompt"], few_shot=tuple(tuple(x) for x in t["few_shot"]),
+                               instruction=t["instruction"], few_shot_name=t["few_shot_name"])  # fmt: skip
+    return ScoreConfig(**{**d, "out": Path(d["out"]), "template": template, "overwrite": False})
+
+
+def merge_run(out: Path, hooks: Hooks | None = None) -> ScoreResult:
+    """`gain-curate merge OUT`: rank-merge the parts that --shard workers wrote."""
+    hooks = hooks or Hooks()
+    t0 = time.perf_counter()
+    info = store.WorkDir(out).run_info()
+    if info is None:
+        raise OutputError(
+            f"{out} holds no scoring work ({store.WORK_DIR}/run.json missing): run `gain-curate score --out {out}` first"
+        )
+    cfg = replace(config_from_dict(info["config"]), out=out)
+    prep = prepare(cfg, hooks)
+    if prep.config_hash != info["config_hash"]:
+        raise OutputError(f"{out}: the input or model changed since its parts were scored (config hash {info['config_hash']}, "
+                          f"now {prep.config_hash}): score again with --overwrite")  # fmt: skip
+    return merge(prep, hooks, time.perf_counter() - t0)
+
+
 def config_hash(cfg: ScoreConfig, input_hash: str, model_info: dict[str, Any]) -> str:
-    """What determines the scores: input content, model, layer, dtype, template, formula."""
+    """What determines the scores and their bytes: input content, model, layer, dtype,
+    kernel, template, formula, and the parts (batches are formed within a part)."""
     keys = {
+        "kernel": model_info["kernel"], "device": model_info["device"], "part_rows": cfg.part_rows,
+        "token_budget": cfg.token_budget, "share_prefix": cfg.share_prefix, "rows_per_shard": cfg.rows_per_shard,
         "input": input_hash, "model": [model_info["path"], model_info["revision"], model_info["chat_template_sha256"]],
         "dtype": model_info["dtype"], "layer": model_info["layer"], "template": cfg.template.to_dict(),
         "inter_weight": cfg.inter_weight, "max_tokens": cfg.max_tokens, "limit": cfg.limit,
@@ -215,6 +374,7 @@ def build_manifest(
     shards: list[dict[str, Any]],
     seconds: float,
     run_info: dict[str, Any],
+    config_hash_: str,
 ) -> dict[str, Any]:
     scored = int(np.isfinite(rows.score).sum())
     unscored = Counter(r for r in rows.reasons if r is not None)
@@ -223,7 +383,7 @@ def build_manifest(
         "tool": "gain-curate",
         "version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config_hash": config_hash(cfg, spec.content_hash, model_info),
+        "config_hash": config_hash_,
         "input": asdict(spec),
         "model": model_info,
         "signal": {

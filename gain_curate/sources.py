@@ -101,8 +101,13 @@ def load_source(
         if key is not None and key not in columns:
             raise InputError(f"column '{key}' ({flag}) not found in {where}; {listing}")
 
-    questions, problems = zip(*map(_question, _values(table, q_key)), strict=True)
-    answers = _values(table, a_key) if a_key else [None] * table.num_rows
+    questions, problems = zip(*map(_question, column_values(table, q_key)), strict=True)
+    problems = list(problems)
+    odd = json.loads((table.schema.metadata or {}).get(NONSTRING_META, b"{}"))
+    for i in odd.get(q_key, []):
+        if i < table.num_rows:
+            problems[i] = "non_string_question"
+    answers = column_values(table, a_key) if a_key else [None] * table.num_rows
     answers = [a if a is None or isinstance(a, str) else str(a) for a in answers]  # ints, floats
     extraction = preset.extraction if preset and not answer_key else None
     if extraction == "last_boxed":
@@ -114,7 +119,7 @@ def load_source(
         data, raw.kind, raw.path, raw.hub_id, raw.revision, split, q_key, a_key, extraction,
         raw.content_hash, table.num_rows, rows_total, raw.data_source, is_verl,
     )  # fmt: skip
-    return SourceData(table, list(questions), answers, list(problems), spec)
+    return SourceData(table, list(questions), answers, problems, spec)
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,7 @@ def _read(data: str, split: str) -> _Raw:
         hub_id, _, revision = data.partition("@")
         return _read_hub(hub_id, None, revision or None, split)
     if looks_like_file or "/" in data or "\\" in data:
-        raise InputError(f"file not found: {data}")
+        raise InputError(f"file not found: {data} (check the path given to --data)")
     raise InputError(
         f"no such file or preset: {data} (presets: {', '.join(PRESETS)}; or give a path to a "
         ".jsonl, .json, .parquet, .csv file or a save_to_disk folder)"
@@ -179,11 +184,11 @@ def _read_local(path: Path, split: str) -> _Raw:
     if ext not in EXTENSIONS:
         supported = f"{', '.join(EXTENSIONS)}, or a datasets save_to_disk folder"
         raise InputError(
-            f"unsupported file type '{ext or path.name}': {path} (supported: {supported})"
+            f"unsupported file type '{ext or path.name}': {path} (supported: {supported}); convert it or rename it"
         )
     digest = _file_sha256(path)  # first full read: also surfaces permission errors
     if path.stat().st_size == 0:
-        raise InputError(f"{path} has no rows (empty file)")
+        raise InputError(f"{path} has no rows (empty file); give a dataset with at least one row")
     try:
         if ext in (".jsonl", ".json"):
             table = _rows_to_table(_read_json_rows(path), path)
@@ -192,7 +197,9 @@ def _read_local(path: Path, split: str) -> _Raw:
         else:
             table = pacsv.read_csv(path)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read {path} as {ext}: {_one_line(e)}") from e
+        raise InputError(
+            f"cannot read {path} as {ext}: {_one_line(e)}; check that the file is a valid {ext[1:]} file"
+        ) from e
     return _Raw(table, ext[1:], str(path), digest, _file_data_source(path))
 
 
@@ -203,10 +210,12 @@ def _read_json_rows(path: Path) -> list[Any]:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {e.lineno}: invalid JSON ({e.msg})") from e
+            raise InputError(f"{path} line {e.lineno}: invalid JSON ({e.msg}); fix the file") from e
         bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
         if bad is not None:
-            raise InputError(f"{path}: item {bad + 1} of the JSON array is not an object")
+            raise InputError(
+                f'{path}: item {bad + 1} of the JSON array is not an object; each item must be {{"question": ..., "answer": ...}}'
+            )
         return rows
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -217,21 +226,40 @@ def _read_json_rows(path: Path) -> list[Any]:
         except json.JSONDecodeError as e:
             raise InputError(f"{path} line {n}: invalid JSON ({e.msg}); fix or remove it") from e
         if not isinstance(row, dict):
-            raise InputError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+            raise InputError(
+                f"{path} line {n}: expected a JSON object, got {type(row).__name__}; fix or remove the line"
+            )
     return rows
 
 
+NONSTRING_META = b"gain_curate.nonstring_rows"
+
+
 def _rows_to_table(rows: list[dict[str, Any]], path: Path) -> pa.Table:
-    """Columns in first-seen key order; each type inferred over ALL rows."""
+    """Columns in first-seen key order; each type inferred over ALL rows.
+
+    A text column with some non-text values (a number where a question belongs) becomes a
+    text column, the odd values written as JSON text; their rows are listed in the schema
+    metadata so an odd QUESTION is a per-row problem instead of failing the whole file.
+    """
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    columns = {}
+    columns, odd = {}, {}
     for key in keys:
+        values = [row.get(key) for row in rows]
         try:
-            columns[key] = pa.array([row.get(key) for row in rows])
+            columns[key] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            msg = f"{path}: column '{key}' mixes types Arrow cannot unify ({_one_line(e)})"
-            raise InputError(msg) from e
-    return pa.table(columns)
+            if not any(isinstance(v, str) for v in values):
+                msg = (f"{path}: column '{key}' mixes types Arrow cannot unify ({_one_line(e)}); "
+                       f"give every row's '{key}' the same type")  # fmt: skip
+                raise InputError(msg) from e
+            odd[key] = [i for i, v in enumerate(values) if v is not None and not isinstance(v, str)]
+            columns[key] = pa.array(
+                [v if v is None or isinstance(v, str) else json.dumps(v) for v in values],
+                pa.string(),
+            )
+    table = pa.table(columns)
+    return table.replace_schema_metadata({NONSTRING_META: json.dumps(odd)}) if odd else table
 
 
 def _read_arrow_dir(path: Path, split: str) -> pa.Table:
@@ -291,7 +319,8 @@ def _read_hub(hub_id: str, config: str | None, revision: str | None, split: str)
     return _Raw(table, "hub", None, _table_sha256(table), hub_id, hub_id, revision)
 
 
-def _values(table: pa.Table, key: str) -> list[Any]:
+def column_values(table: pa.Table, key: str) -> list[Any]:
+    """The values of a column, a dotted key reaching into struct columns."""
     head, *rest = [key] if key in table.column_names else key.split(".")
     values = table.column(head).to_pylist()
     for part in rest:

@@ -53,3 +53,14 @@ def summary(x: np.ndarray) -> dict[str, float] | None:
         **qs,
         "max": float(x.max()),
     }
+
+
+def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float | None:
+    """Spearman correlation of x and y holding z fixed (first-order partial, on ranks)."""
+    x, y, z = (np.asarray(v, np.float64) for v in (x, y, z))
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    rx, ry, rz = rankdata(x[keep]), rankdata(y[keep]), rankdata(z[keep])
+    rxy, rxz, ryz = pearson(rx, ry), pearson(rx, rz), pearson(ry, rz)
+    if rxy is None or rxz is None or ryz is None or abs(rxz) >= 1 or abs(ryz) >= 1:
+        return None
+    return (rxy - rxz * ryz) / float(np.sqrt((1 - rxz**2) * (1 - ryz**2)))

@@ -75,16 +75,6 @@ def rank_order(score: np.ndarray, uids: list[str]) -> np.ndarray:
     return np.asarray(scored + unscored, dtype=np.int64)
 
 
-def check_output_dir(out: Path, *, overwrite: bool) -> None:
-    """Refuse before any work: OUT a file, or OUT already holding a run without --overwrite."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {out} is a file, not a folder: choose another --out")
-    if (out / MANIFEST).exists() and not overwrite:
-        raise OutputError(
-            f"{out} already holds a scored run ({MANIFEST}): pass --overwrite or choose another --out"
-        )
-
-
 def build_table(
     table: pa.Table,
     rows: RankedRows,
@@ -231,11 +221,6 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def remove_previous_run(out: Path) -> None:
-    """--overwrite: drop the old manifest first, so no reader sees it beside new shards."""
-    (out / MANIFEST).unlink(missing_ok=True)
-
-
 def update_manifest(out: Path, key: str, value: Any) -> None:
     """Set one top-level section of the manifest, atomically."""
     manifest = read_manifest(out)
@@ -311,3 +296,111 @@ def write_plan(out: Path, plans: list[np.ndarray], uids: list[str]) -> Path:
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     return path
+
+
+# --- resumable work parts -------------------------------------------------------------
+# OUT/.gain-curate/run.json      the config (and its hash) the parts were made with
+# OUT/.gain-curate/parts/part-NNNNN.parquet + .done   one finished part and its marker
+# A part counts as done only if its marker names this config hash and the part file's
+# sha256; both are written tmp + rename, so a kill at any moment leaves a part either
+# finished or absent.
+
+PART_SCHEMA = pa.schema(
+    [("row", pa.int64()), ("score", pa.float64()), ("c_intra", pa.float64()), ("c_inter", pa.float64()),
+     ("tokens_prefix", pa.int64()), ("tokens_question", pa.int64()), ("reason", pa.string())]
+)  # fmt: skip
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
+        ) from None
+
+
+class WorkDir:
+    """The resumable state of one run under OUT/.gain-curate."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.root = out / WORK_DIR
+        self.parts = self.root / "parts"
+
+    def run_info(self) -> dict[str, Any] | None:
+        path = self.root / "run.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def claim(self, config_hash: str, run: dict[str, Any], *, overwrite: bool) -> None:
+        """Start or resume: same config hash resumes, another is refused without overwrite."""
+        if self.out.exists() and not self.out.is_dir():
+            raise OutputError(
+                f"output path {self.out} is a file, not a folder: choose another --out"
+            )
+        info = self.run_info()
+        if overwrite:
+            (self.out / MANIFEST).unlink(missing_ok=True)
+            shutil.rmtree(self.root, ignore_errors=True)
+        elif info is not None and info["config_hash"] != config_hash:
+            raise OutputError(
+                f"{self.out} holds a run made with another config (hash {info['config_hash']}, this one {config_hash}): "
+                "pass --overwrite to start over, or choose another --out"
+            )
+        elif info is None and (self.out / MANIFEST).exists():
+            raise OutputError(
+                f"{self.out} already holds a scored run ({MANIFEST}): pass --overwrite or choose another --out"
+            )
+        if overwrite or info is None:
+            _atomic_bytes(
+                self.root / "run.json",
+                json.dumps({"config_hash": config_hash, **run}, indent=2).encode(),
+            )
+
+    def done(self, part: int, config_hash: str) -> bool:
+        marker = self.parts / f"part-{part:05d}.done"
+        if not marker.is_file():
+            return False
+        m = json.loads(marker.read_text(encoding="utf-8"))
+        path = self.parts / f"part-{part:05d}.parquet"
+        return (
+            m["config_hash"] == config_hash and path.is_file() and file_sha256(path) == m["sha256"]
+        )
+
+    def write_part(
+        self, part: int, table: pa.Table, config_hash: str, stats: dict[str, Any]
+    ) -> None:
+        path = self.parts / f"part-{part:05d}.parquet"
+        sink = pa.BufferOutputStream()
+        try:
+            pq.write_table(table.cast(PART_SCHEMA), sink, compression="zstd")
+        except OSError as e:
+            raise OutputError(
+                f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
+            ) from None
+        data = sink.getvalue().to_pybytes()
+        _atomic_bytes(path, data)
+        marker = {
+            "config_hash": config_hash,
+            "rows": table.num_rows,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "prefill": stats,
+        }
+        _atomic_bytes(self.parts / f"part-{part:05d}.done", json.dumps(marker).encode())
+
+    def read_parts(self, n_parts: int, config_hash: str) -> tuple[pa.Table, list[dict[str, Any]]]:
+        missing = [p for p in range(n_parts) if not self.done(p, config_hash)]
+        if missing:
+            shown = ", ".join(str(p) for p in missing[:8]) + (" ..." if len(missing) > 8 else "")
+            raise OutputError(f"{self.out}: {len(missing)} of {n_parts} parts are not finished (parts {shown}): "
+                              "run the missing --shard workers (or `gain-curate score` again) before merging")  # fmt: skip
+        tables = [pq.read_table(self.parts / f"part-{p:05d}.parquet") for p in range(n_parts)]
+        stats = [
+            json.loads((self.parts / f"part-{p:05d}.done").read_text())["prefill"]
+            for p in range(n_parts)
+        ]
+        return pa.concat_tables(tables), stats

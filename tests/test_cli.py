@@ -59,7 +59,9 @@ def test_score_prints_where_the_shards_are(
     assert "data.train_files=" in text
 
 
-def test_existing_run_needs_overwrite(tiny_qwen2_dir: Path, data: Path, tmp_path: Path) -> None:
+def test_rerun_is_a_no_op_and_another_config_needs_overwrite(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path
+) -> None:
     args = [
         "score",
         "--model",
@@ -70,9 +72,13 @@ def test_existing_run_needs_overwrite(tiny_qwen2_dir: Path, data: Path, tmp_path
         str(tmp_path / "o"),
     ]
     assert run(*args)[0] == 0
+    before = (tmp_path / "o" / "gain_manifest.json").read_text()
     code, text = run(*args)
-    assert code != 0 and "--overwrite" in text
-    assert run(*args, "--overwrite")[0] == 0
+    assert code == 0 and "already complete" in text
+    assert (tmp_path / "o" / "gain_manifest.json").read_text() == before
+    code, text = run(*args, "--inter-weight", "8")
+    assert code != 0 and "another config" in text and "--overwrite" in text
+    assert run(*args, "--inter-weight", "8", "--overwrite")[0] == 0
 
 
 def _bad_inputs(tmp_path: Path, data: Path, model: Path) -> list[tuple[list[str], str]]:

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import pathlib
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -261,11 +262,23 @@ def test_malformed_json_array(tmp_path):
         load_source(str(path))
 
 
-def test_inconsistent_json_types_name_the_column(tmp_path):
+def test_mixed_json_types_become_text_and_odd_questions_row_problems(tmp_path):
+    rows = [
+        {"question": "a?", "answer": 1},
+        {"question": 7, "answer": "x"},
+        {"question": {"q": 1}, "answer": "y"},
+    ]
+    src = load_source(str(write_jsonl(tmp_path / "t.jsonl", rows)))
+    assert src.answers == ["1", "x", "y"]
+    assert src.problems == [None, "non_string_question", "non_string_question"]
+    assert src.table.num_rows == 3
+
+
+def test_columns_without_any_text_that_cannot_unify_name_the_column(tmp_path):
     path = write_jsonl(
-        tmp_path / "t.jsonl", [{"question": "a", "answer": 1}, {"question": "b", "answer": "x"}]
+        tmp_path / "t.jsonl", [{"question": "a", "meta": 1}, {"question": "b", "meta": {"k": 2}}]
     )
-    with pytest.raises(InputError, match=r"t\.jsonl: column 'answer' mixes types"):
+    with pytest.raises(InputError, match=r"t\.jsonl: column 'meta' mixes types"):
         load_source(str(path))
 
 
@@ -306,7 +319,9 @@ def test_empty_parquet_has_no_rows(tmp_path):
 
 @pytest.mark.parametrize("data", ["missing/train.jsonl", "nothere.parquet", "./nope"])
 def test_file_not_found(data):
-    with pytest.raises(InputError, match=rf"^file not found: {data}$"):
+    with pytest.raises(
+        InputError, match=rf"^file not found: {re.escape(data)} \(check the path given to --data\)$"
+    ):
         load_source(data)
 
 

@@ -1,0 +1,125 @@
+"""Scoring on many devices: Ray Data actors, or every GPU of this machine.
+
+Both run the same per-part scorer as the local backend (`score.score_rows`) and write the
+same parts under OUT/.gain-curate, then the driver rank-merges them, so their shards equal
+the local backend's. Ray is an optional extra: `pip install 'gain-curate[ray]'`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from gain_curate import store
+from gain_curate.errors import GainCurateError
+from gain_curate.score import (
+    Hooks,
+    ScoreConfig,
+    ScoreResult,
+    claim_parts,
+    config_dict,
+    config_from_dict,
+    merge,
+    prepare,
+    run_score,
+    score_rows,
+)
+
+
+class _PartScorer:
+    """A Ray Data actor: loads the model once, then scores whole parts and writes them."""
+
+    def __init__(self, cfg: dict[str, Any], config_hash: str) -> None:
+        from gain_curate.prefill import load_model
+
+        self.prep = prepare(config_from_dict(cfg), Hooks())
+        if self.prep.config_hash != config_hash:
+            raise GainCurateError(f"worker sees another config (hash {self.prep.config_hash}, driver {config_hash}): "
+                                  "the input or model differs on this node")  # fmt: skip
+        self.lm = load_model(
+            self.prep.ref, dtype=self.prep.dtype, device=self.prep.device, layer=self.prep.cfg.layer
+        )
+        self.work = store.WorkDir(self.prep.cfg.out)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        rows = []
+        for p in batch["part"]:
+            table, stats = score_rows(self.prep, self.lm, self.prep.parts[int(p)], Hooks())
+            self.work.write_part(int(p), table, self.prep.config_hash, stats)
+            rows.append(table.num_rows)
+        return {"part": list(batch["part"]), "rows": rows}
+
+
+def run_score_ray(cfg: ScoreConfig, hooks: Hooks | None = None, *, address: str | None = None,
+                  num_gpus: int | None = None, actors: int | None = None) -> ScoreResult:  # fmt: skip
+    """Score with Ray Data: `num_gpus` GPU actors (or `actors` CPU actors when num_gpus is
+    0 or None and the cluster has no GPU), each holding the model; then merge here."""
+    try:
+        import ray
+    except ImportError:
+        raise GainCurateError("--backend ray needs Ray: pip install 'gain-curate[ray]'") from None
+    import time
+
+    hooks = hooks or Hooks()
+    t0 = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    gpus = num_gpus if num_gpus is not None else int(ray.cluster_resources().get("GPU", 0))
+    device = "cuda" if gpus > 0 else "cpu"
+    cfg = replace(cfg, out=cfg.out.resolve(), device=device if cfg.device == "auto" else cfg.device)
+    prep = prepare(cfg, hooks)
+    todo = claim_parts(prep, hooks)
+    if isinstance(todo, ScoreResult):
+        return todo
+    if todo:
+        n_actors = gpus if gpus > 0 else (actors or 2)
+        hooks.status(
+            f"scoring {len(todo)} parts on {n_actors} Ray actor(s) ({'GPU' if gpus else 'CPU'})"
+        )
+        ds = ray.data.from_items([{"part": p} for p in todo])
+        ds = ds.map_batches(
+            _PartScorer, fn_constructor_kwargs={"cfg": config_dict(cfg), "config_hash": prep.config_hash},
+            batch_size=1, concurrency=n_actors, num_gpus=1 if gpus > 0 else 0,
+        )  # fmt: skip
+        done = ds.take_all()
+        hooks.status(f"{len(done)} parts scored")
+    return merge(prep, hooks, time.perf_counter() - t0)
+
+
+def _shard_worker(cfg: dict[str, Any], gpu: int, n: int) -> None:
+    run_score(replace(config_from_dict(cfg), device=f"cuda:{gpu}"), shard=(gpu, n))
+
+
+def run_score_local(
+    cfg: ScoreConfig, hooks: Hooks | None = None, *, shard: tuple[int, int] | None = None
+) -> ScoreResult | None:
+    """The local backend: one process, or one process per GPU when several are visible."""
+    import torch
+
+    n = torch.cuda.device_count() if cfg.device == "auto" and shard is None else 0
+    if n <= 1:
+        return run_score(cfg, hooks, shard=shard)
+    import multiprocessing as mp
+    import time
+
+    hooks = hooks or Hooks()
+    t0 = time.perf_counter()
+    prep = prepare(replace(cfg, device="cuda"), hooks)
+    todo = claim_parts(prep, hooks)
+    if isinstance(todo, ScoreResult):
+        return todo
+    hooks.status(f"scoring on {n} GPUs, one process each")
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_shard_worker, args=(config_dict(replace(cfg, overwrite=False)), i, n))
+        for i in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    if any(proc.exitcode != 0 for proc in procs):
+        raise GainCurateError(
+            f"a GPU worker failed; rerun the same command to resume the unfinished parts in {cfg.out}"
+        )
+    return merge(prep, hooks, time.perf_counter() - t0)

@@ -1,0 +1,260 @@
+"""`gain-curate validate`: does angle concentration track gradient size on YOUR model?
+
+For a sample of prompts, the Frobenius norm of the gradient of the chosen layer's
+`mlp.up_proj` weight (the weight the theory is about) under the supervised loss of the
+prompt's reference solution (mean token cross-entropy of the answer column, rendered as
+the assistant turn after the scoring conversation), against gain_score, C_intra, C_inter
+and question length. Report what it finds, whatever it is.
+
+Per-prompt gradients come from batched forward/backward passes: for y = x W^T the
+gradient of sample b is G_b = sum_t g_bt x_bt^T, with x the up_proj inputs and g the
+gradients at its outputs. Prompts in a batch never interact (causal attention, right
+padding, per-sample losses summed), so G_b equals a one-prompt loss.backward() exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gain_curate.stats import partial_spearman, spearman
+from gain_curate.template import ScoringTemplate
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: list[int]  # prompt + solution tokens
+    n_prompt: int  # loss on ids[n_prompt:]
+
+
+def build_examples(
+    tok: Any, template: ScoringTemplate, questions: list[str], solutions: list[str]
+) -> list[Example]:
+    out = []
+    for q, s in zip(questions, solutions):
+        msgs = template.messages(q)
+        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": s}], tokenize=False)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        f_ids = tok(full, add_special_tokens=False)["input_ids"]
+        if f_ids[: len(p_ids)] != p_ids or len(f_ids) <= len(
+            p_ids
+        ):  # template re-renders earlier turns
+            f_ids = p_ids + tok(s, add_special_tokens=False)["input_ids"]
+        out.append(Example(f_ids, len(p_ids)))
+    return out
+
+
+def up_proj(model: Any, layer: int) -> Any:
+    from gain_curate.prefill import decoder_layers
+
+    return decoder_layers(model)[layer].mlp.up_proj
+
+
+def grad_norms(
+    model: Any, examples: list[Example], layer: int, *, token_budget: int = 4096, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example ||dL/dW_up||_F and loss L (mean CE over the solution tokens)."""
+    import torch
+
+    from gain_curate.prefill import length_sorted_batches
+
+    model.requires_grad_(False)
+    lin = up_proj(model, layer)
+    lin.weight.requires_grad_(True)
+    grabbed: dict[str, torch.Tensor] = {}
+
+    def fwd(_m: Any, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        grabbed["x"] = args[0].detach()
+        output.register_hook(lambda g: grabbed.__setitem__("g", g.detach()))
+
+    handle = lin.register_forward_hook(fwd)
+    device = next(model.parameters()).device
+    norms, losses = np.zeros(len(examples)), np.zeros(len(examples))
+    try:
+        for batch in length_sorted_batches([len(e.ids) for e in examples], token_budget):
+            width = max(len(examples[i].ids) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            labels = torch.full_like(ids, -100)
+            for r, i in enumerate(batch):
+                e = examples[i]
+                ids[r, : len(e.ids)] = torch.tensor(e.ids)
+                mask[r, : len(e.ids)] = 1
+                labels[r, e.n_prompt : len(e.ids)] = ids[r, e.n_prompt : len(e.ids)]
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            # token t predicts t + 1
+            ce = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2),
+                labels[:, 1:].to(device),
+                ignore_index=-100,
+                reduction="none",
+            )
+            counts = (labels[:, 1:] != -100).sum(1).to(device).clamp_min(1)
+            per_sample = ce.sum(1) / counts
+            per_sample.sum().backward()
+            g, x = grabbed["g"].float(), grabbed["x"].float()
+            per_grad = torch.einsum("bti,btd->bid", g, x)  # (B, I, d): exact per-sample gradients
+            norms[batch] = per_grad.flatten(1).norm(dim=1).cpu().numpy()
+            losses[batch] = per_sample.detach().cpu().numpy()
+            lin.weight.grad = None
+    finally:
+        handle.remove()
+        lin.weight.requires_grad_(False)
+    return norms, losses
+
+
+def correlations(
+    grad: np.ndarray,
+    score: np.ndarray,
+    c_intra: np.ndarray,
+    c_inter: np.ndarray,
+    length: np.ndarray,
+) -> dict[str, float | None]:
+    return {
+        "spearman_grad_vs_score": spearman(grad, score),
+        "spearman_grad_vs_c_intra": spearman(grad, c_intra),
+        "spearman_grad_vs_c_inter": spearman(grad, c_inter),
+        "spearman_grad_vs_question_tokens": spearman(grad, length),
+        "partial_spearman_grad_vs_score_given_length": partial_spearman(grad, score, length),
+    }
+
+
+def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: Path, template: ScoringTemplate,
+                 answer_key: str | None = None, question_key: str | None = None, dtype: str = "float32",
+                 device: str = "auto", seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from gain_curate.errors import InputError
+    from gain_curate.models import (
+        from_pretrained_kwargs,
+        load_tokenizer,
+        quiet_transformers,
+        resolve_dtype,
+        resolve_model,
+    )
+    from gain_curate.prefill import model_shape
+    from gain_curate.score import ScoreConfig, run_score
+    from gain_curate.sources import column_values, load_source
+
+    src = load_source(data, question_key=question_key, answer_key=answer_key)
+    if src.spec.answer_key is None:
+        raise InputError(
+            f"{data} has no answer column: validate needs reference solutions; pass --answer-key"
+        )
+    raw_answers = column_values(
+        src.table, src.spec.answer_key
+    )  # the solution text, before extraction
+    ok = [
+        i
+        for i in range(src.table.num_rows)
+        if src.problems[i] is None and isinstance(raw_answers[i], (str, int, float))
+    ]
+    if not ok:
+        raise InputError(f"{data}: no row has both a question and an answer")
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(ok, size=min(sample, len(ok)), replace=False).tolist())
+    questions = [src.questions[i] for i in picked]
+    solutions = [str(raw_answers[i]) for i in picked]
+
+    out.mkdir(parents=True, exist_ok=True)
+    sample_file = out / "sample.jsonl"
+    sample_file.write_text(
+        "".join(
+            json.dumps({"question": q, "answer": a}) + "\n" for q, a in zip(questions, solutions)
+        )
+    )
+    cfg = ScoreConfig(
+        data=str(sample_file),
+        model=model,
+        out=out / "score",
+        template=template,
+        layer=layer,
+        dtype=dtype,
+        device=device,
+        overwrite=True,
+    )
+    res = run_score(cfg)
+    table = pa.concat_tables(
+        [pq.read_table(out / "score" / s["path"]) for s in res.manifest["shards"]]
+    ).to_pylist()
+    by_row = {r["extra_info"]["index"]: r for r in table}
+
+    ref = resolve_model(model)
+    tok = load_tokenizer(ref)
+    dev = torch.device(
+        device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    shape = model_shape(ref, layer)
+    with quiet_transformers():
+        lm = AutoModelForCausalLM.from_pretrained(
+            ref.path, **from_pretrained_kwargs(resolve_dtype(dtype, dev), ref.revision)
+        ).to(dev)
+    examples = build_examples(tok, template, questions, solutions)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    norms, losses = grad_norms(lm, examples, shape.layer, pad_id=pad)
+
+    def col(name: str) -> np.ndarray:
+        return np.array(
+            [np.nan if by_row[k][name] is None else by_row[k][name] for k in range(len(picked))],
+            dtype=np.float64,
+        )
+
+    score, c_intra, c_inter, q_len = (
+        col("gain_score"),
+        col("gain_c_intra"),
+        col("gain_c_inter"),
+        col("gain_tokens_question"),
+    )
+    result = {
+        "model": ref.name, "data": data, "sample": len(picked), "layer": shape.layer, "seed": seed, "dtype": dtype,
+        "device": dev.type, "weight": f"layers[{shape.layer}].mlp.up_proj.weight",
+        "loss": "mean cross-entropy of the reference solution as the assistant turn",
+        **correlations(norms, score, c_intra, c_inter, q_len),
+    }  # fmt: skip
+    rows = {"input_row": picked, "question": questions, "gain_score": score, "gain_c_intra": c_intra,
+            "gain_c_inter": c_inter, "question_tokens": q_len, "grad_norm": norms, "loss": losses}  # fmt: skip
+    pq.write_table(pa.table(rows), out / "validate.parquet")
+    (out / "validate.json").write_text(
+        json.dumps(
+            {"summary": result, "rows": {k: list(map(_jsonable, v)) for k, v in rows.items()}},
+            indent=1,
+        )
+    )
+    _scatter(out / "validate.png", norms, score, q_len, result)
+    return result
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        return None if not np.isfinite(v) else float(v)
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _scatter(
+    path: Path, grad: np.ndarray, score: np.ndarray, length: np.ndarray, summary: dict[str, Any]
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    sc = axes[0].scatter(score, grad, c=length, s=10, cmap="viridis")
+    fig.colorbar(sc, ax=axes[0], label="question tokens")
+    rho = summary["spearman_grad_vs_score"]
+    axes[0].set(xlabel="gain_score", ylabel="||grad up_proj||_F",
+                title=f"Spearman {rho:+.3f}" if rho is not None else "")  # fmt: skip
+    axes[1].scatter(length, grad, s=10, color="#3b6ea5")
+    axes[1].set(xlabel="question tokens", ylabel="||grad up_proj||_F")
+    fig.suptitle(f"{summary['model']} on {Path(summary['data']).name}: {summary['sample']} prompts")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,38 @@
+"""--backend ray on CPU (a local Ray with 2 actors) gives the same ranked shards as the
+local backend. Runs where Ray is installed (`make test-integrations`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray not installed: run `make test-integrations`")
+
+from gain_curate.distributed import run_score_ray  # noqa: E402
+from gain_curate.score import ScoreConfig, run_score  # noqa: E402
+
+
+def test_ray_two_cpu_actors_equal_local_backend(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "q.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"How many legs do {i} spiders and {i + 1} cats have?"}) + "\n"
+            for i in range(60)
+        )
+    )
+    base = dict(data=str(data), model=str(tiny_qwen2_dir), part_rows=10, device="cpu")
+    run_score(ScoreConfig(**base, out=tmp_path / "local"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = run_score_ray(ScoreConfig(**base, out=tmp_path / "ray"), num_gpus=0, actors=2)
+    finally:
+        ray.shutdown()
+    assert res.manifest["prefill"]["parts"] == 6
+    local = pq.read_table(tmp_path / "local" / "data").to_pylist()
+    remote = pq.read_table(tmp_path / "ray" / "data").to_pylist()
+    assert [r["gain_uid"] for r in remote] == [r["gain_uid"] for r in local]
+    for a, b in zip(local, remote):
+        assert b["gain_score"] == pytest.approx(a["gain_score"], abs=1e-6)

@@ -1,0 +1,71 @@
+"""`gain-curate inspect`: text, JSON, and a PNG that opens with the right size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+from click.testing import CliRunner
+
+from gain_curate.cli import main
+from gain_curate.report import difficulty, one_line
+from gain_curate.score import ScoreConfig, run_score
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_qwen2_dir: Path, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("inspect")
+    data = tmp / "d.jsonl"
+    rows = [{"question": f"Problem {i}: a tank holds {i * 3} litres and leaks {i % 4 + 1} per hour; when is it empty?",
+             "answer": str(i), "level": f"Level {i % 5 + 1}"} for i in range(30)]  # fmt: skip
+    rows.append({"question": "", "answer": "0", "level": "Level 1"})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp / "run", device="cpu"))
+    return tmp / "run"
+
+
+def test_inspect_text(run_dir: Path) -> None:
+    r = CliRunner().invoke(main, ["inspect", str(run_dir)])
+    assert r.exit_code == 0, r.output
+    for needle in (
+        "rows",
+        "31",
+        "unscored: empty_question",
+        "spearman(score, question tokens)",
+        "spearman(score, level)",
+        "top (sampled first)",
+        "bottom",
+        "Problem",
+    ):
+        assert needle in r.output, needle
+
+
+def test_inspect_json_and_plot(run_dir: Path, tmp_path: Path) -> None:
+    png = tmp_path / "overview.png"
+    r = CliRunner().invoke(main, ["inspect", str(run_dir), "--json", "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["rows"] == 31 and info["scored"] == 30 and info["unscored"] == {"empty_question": 1}
+    assert info["difficulty_column"] == "level" and -1 <= info["spearman_score_vs_difficulty"] <= 1
+    assert len(info["top"]) == 5 and info["top"][0]["rank"] == 0
+    assert info["top"][0]["score"] >= info["bottom"][-1]["score"]
+    img = mpimg.imread(png)
+    assert (
+        img.shape[:2] == (400, 1500) == (info["plot"]["size"][1], info["plot"]["size"][0])
+    )  # 3 panels, 5x4 in each at 100 dpi
+
+
+def test_inspect_without_a_run_is_one_line(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path)])
+    assert r.exit_code == 1 and "holds no scored run" in r.output and "Traceback" not in r.output
+
+
+def test_difficulty_parsing_and_one_line() -> None:
+    import pyarrow as pa
+
+    key, vals = difficulty(pa.table({"level": ["Level 1", "Level 5", "Level ?", "Level 3"]}))
+    assert key == "level" and vals[:2].tolist() == [1.0, 5.0] and vals[3] == 3.0
+    assert difficulty(pa.table({"x": [1, 2, 3]})) is None
+    assert one_line("a\n b   c", 80) == "a b c" and len(one_line("x" * 200, 50)) == 50
