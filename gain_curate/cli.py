@@ -399,8 +399,9 @@ def _print_inspect(info: dict[str, Any]) -> None:
     console.print(t)
     for title, rows in (("top (sampled first)", info["top"]), ("bottom", info["bottom"])):
         tb = Table(title=title)
-        for col in ("rank", "score", "question"):
-            tb.add_column(col, overflow="ellipsis", no_wrap=col == "question")
+        tb.add_column("rank", no_wrap=True, min_width=5, justify="right")
+        tb.add_column("score", no_wrap=True, min_width=7)
+        tb.add_column("question", overflow="ellipsis", no_wrap=True, max_width=72)
         for r in rows:
             tb.add_row(str(r["rank"]), f"{r['score']:.4f}", r["question"])
         console.print(tb)
