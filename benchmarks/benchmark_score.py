@@ -159,6 +159,35 @@ def run_gain_curate(
     return Timing("(c) gain-curate", seconds, scores, res.manifest["prefill"]["tokens_run"])
 
 
+# Dense bf16 tensor-core peak (FLOP/s) by device name, from the vendors' data sheets.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def prefill_flops_per_token(model_path: str) -> float:
+    """2 x the parameters the truncated prefill multiplies per token: every decoder layer
+    up to the last, less the last layer's MLP (attention-score FLOPs left out)."""
+    from transformers import AutoConfig, AutoModel
+
+    from gain_curate.prefill import decoder_layers
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(AutoConfig.from_pretrained(model_path))
+    layers = decoder_layers(model)
+    n = sum(p.numel() for p in layers.parameters()) - sum(
+        p.numel() for p in layers[-1].mlp.parameters()
+    )
+    return 2.0 * n
+
+
+def mfu(t: Timing, device: torch.device, model_path: str) -> str:
+    if device.type != "cuda" or not t.method.startswith("(c)"):
+        return "not measured (CPU)" if device.type != "cuda" else "-"
+    peak = next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name(device)), None)
+    if peak is None:
+        return "unknown peak"
+    return f"{prefill_flops_per_token(model_path) * t.tokens_run / t.seconds / peak:.0%}"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -211,7 +240,7 @@ def main() -> None:
                 "prompts/s": f"{len(questions) / t.seconds:.1f}", "tokens/s": f"{total_tokens / t.seconds:,.0f}",
                 f"x vs {base.method.split()[0]}": f"{base.seconds / t.seconds:.2f}",
                 "rank agreement": "-" if t is base else f"{agree:.4f}",
-                "MFU": "not measured (CPU)" if device.type != "cuda" else "see kernel bench",
+                "MFU": mfu(t, device, ref.path),
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     table = _markdown(rows)
