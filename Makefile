@@ -38,7 +38,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # The trainer adapters are tested against the REAL libraries in a second environment:
 # verl 0.7.1 (its metadata pins numpy<2, yet its imports work on numpy 2; installed
@@ -56,7 +56,7 @@ $(INT_STAMP): pyproject.toml Makefile .ci/constraints.txt
 	touch $(INT_STAMP)
 
 test-integrations: $(INT_STAMP)
-	$(INT_VENV)/bin/python -m pytest -q tests/integrations $(PYTEST_ARGS)
+	$(INT_VENV)/bin/pytest -q tests/integrations $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(INT_VENV) runs build *.egg-info
