@@ -113,7 +113,7 @@ def run_reference(ref, questions, template, dtype, device) -> Timing:
 
 @torch.inference_mode()
 def run_hf_batched(ref, questions, template, dtype, device, budget: int) -> Timing:
-    from gain_curate.prefill import length_sorted_batches
+    from gain_curate.prefill import length_sorted_batches, right_pad
 
     t0 = time.perf_counter()
     tok = load_tokenizer(ref)
@@ -124,12 +124,7 @@ def run_hf_batched(ref, questions, template, dtype, device, budget: int) -> Timi
     out = np.zeros(len(questions))
     tokens = 0
     for batch in length_sorted_batches([len(s[0]) for s in segs], budget):
-        width = max(len(segs[i][0]) for i in batch)
-        ids = torch.full((len(batch), width), tok.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(batch):
-            ids[r, : len(segs[i][0])] = torch.tensor(segs[i][0])
-            mask[r, : len(segs[i][0])] = 1
+        ids, mask = right_pad([segs[i][0] for i in batch], tok.pad_token_id or 0)
         grabbed.clear()
         model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
         for r, i in enumerate(batch):

@@ -242,17 +242,24 @@ def run_prefix(lm: LoadedModel, ids: list[int], kernel: str) -> PrefixState:
     return PrefixState(ids, s_p, kv)
 
 
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (B, T) ids padded on the right, and the (B, T) 0/1 mask of real tokens."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
 def _question_batch(
     lm: LoadedModel, prefix: PrefixState, qs: list[list[int]], pad_id: int
 ) -> torch.Tensor:
     """Question tokens only, right-padded, attending to the shared prefix: (B, T, d)."""
-    p, width, b = len(prefix.ids), max(len(q) for q in qs), len(qs)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    mask = torch.zeros(b, p + width, dtype=torch.long)
-    mask[:, :p] = 1
-    for i, q in enumerate(qs):
-        ids[i, : len(q)] = torch.tensor(q)
-        mask[i, p : p + len(q)] = 1
+    ids, q_mask = right_pad(qs, pad_id)
+    (b, width), p = ids.shape, len(prefix.ids)
+    mask = torch.cat([torch.ones(b, p, dtype=torch.long), q_mask], dim=1)
     cache = _new_cache(lm)
     for layer, (k, v) in enumerate(prefix.kv):
         cache.update(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1), layer)
@@ -270,20 +277,13 @@ def _question_batch(
 def _full_batch(lm: LoadedModel, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     """Whole conversations (P and Q), right-padded: (B, T, d). Real tokens never attend to
     pads under a causal mask, and keep positions 0..n-1, so this equals a per-prompt run."""
-    width, b = max(len(s) for s in seqs), len(seqs)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    mask = torch.zeros(b, width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+    ids, mask = right_pad(seqs, pad_id)
     return mlp_inputs(lm, ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
 
 
 def _packed(h: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     """(B, T, d) right-padded -> (sum lengths, d) real rows, in batch order."""
-    keep = torch.zeros(h.shape[:2], dtype=torch.bool)
-    for i, n in enumerate(lengths):
-        keep[i, :n] = True
+    keep = torch.arange(h.shape[1]) < torch.tensor(lengths)[:, None]
     return h[keep.to(h.device)]
 
 

@@ -294,7 +294,7 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
         reasons[r] = why
     score = arr("score")
     ranked = store.RankedRows(
-        uids=prep.uids, questions=src.questions, answers=src.answers, score=score, c_intra=arr("c_intra"),
+        uids=prep.uids, answers=src.answers, score=score, c_intra=arr("c_intra"),
         c_inter=arr("c_inter"), tokens_prefix=arr("tokens_prefix"), tokens_question=arr("tokens_question"),
         reasons=reasons, order=store.rank_order(score, prep.uids),
     )  # fmt: skip

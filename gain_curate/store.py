@@ -56,7 +56,6 @@ class RankedRows:
     """Per input row, in INPUT order; `order[r]` is the input row at rank r."""
 
     uids: list[str]
-    questions: list[str | None]
     answers: list[str | None]
     score: np.ndarray  # float64, NaN where unscored
     c_intra: np.ndarray

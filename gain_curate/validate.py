@@ -61,7 +61,7 @@ def grad_norms(
     """Per-example ||dL/dW_up||_F and loss L (mean CE over the solution tokens)."""
     import torch
 
-    from gain_curate.prefill import length_sorted_batches
+    from gain_curate.prefill import length_sorted_batches, right_pad
 
     model.requires_grad_(False)
     lin = up_proj(model, layer)
@@ -77,14 +77,10 @@ def grad_norms(
     norms, losses = np.zeros(len(examples)), np.zeros(len(examples))
     try:
         for batch in length_sorted_batches([len(e.ids) for e in examples], token_budget):
-            width = max(len(examples[i].ids) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
+            ids, mask = right_pad([examples[i].ids for i in batch], pad_id)
             labels = torch.full_like(ids, -100)
             for r, i in enumerate(batch):
                 e = examples[i]
-                ids[r, : len(e.ids)] = torch.tensor(e.ids)
-                mask[r, : len(e.ids)] = 1
                 labels[r, e.n_prompt : len(e.ids)] = ids[r, e.n_prompt : len(e.ids)]
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             # token t predicts t + 1
