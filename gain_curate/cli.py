@@ -229,9 +229,19 @@ def _parse_sigma(
         ) from None
 
 
+def _parse_accuracy(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    from gain_curate.simulate import AccuracyCurve
+
+    try:
+        return AccuracyCurve.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--epochs", type=click.IntRange(min=1), required=True, help="Epochs to plan.")
+@click.option("--epochs", type=click.IntRange(min=1), required=True,
+              help="Schedule epochs to plan; one epoch is one trainer step.")  # fmt: skip
 @click.option(
     "--batch-size", type=click.IntRange(min=1), required=True, help="Prompts drawn per epoch (B)."
 )
@@ -245,75 +255,62 @@ def _parse_sigma(
 @click.option(
     "--mu0", type=float, default=0.0, show_default=True, help="Starting rank position of the mean."
 )
-@click.option(
-    "--n",
-    "n_step",
-    type=float,
-    default=500.0,
-    show_default=True,
-    help="Step scale n of the update.",
-)
+@click.option("--n", "n_step", type=float, default=500.0, show_default=True, help="Step scale n of the update.")  # fmt: skip
 @click.option("--alpha", type=float, default=2.0, show_default=True)
-@click.option(
-    "--beta",
-    type=float,
-    default=0.5,
-    show_default=True,
-    help="Accuracy at which the accuracy term is 0.",
-)
-@click.option(
-    "--adj-min", type=float, default=0.0, show_default=True, help="Smallest step of mu per epoch."
-)
-@click.option(
-    "--adj-max", type=float, default=1000.0, show_default=True, help="Largest step of mu per epoch."
-)
+@click.option("--beta", type=float, default=0.5, show_default=True, help="Accuracy at which the accuracy term is 0.")  # fmt: skip
+@click.option("--adj-min", type=float, default=0.0, show_default=True, help="Smallest step of mu per epoch.")  # fmt: skip
+@click.option("--adj-max", type=float, default=1000.0, show_default=True, help="Largest step of mu per epoch.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--assumed-accuracy",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Accuracy the open-loop plan assumes for every epoch.",
-)
+@click.option("--mode", type=click.Choice(["default", "paper"]), default="default", show_default=True,
+              help="paper: the reference's rule (ang = online level, mu never clamped).")  # fmt: skip
+@click.option("--at-end", type=click.Choice(["restart", "hold", "uniform", "past"]), default=None,
+              help="When mu passes the last rank: a new pass from the top (default), hold at the bottom, draw uniformly, or run on past the end (paper).")  # fmt: skip
+@click.option("--assumed-accuracy", default="0.8", show_default=True, callback=_parse_accuracy,
+              help="Accuracy fed back each epoch: flat (0.8) or a ramp over the run (0.2:0.9).")  # fmt: skip
+@click.option("--simulate", is_flag=True, help="Only show the dynamics (table + PNG); write no plan.")  # fmt: skip
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG of mu and the draws per epoch [--simulate: OUT/schedule/simulation.png].")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the per-epoch summary as JSON.")
 def schedule(out: Path, **kw: Any) -> None:
-    """Write the GAIN-RL sampling plan OUT/schedule/plan.parquet for a scored run.
+    """Plan the GAIN-RL curriculum for a scored run: OUT/schedule/plan.parquet, and a table
+    of where mu and the draws go for the accuracy you expect.
 
     \b
-    Example:
+    Examples:
+      gain-curate schedule runs/gsm8k --epochs 300 --batch-size 256 --assumed-accuracy 0.2:0.9 --simulate
       gain-curate schedule runs/gsm8k --epochs 200 --batch-size 256 --assumed-accuracy 0.8
     """
-    from gain_curate import store
-    from gain_curate.schedule import GainSchedule, ScheduleParams, open_loop_plan
+    from gain_curate.simulate import plan_run
 
+    if kw["mode"] == "paper" and kw["at_end"] not in (None, "past"):
+        raise click.BadParameter("paper mode lets mu run past the end as the reference does; drop --at-end or use --mode default", param_hint="--at-end")  # fmt: skip
+    sigma, sigma_fraction = kw["sigma"]
+    params = {
+        "batch_size": kw["batch_size"], "mu0": kw["mu0"], "sigma": sigma, "sigma_fraction": sigma_fraction,
+        "n": kw["n_step"], "alpha": kw["alpha"], "beta": kw["beta"], "adj_min": kw["adj_min"],
+        "adj_max": kw["adj_max"], "seed": kw["seed"],
+    }  # fmt: skip
+    if kw["mode"] == "paper":
+        params["paper"] = True
+    else:
+        params["at_end"] = kw["at_end"] or "restart"
+    plot_path = kw["plot_path"] or (out / "schedule" / "simulation.png" if kw["simulate"] else None)
     try:
-        uids, scores = store.read_ranking(out)
-        sigma, sigma_fraction = kw["sigma"]
-        if kw["batch_size"] > len(uids):
-            raise click.BadParameter(
-                f"{kw['batch_size']} exceeds the {len(uids)} prompts in {out}",
-                param_hint="--batch-size",
-            )
-        params = ScheduleParams(
-            batch_size=kw["batch_size"], mu0=kw["mu0"], sigma=sigma, sigma_fraction=sigma_fraction, n=kw["n_step"],
-            alpha=kw["alpha"], beta=kw["beta"], adj_min=kw["adj_min"], adj_max=kw["adj_max"], seed=kw["seed"],
-        )  # fmt: skip
-        sched = GainSchedule(len(uids), params, uids=uids, scores=scores)
-        plans = open_loop_plan(sched, kw["epochs"], kw["assumed_accuracy"])
-        path = store.write_plan(out, plans, uids)
-        summary = _plan_summary(plans, sched.history, len(uids))
-        store.update_manifest(out, "schedule", {
-            "plan": str(path.relative_to(out)), "sha256": store.file_sha256(path), "epochs": kw["epochs"],
-            "assumed_accuracy": kw["assumed_accuracy"], "params": sched.state_dict()["params"],
-            "angle_signal": "mean offline gain_score of the epoch's prompts", "epochs_summary": summary,
-        })  # fmt: skip
+        res = plan_run(out, params, kw["epochs"], kw["assumed_accuracy"],
+                       write_plan=not kw["simulate"], plot_path=plot_path)  # fmt: skip
     except (GainCurateError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     if kw["as_json"]:
-        click.echo(json.dumps({"plan": str(path), "epochs": summary}, indent=2))
+        click.echo(json.dumps({"plan": None if res.plan_path is None else str(res.plan_path),
+                               "plot": None if plot_path is None else str(plot_path), "end_of_ranking": res.end,
+                               "decile_shares": res.deciles, "epochs": res.rows}, indent=2))  # fmt: skip
         return
-    _print_plan(summary, len(uids))
-    click.echo(f"plan: {path}")
+    _print_plan(res.rows, res.n_prompts)
+    click.echo(res.end)
+    click.echo("draws per tenth of the ranking (top first): " + " ".join(f"{100 * x:.0f}%" for x in res.deciles))  # fmt: skip
+    if plot_path is not None:
+        click.echo(f"picture: {plot_path}")
+    click.echo(f"plan: {res.plan_path}" if res.plan_path else "plan: none written (--simulate)")
 
 
 @main.command()
@@ -483,37 +480,26 @@ def validate(**kw: Any) -> None:
     click.echo(f"table: {kw['out'] / 'validate.parquet'}  plot: {kw['out'] / 'validate.png'}")
 
 
-def _plan_summary(
-    plans: list[Any], history: list[dict[str, float]], n: int
-) -> list[dict[str, Any]]:
-    import numpy as np
-
-    rows = []
-    for plan, h in zip(plans, history):
-        q = np.quantile(plan, [0.1, 0.5, 0.9])
-        rows.append({"epoch": int(h["epoch"]), "mu": round(h["mu"], 1), "rank_p10": int(q[0]),
-                     "rank_p50": int(q[1]), "rank_p90": int(q[2]), "mu_next": round(h["mu_next"], 1)})  # fmt: skip
-    return rows
-
-
-def _print_plan(summary: list[dict[str, Any]], n: int, width: int = 40) -> None:
+def _print_plan(rows: list[dict[str, Any]], n: int, width: int = 26) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"GAIN-RL plan over {n:,} ranked prompts (rank 0 = highest score)")
-    for col in ("epoch", "mu", "ranks p10-p90", f"0 {'where the epoch draws':^{width - 4}} N"):
+    t = Table(title=f"GAIN-RL curriculum over {n:,} ranked prompts (rank 0 = highest score)")
+    for col in ("epoch", "mu", "acc", "ang", "p10-p90 rank", f"0 {'where it draws':^{width - 4}} N", "next"):  # fmt: skip
         t.add_column(col)
-    step = max(1, len(summary) // 20)
-    for row in summary[::step] + ([summary[-1]] if (len(summary) - 1) % step else []):
-        lo, hi = (
-            row["rank_p10"] * width // n,
-            max(row["rank_p90"] * width // n, row["rank_p10"] * width // n + 1),
-        )
+    step = max(1, len(rows) // 20)
+    shown = sorted({*range(0, len(rows), step), len(rows) - 1, *(i for i, r in enumerate(rows) if r["event"])})  # fmt: skip
+    for row in (rows[i] for i in shown):
+        lo = row["rank_p10"] * width // n
+        hi = max(row["rank_p90"] * width // n, lo + 1)
         bar = "·" * lo + "█" * (hi - lo) + "·" * (width - hi)
-        t.add_row(
-            str(row["epoch"]), f"{row['mu']:.0f}", f"{row['rank_p10']}-{row['rank_p90']}", bar
-        )
-    Console().print(t)
+        ang = "-" if row["ang"] is None else f"{row['ang']:+.3f}"
+        then = {"restart": "new pass", "uniform": "uniform"}.get(row["event"], "")  # fmt: skip
+        t.add_row(str(row["epoch"]), f"{row['mu']:.0f}", f"{row['acc']:.2f}", ang,
+                  f"{row['rank_p10']}-{row['rank_p90']}", bar, then)  # fmt: skip
+    console = Console()
+    console.width = max(console.width, 100)  # the bar column is unreadable when wrapped
+    console.print(t)
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:

@@ -116,36 +116,46 @@ class Segments:
         return len(self.input_ids) - self.p
 
 
-def render(tokenizer: Any, template: ScoringTemplate, question: str) -> tuple[str, int, int]:
-    """Chat-template text and the character span [start, end) of the question in it."""
+# Stands in for the last user turn's content to find where that turn starts in the text.
+_SENTINEL = "GAINCURATELASTUSERTURNSTARTSHERE"
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]], question: str, **kwargs: Any) -> tuple[str, int, int]:  # fmt: skip
+    """Chat-template text of `messages` (+ generation prompt) and the character span
+    [start, end) of `question` inside the LAST user turn; (-1, -1) when it is not there.
+
+    The turn's start is found by rendering the same conversation with a sentinel as that
+    turn's content, so a question that also occurs in an earlier turn, in the generation
+    prompt or as a role name ("assistant") is never found in the wrong place. Templates
+    that trim content are handled by falling back to the stripped question."""
+    kwargs = {"add_generation_prompt": True, **kwargs}
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     try:
-        text = tokenizer.apply_chat_template(
-            template.messages(question), tokenize=False, add_generation_prompt=True
-        )
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        if last < 0:
+            return text, -1, -1
+        probe = [*messages[:last], {**messages[last], "content": _SENTINEL}, *messages[last + 1 :]]  # fmt: skip
+        turn = tokenizer.apply_chat_template(probe, tokenize=False, **kwargs).find(_SENTINEL)
     except Exception as e:  # jinja errors: a template that rejects the roles we use
-        raise ModelError(
-            f"the model's chat template failed to render the scoring conversation: {e}"
-        ) from None
-    # The question sits at the start of the LAST user turn; search from the end so a
-    # question that also appears in a few-shot turn is still found in the right place.
-    # Some templates trim message content, so fall back to the stripped question.
+        raise ModelError(f"the model's chat template failed to render the conversation: {e}") from None  # fmt: skip
+    if turn < 0 or text[:turn] != tokenizer.apply_chat_template(probe, tokenize=False, **kwargs)[:turn]:  # fmt: skip
+        turn = 0  # a template that rewrites earlier turns by content: search the whole text
     stripped = question.strip()
-    for needle, length in (
-        (template.user_content(question), len(question)),
-        (question, len(question)),
-        (stripped, len(stripped)),
-    ):
-        start = text.rfind(needle) if needle else -1
+    for needle in (question, stripped):
+        start = text.find(needle, turn) if needle else -1
         if start >= 0:
-            return text, start, start + length
+            return text, start, start + len(needle)
     return text, -1, -1
 
 
-def segment_batch(
-    tokenizer: Any, template: ScoringTemplate, questions: list[str]
-) -> list[Segments | None]:
-    """Tokenize each scoring conversation and cut it into P and Q; None where Q is not found."""
-    rendered = [render(tokenizer, template, q) for q in questions]
+def render(tokenizer: Any, template: ScoringTemplate, question: str) -> tuple[str, int, int]:
+    """The scoring conversation's text and the question's character span in it."""
+    return render_chat(tokenizer, template.messages(question), question)
+
+
+def token_segments(tokenizer: Any, rendered: list[tuple[str, int, int]]) -> list[Segments | None]:  # fmt: skip
+    """Tokenize rendered conversations (add_special_tokens=False: the template carries BOS)
+    and cut each into P and Q by character offsets; None where Q is not found."""
     enc = tokenizer(
         [text for text, _, _ in rendered],
         add_special_tokens=False,
@@ -160,6 +170,13 @@ def segment_batch(
         first, last = overlap[0], overlap[-1]
         out.append(Segments(input_ids=list(ids[: last + 1]), p=first, total_tokens=len(ids)))
     return out
+
+
+def segment_batch(
+    tokenizer: Any, template: ScoringTemplate, questions: list[str]
+) -> list[Segments | None]:
+    """Tokenize each scoring conversation and cut it into P and Q; None where Q is not found."""
+    return token_segments(tokenizer, [render(tokenizer, template, q) for q in questions])
 
 
 def template_hash(tokenizer: Any) -> str:

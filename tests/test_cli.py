@@ -136,7 +136,7 @@ def test_schedule_plan_walks_down_the_ranking(tiny_qwen2_dir: Path, tmp_path: Pa
         run("score", "--model", str(tiny_qwen2_dir), "--data", str(path), "--out", str(out))[0] == 0
     )
     code, text = run("schedule", str(out), "--epochs", "6", "--batch-size", "10", "--sigma", "8",
-                     "--n", "20", "--adj-max", "40", "--assumed-accuracy", "0.8", "--json")  # fmt: skip
+                     "--n", "40", "--adj-max", "40", "--assumed-accuracy", "0.8", "--json")  # fmt: skip
     assert code == 0, text
     epochs = json.loads(text)["epochs"]
     plan = pq.read_table(out / "schedule" / "plan.parquet").to_pylist()
@@ -147,9 +147,83 @@ def test_schedule_plan_walks_down_the_ranking(tiny_qwen2_dir: Path, tmp_path: Pa
     assert medians[-1] > medians[0] + 60 and epochs[-1]["mu"] > epochs[0]["mu"]  # and moves down it
     manifest = json.loads((out / "gain_manifest.json").read_text())
     assert manifest["schedule"]["params"]["batch_size"] == 10
-    assert manifest["schedule"]["assumed_accuracy"] == 0.8
+    assert manifest["schedule"]["assumed_accuracy"] == "0.8"
+    assert manifest["schedule"]["params"]["at_end"] == "restart"
+    assert manifest["schedule"]["angle_signal"].startswith("none")
     ranks = {r["gain_uid"]: r["gain_rank"] for r in pq.read_table(out / "data").to_pylist()}
     assert all(ranks[r["gain_uid"]] == r["gain_rank"] for r in plan)
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scored run of 40 prompts for the schedule commands."""
+    tmp = tmp_path_factory.mktemp("scored")
+    path = tmp / "q.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {i} times {i + 3}?"}) + "\n" for i in range(40)))  # fmt: skip
+    out = tmp / "run"
+    assert run("score", "--model", str(tiny_qwen2_dir), "--data", str(path), "--out", str(out))[0] == 0  # fmt: skip
+    return out
+
+
+def test_schedule_simulate_prints_the_dynamics_and_writes_only_the_picture(scored: Path) -> None:
+    code, text = run("schedule", str(scored), "--epochs", "30", "--batch-size", "5", "--sigma", "4",
+                     "--n", "10", "--assumed-accuracy", "0.2:0.9", "--simulate")  # fmt: skip
+    assert code == 0, text
+    assert "where it draws" in text and "new pass" in text
+    assert "the sweep reaches the end of the ranking after step" in text
+    assert "draws per tenth of the ranking" in text and "plan: none written" in text
+    png = scored / "schedule" / "simulation.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (scored / "schedule" / "plan.parquet").exists()
+    manifest = json.loads((scored / "gain_manifest.json").read_text())
+    assert "schedule" not in manifest
+    code, text = run("schedule", str(scored), "--epochs", "30", "--batch-size", "5", "--sigma", "4",
+                     "--n", "5", "--assumed-accuracy", "0.2", "--simulate", "--json")  # fmt: skip
+    info = json.loads(text)
+    assert (
+        info["end_of_ranking"].startswith("mu never reaches the end") and len(info["epochs"]) == 30
+    )
+    assert all(e["mu"] == 0 for e in info["epochs"])
+
+
+def test_schedule_paper_mode_runs_past_the_end(scored: Path, tmp_path: Path) -> None:
+    code, text = run("schedule", str(scored), "--epochs", "20", "--batch-size", "5", "--sigma", "4",
+                     "--n", "5", "--mode", "paper", "--plot", str(tmp_path / "p.png"), "--json")  # fmt: skip
+    assert code == 0, text
+    info = json.loads(text)
+    assert "at_end=past" in info["end_of_ranking"]  # the offline level 'ang' pushes even at 0.8
+    assert info["epochs"][-1]["mu_next"] > 39 and info["epochs"][0]["ang"] is not None
+    manifest = json.loads((scored / "gain_manifest.json").read_text())
+    assert (
+        manifest["schedule"]["mode"] == "paper"
+        and manifest["schedule"]["params"]["angle"] == "level"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--assumed-accuracy", "1.2"], "give an accuracy in [0, 1]"),
+        (["--assumed-accuracy", "0.2:1.5"], "give an accuracy in [0, 1]"),
+        (["--assumed-accuracy", "high"], "give an accuracy in [0, 1]"),
+        (["--at-end", "wrap"], "'wrap' is not one of 'restart', 'hold', 'uniform', 'past'"),
+        (["--mode", "paper", "--at-end", "restart"], "paper mode lets mu run past the end"),
+        (["--mode", "faithful"], "'faithful' is not one of 'default', 'paper'"),
+        (["--sigma", "0"], "give a positive number of rank positions"),
+        (["--sigma", "-0.1N"], "give a positive number of rank positions"),
+        (["--batch-size", "41"], "--batch-size 41 exceeds the 40 prompts"),
+    ],
+)
+def test_schedule_refuses_impossible_parameters(
+    scored: Path, args: list[str], message: str
+) -> None:
+    (scored / "schedule" / "plan.parquet").unlink(missing_ok=True)
+    base = {"--epochs": "3", "--batch-size": "4"}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    code, text = run("schedule", str(scored), *[x for kv in base.items() for x in kv])
+    assert code != 0 and message in text and "Traceback" not in text, text
+    assert not (scored / "schedule" / "plan.parquet").exists()
 
 
 def test_schedule_errors_are_one_line(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from gain_curate.schedule import GainSchedule, ScheduleParams, mu_update
+from gain_curate.simulate import AccuracyCurve, decile_shares, run_open_loop
 
 
 def frozen(n: int, b: int, mu: float, sigma: float, seed: int = 0) -> GainSchedule:
@@ -69,22 +70,86 @@ def test_update_rule_by_hand() -> None:
     assert mu_update(50.0, acc=0.0, ang=0.0, p=r, n_prompts=10_000)[0] == 0.0
 
 
-def test_end_epoch_uses_the_epochs_accuracy_and_offline_scores() -> None:
-    scores = np.linspace(0.5, -0.5, 2000)  # by rank
-    s = GainSchedule(
-        2000,
-        ScheduleParams(batch_size=10, sigma=5, seed=3),
-        uids=[f"u{i}" for i in range(2000)],
-        scores=scores,
-    )
+def test_offline_scores_never_push_mu() -> None:
+    """The bug this replaces: the offline score as ang was a constant +495 per step."""
+    s = GainSchedule(2000, ScheduleParams(batch_size=10, sigma=5, seed=3),
+                     uids=[f"u{i}" for i in range(2000)], scores=np.full(2000, 1.34))  # fmt: skip
     plan = s.plan_epoch()
     s.observe([f"u{r}" for r in plan], [1, 0, 1, 1, 0, 1, 1, 1, 0, 1])
     rec = s.end_epoch()
-    ang = scores[plan].mean()
-    assert rec["acc"] == pytest.approx(0.7) and rec["ang"] == pytest.approx(ang)
-    want = min(max(500 * math.tanh(2 * 0.2) + 500 * math.tanh(2 * ang), 0), 1000)
-    assert rec["mu_next"] == pytest.approx(want)
+    assert rec["acc"] == pytest.approx(0.7) and rec["ang"] is None
+    assert rec["mu_next"] == pytest.approx(500 * math.tanh(2 * 0.2))
     assert s.epoch == 1 and s.consumed == 0
+
+
+def test_change_angle_is_online_minus_offline_relative_to_the_first_step() -> None:
+    scores = np.linspace(0.5, -0.5, 100)  # by rank
+    uids = [f"u{i}" for i in range(100)]
+    s = GainSchedule(100, ScheduleParams(batch_size=2, sigma=5, adj_min=-1000), uids=uids, scores=scores)  # fmt: skip
+    # step 0: online - offline = +0.10 and +0.20 -> mean 0.15 is the offset; ang = 0
+    s.observe_accuracy([0.5])
+    s.observe_angles(["u0", "u10"], [scores[0] + 0.10, scores[10] + 0.20])
+    rec = s.end_epoch()
+    assert rec["ang"] == pytest.approx(0.0) and rec["mu_next"] == pytest.approx(0.0)
+    assert s.ang_offset == pytest.approx(0.15)
+    # step 1: the prompts grew more concentrated: mean (online - offline) = 0.25 -> ang 0.10
+    s.observe_accuracy([0.5])
+    s.observe_angles(["u3", "u4", "u99"], [scores[3] + 0.2, scores[4] + 0.3, float("nan")])
+    rec = s.end_epoch()
+    assert rec["ang"] == pytest.approx(0.10)
+    assert rec["mu_next"] == pytest.approx(500 * math.tanh(0.2))  # 98.69 positions
+    # an unscored prompt (NaN offline score) gives no measurement
+    s2 = GainSchedule(3, ScheduleParams(batch_size=1), uids=["a", "b", "c"], scores=[0.1, np.nan, 0.2])  # fmt: skip
+    s2.observe_angles(["b"], [0.9])
+    assert s2.angle_term() is None
+
+
+def test_level_angle_is_the_batch_mean_and_off_ignores_measurements() -> None:
+    uids = [f"u{i}" for i in range(50)]
+    s = GainSchedule(50, ScheduleParams.paper(batch_size=2, n=4, adj_max=100), uids=uids, scores=np.zeros(50))  # fmt: skip
+    s.observe_accuracy([1.0, 0.0])  # acc 0.5: the accuracy term is 0
+    s.observe_angles(["u1", "u2"], [0.3, 0.5])
+    rec = s.end_epoch()
+    assert rec["ang"] == pytest.approx(0.4) and rec["delta"] == pytest.approx(4 * math.tanh(0.8))
+    off = GainSchedule(50, ScheduleParams(batch_size=2, angle="off"), uids=uids, scores=np.zeros(50))  # fmt: skip
+    off.observe_accuracy([0.5])
+    off.observe_angles(["u1"], [0.9])
+    assert off.end_epoch()["ang"] is None and off.mu == 0.0
+
+
+def test_end_of_ranking_policies_by_hand() -> None:
+    def at_end(policy: str) -> GainSchedule:
+        s = GainSchedule(1000, ScheduleParams(batch_size=4, mu0=0, adj_max=1000, at_end=policy))
+        s.mu = 900.0
+        s.observe_accuracy([1.0])  # delta = 500 tanh(1) = 380.8 -> target 1280.8 > 999
+        return s
+
+    hold = at_end("hold")
+    assert hold.end_epoch()["mu_next"] == 999.0 and hold.passes == 0
+    restart = at_end("restart")
+    rec = restart.end_epoch()
+    assert (rec["mu_next"], rec["event"], rec["pass"]) == (0.0, "restart", 1)
+    uni = at_end("uniform")
+    assert uni.end_epoch()["event"] == "uniform" and uni.uniform
+    np.testing.assert_allclose(uni.probabilities(), np.full(1000, 1e-3))
+    uni.observe_accuracy([1.0])
+    assert uni.end_epoch()["mu_next"] == 999.0  # mu no longer moves
+    # restart returns to mu0, not to 0
+    r = GainSchedule(1000, ScheduleParams(batch_size=4, mu0=50, at_end="restart"))
+    r.mu = 990.0
+    r.observe_accuracy([1.0])
+    assert r.end_epoch()["mu_next"] == 50.0
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [({"angle": "offline"}, "angle 'offline' is not one of change, level, off"),
+     ({"at_end": "wrap"}, "at_end 'wrap' is not one of restart, hold, uniform, past"),
+     ({"sigma": 0.0}, "sigma must be positive"), ({"sigma_fraction": -0.1}, "sigma must be positive")],
+)  # fmt: skip
+def test_params_refuse_impossible_values(bad: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ScheduleParams(batch_size=1, **bad)
 
 
 def test_sigma_as_fraction_of_n() -> None:
@@ -107,5 +172,127 @@ def test_state_dict_mid_epoch_resumes_the_remaining_draws() -> None:
 
 def test_observe_rejects_unknown_uids() -> None:
     s = GainSchedule(3, ScheduleParams(batch_size=1), uids=["a", "b", "c"])
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="zz"):
         s.observe(["zz"], [1])
+    with pytest.raises(KeyError, match="zz"):
+        s.observe_angles(["zz"], [0.5])
+
+
+def test_state_of_gain_curate_0_1_loads_and_a_newer_one_is_refused() -> None:
+    """Version 1 (no version key, offline angle tally): mu, epoch and draws carry over; the
+    offline tally is dropped because this version never feeds offline scores to the rule."""
+    v1 = {"params": {"batch_size": 16, "mu0": 0.0, "sigma": 30.0, "sigma_fraction": None, "n": 500.0,
+                     "alpha": 2.0, "beta": 0.5, "adj_min": 0.0, "adj_max": 1000.0, "seed": 7},
+          "n_prompts": 500, "mu": 123.5, "epoch": 4, "consumed": 5, "correct": 2.0, "seen": 3,
+          "ang_sum": 3 * 1.34, "ang_seen": 3, "history": [{"epoch": 0, "mu": 0.0}]}  # fmt: skip
+    s = GainSchedule(500, ScheduleParams(batch_size=16, sigma=30, seed=7))
+    s.load_state_dict(v1)
+    assert (s.mu, s.epoch, s.consumed, s.passes) == (123.5, 4, 5, 0)
+    assert s.params.angle == "change" and s.params.at_end == "restart"
+    assert len(s.remaining()) == 11 and s.angle_term() is None
+    rec = s.end_epoch()
+    assert rec["acc"] == pytest.approx(2 / 3) and rec["ang"] is None
+    newer = {**s.state_dict(), "version": 3}
+    with pytest.raises(ValueError, match="version 3 is newer"):
+        GainSchedule(500, ScheduleParams(batch_size=16)).load_state_dict(newer)
+
+
+def test_state_dict_round_trips_every_field() -> None:
+    uids = [f"u{i}" for i in range(300)]
+    a = GainSchedule(300, ScheduleParams(batch_size=8, sigma=20, at_end="uniform"), uids=uids,
+                     scores=np.linspace(1, 0, 300))  # fmt: skip
+    a.observe_angles(["u1"], [1.5])
+    a.observe_accuracy([1.0])
+    a.end_epoch()
+    a.observe_angles(["u2"], [1.7])
+    a.take(3)
+    b = GainSchedule(300, ScheduleParams(batch_size=8), uids=uids, scores=np.linspace(1, 0, 300))
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict() == a.state_dict()
+    assert np.array_equal(a.remaining(), b.remaining())
+
+
+# --- the dynamics over whole runs (N = 7,473 GSM8K prompts, B = 256, paper defaults) ----
+
+
+def _run(accuracy: str, steps: int, **kw: object) -> tuple[GainSchedule, list[np.ndarray]]:
+    n = 7_473
+    params = ScheduleParams.paper(batch_size=256, **kw) if kw.pop("paper", False) else ScheduleParams(batch_size=256, **kw)  # fmt: skip
+    sched = GainSchedule(n, params, uids=[f"u{i}" for i in range(n)], scores=np.full(n, 1.34))
+    return sched, run_open_loop(sched, steps, AccuracyCurve.parse(accuracy))
+
+
+def test_a_model_stuck_at_20_percent_stays_at_the_top() -> None:
+    sched, plans = _run("0.2", 100)
+    ranks = np.concatenate(plans)
+    assert np.mean(ranks < 0.3 * 7_473) >= 0.90
+    assert sched.mu == 0.0  # the accuracy term is negative, adj_min = 0, no angle push
+
+
+def test_a_model_at_80_percent_covers_every_decile_without_parking_at_the_end() -> None:
+    sched, plans = _run("0.8", 300)
+    shares = decile_shares(plans, 7_473)
+    assert min(shares) > 0 and max(shares) <= 0.25, shares
+    assert sched.passes >= 5  # each pass takes ~28 steps of +268.5
+
+
+def test_a_rising_model_walks_down_the_ranking_then_starts_a_new_pass() -> None:
+    sched, plans = _run("0.2:0.9", 300)
+    med = [float(np.median(p)) for p in plans]
+    assert max(med[:30]) < 0.3 * 7_473  # early, weak model: top of the ranking
+    first_restart = next(h["epoch"] for h in sched.history if h["event"] == "restart")
+    assert 150 < first_restart < 250  # acc passes beta = 0.5 only at step ~128
+    later = decile_shares(plans[150:], 7_473)  # once it learns: the whole ranking, evenly
+    assert min(later) > 0.05 and max(later) <= 0.15, later
+
+
+def test_paper_mode_with_a_constant_angle_level_sweeps_as_the_reference_does() -> None:
+    """The reference's dynamics (DESIGN.md 5): a level of 1.34 adds +495 every step, so even
+    a model at 20% moves +226.8 per step and sweeps 7,473 prompts in 33 steps."""
+    sched, plans = _run("0.2", 40, paper=True)
+    mus = [h["mu_next"] for h in sched.history]
+    step = 500 * math.tanh(2 * (0.2 - 0.5)) + 500 * math.tanh(2 * 1.34)
+    np.testing.assert_allclose(mus[:5], step * np.arange(1, 6), rtol=1e-12)
+    assert next(k for k, m in enumerate(mus) if m >= 7_472) + 1 == 33
+    assert np.mean(np.concatenate(plans[33:]) >= 0.7 * 7_473) > 0.95  # then the bottom
+
+
+def _reference_update(mean: float, records: list[dict[str, float]]) -> float:
+    """Transcription of GAINRL's rule (github wangqinsi1/GAINRL @ 20279ca,
+    verl_gainrl/verl/trainer/ppo/gainrl_sampler.py L79-95, defaults L34-58), fed with its
+    TRL port's 0/2 reward so that acc / 2 is the fraction correct (without the verl port's
+    0/1-reward bug). float32 torch arithmetic as in the original; mean is not clamped."""
+    import torch
+
+    n, alpha, beta, adj_max, adj_min = 500, 2, 0.5, 1000, 0
+    if not records:
+        return mean
+    acc_mean = float(np.mean([r["accuracy"] for r in records]))
+    ang_mean = float(np.mean([r["angle"] for r in records]))
+    acc = torch.tensor(acc_mean, dtype=torch.float32)
+    ang = torch.tensor(ang_mean, dtype=torch.float32)
+    adjustment = n * torch.tanh(alpha * (acc / 2 - beta)) + n * torch.tanh(alpha * ang)
+    adjustment = torch.clamp(adjustment, adj_min, adj_max)
+    mean += adjustment.item()
+    return mean
+
+
+def test_paper_mode_matches_the_reference_rule_step_by_step() -> None:
+    """A recorded run: 60 steps of 8 prompts x 4 responses, 0/1 correctness and online angle
+    levels per response, accuracy and angles drifting as a learning model's would."""
+    rng = np.random.default_rng(1234)
+    n_prompts, b, g = 5_000, 8, 4
+    sched = GainSchedule(n_prompts, ScheduleParams.paper(batch_size=b), uids=[f"u{i}" for i in range(n_prompts)])  # fmt: skip
+    mean = 0.0
+    for step in range(60):
+        p_correct = 0.15 + 0.7 * step / 59
+        ranks = sched.plan_epoch()
+        uids = [f"u{r}" for r in ranks for _ in range(g)]
+        correct = (rng.random(b * g) < p_correct).astype(float)
+        angles = rng.normal(0.05 + 0.3 * np.sin(step / 7), 0.1, size=b * g)
+        sched.observe(uids, correct.tolist())
+        sched.observe_angles(uids, angles.tolist())
+        rec = sched.end_epoch()
+        mean = _reference_update(mean, [{"accuracy": 2.0 * c, "angle": a} for c, a in zip(correct, angles)])  # fmt: skip
+        assert rec["mu_next"] == pytest.approx(mean, abs=1e-3), step
+    assert mean > n_prompts  # the recorded run drives mu past the end: never clamped, as there
