@@ -3,6 +3,7 @@ schedule parameters from a trainer's config."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 
 from gain_curate.schedule import GainSchedule, ScheduleParams
 
-PARAM_KEYS = ("mu0", "n", "alpha", "beta", "adj_min", "adj_max", "seed")
+PARAM_KEYS = ("mu0", "n", "alpha", "beta", "adj_min", "adj_max", "seed", "angle", "at_end")
 
 
 def ranking(
@@ -48,7 +49,51 @@ def schedule_params(cfg: Mapping[str, Any] | None, batch_size: int) -> ScheduleP
         kw["sigma"] = float(sigma)
     if cfg.get("sigma_fraction") is not None:
         kw["sigma_fraction"] = float(cfg["sigma_fraction"])
-    return ScheduleParams(batch_size=batch_size, **kw)
+    mode = cfg.get("mode", "default")
+    if mode not in ("default", "paper"):
+        raise ValueError(f"gain mode {mode!r} is not one of default, paper")
+    return ScheduleParams.paper(batch_size, **kw) if mode == "paper" else ScheduleParams(batch_size=batch_size, **kw)  # fmt: skip
+
+
+def offline_scores(table: Any, inter_weight: float) -> list[float | None] | None:
+    """Each row's offline C_intra + w C_inter (the baseline of the "change" angle term),
+    from a dataset with the gain_* columns; gain_score where the parts are missing."""
+    cols = set(table.column_names)
+    if {"gain_c_intra", "gain_c_inter"} <= cols:
+        return [None if a is None or b is None else a + inter_weight * b
+                for a, b in zip(table["gain_c_intra"], table["gain_c_inter"])]  # fmt: skip
+    return list(table["gain_score"]) if "gain_score" in cols else None
+
+
+def step_metrics(rec: Mapping[str, Any], online_mean: float | None = None) -> dict[str, float]:
+    """One schedule step as trainer metrics (NaN where a value was not measured), also
+    written as one line to the `gain_curate` logger (INFO), so every trainer shows it."""
+    nan = float("nan")
+    out = {
+        "gain/mu": float(rec["mu_next"]),
+        "gain/acc": float(rec["acc"]),
+        "gain/ang": nan if rec["ang"] is None else float(rec["ang"]),
+        "gain/angle_online": nan if online_mean is None else online_mean,
+        "gain/delta": float(rec["delta"]),
+        "gain/pass": float(rec["pass"]),
+    }
+    ang = "not measured" if rec["ang"] is None else f"{rec['ang']:+.4f}"
+    event = f", {rec['event']}" if rec.get("event") else ""
+    LOG.info(f"gain-curate step {rec['epoch']}: acc {rec['acc']:.3f}, ang {ang}, mu {rec['mu']:.1f} -> {rec['mu_next']:.1f} (pass {rec['pass']}{event})")  # fmt: skip
+    return out
+
+
+def _stream_log() -> logging.Logger:
+    log = logging.getLogger("gain_curate")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    return log
+
+
+LOG = _stream_log()
 
 
 def build_schedule(extra_info: Sequence[Mapping[str, Any]], scores: Sequence[float | None] | None,

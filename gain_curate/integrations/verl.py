@@ -18,19 +18,29 @@ each step's results through `on_batch_end`:
 
 One schedule epoch is one training step: B = data.gen_batch_size or data.train_batch_size
 prompts drawn at the current mu; after the step, accuracy (the reward's `acc`, else
-token_level_scores.sum(-1) > 0) moves mu. Rows are identified by extra_info["gain_uid"],
+token_level_scores.sum(-1) > 0) moves mu. No angle term: verl's actor runs in Ray workers
+this process cannot hook, so none is measured and the offline score is never used in its
+place. Each step is logged as one `gain-curate step ...` line, and as gain/* metrics in
+verl's logger on the sampler path. Rows are identified by extra_info["gain_uid"],
 the one per-row field that reaches the trainer's batch in every verl version.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from gain_curate.integrations._common import build_schedule, per_prompt, schedule_params
+from gain_curate.integrations._common import (
+    build_schedule,
+    offline_scores,
+    per_prompt,
+    schedule_params,
+    step_metrics,
+)
 from gain_curate.schedule import GainSchedule
 
 try:  # verl 0.5-0.7
@@ -68,8 +78,9 @@ class _Follower:
 
     def __init__(self, frame: Any, data_config: Mapping[str, Any]) -> None:
         b = _batch_size(data_config)
-        scores = frame["gain_score"] if "gain_score" in frame.column_names else None
-        params = schedule_params(_gain_cfg(data_config), b)
+        gain = _gain_cfg(data_config) or {}
+        params = schedule_params(gain, b)
+        scores = offline_scores(frame, float(gain.get("inter_weight", 1.0)))
         self.schedule, self.rows = build_schedule(frame["extra_info"], scores, params)
         self.batch_size = b
         self.length = (len(self.rows) // b) * b  # constant: verl derives its step count from it
@@ -80,10 +91,10 @@ class _Follower:
             self.schedule.end_epoch()
         return self.rows[int(self.schedule.take(1)[0])]
 
-    def update(self, batch: Any) -> None:
+    def update(self, batch: Any) -> dict[str, float]:
         uids, correct = batch_results(batch)
         self.schedule.observe(uids, correct)
-        self.schedule.end_epoch()
+        return step_metrics(self.schedule.end_epoch())
 
 
 if AbstractCurriculumSampler is not None:
@@ -106,7 +117,13 @@ if AbstractCurriculumSampler is not None:
                 yield self._f.next_row()
 
         def update(self, batch: Any) -> None:
-            self._f.update(batch)
+            metrics = self._f.update(batch)
+            # verl 0.5-0.7 call update() just before `logger.log(data=metrics, ...)` and
+            # hand it no metrics: add gain/* to the step's dict in the caller's frame.
+            caller = inspect.currentframe()
+            target = caller.f_back.f_locals.get("metrics") if caller and caller.f_back else None
+            if isinstance(target, dict):
+                target.update(metrics)
 
         def state_dict(self) -> dict[str, Any]:
             return self._f.schedule.state_dict()

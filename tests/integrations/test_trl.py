@@ -51,7 +51,7 @@ def test_grpo_steps_move_mu_by_the_rule(
                       max_completion_length=6, max_steps=3, report_to="none", save_strategy="no", bf16=False, seed=0,
                       logging_steps=1, temperature=1.0)  # fmt: skip
     trainer = GainGRPOTrainer(model=model, reward_funcs=reward_has_digit, args=args, train_dataset=dataset,
-                              processing_class=qwen_tokenizer, gain_params={"sigma": 3, "n": 4, "adj_max": 8, "adj_min": -8})  # fmt: skip
+                              processing_class=qwen_tokenizer, gain_params={"sigma": 3, "n": 4, "adj_max": 8, "adj_min": -8, "at_end": "hold"})  # fmt: skip
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, GainRepeatSampler)
     trainer.train()
@@ -68,8 +68,75 @@ def test_grpo_steps_move_mu_by_the_rule(
         acc = float(np.mean([np.mean(v) for v in by_uid.values()]))
         assert rec["acc"] == pytest.approx(acc)
         assert rec["mu"] == pytest.approx(mu)
-        mu, _ = mu_update(mu, acc, rec["ang"], sched.params, sched.n_prompts)
+        mu, _ = mu_update(mu, acc, rec["ang"] or 0.0, sched.params, sched.n_prompts)
         assert rec["mu_next"] == pytest.approx(mu)
+
+
+def test_online_angle_is_scores_metric_on_the_policys_current_weights(
+    tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path
+) -> None:
+    """The angle term comes from generation's prefill with the weights of each step: at step
+    0 it equals `score`'s C_intra / C_inter for the same prompts, weights and conversation
+    (score run with the trainer's template: the question as the one user turn), at every
+    step it equals a separate forward with the current weights, and it changes as they do."""
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForCausalLM
+
+    from gain_curate.template import ScoringTemplate
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Tom has {i} apples and buys {2 * i + 3} more. How many now?",
+                                        "answer": str(3 * i + 3)}) + "\n" for i in range(24)))  # fmt: skip
+    res = run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp_path / "run", device="cpu",
+                                dtype="float32", template=ScoringTemplate(system_prompt=None, few_shot=())))  # fmt: skip
+    files = [str(tmp_path / "run" / s["path"]) for s in res.manifest["shards"]]
+    offline = {r["gain_uid"]: r for r in pq.read_table(files[0]).to_pylist()}
+    dataset = load_dataset("parquet", data_files=files)["train"]
+
+    class Recording(GainGRPOTrainer):
+        steps: list[dict[str, tuple[float, float, float]]] = []
+        fresh: list[dict[str, float]] = []
+
+        def _online_angles(self, uids):
+            cap = self._gain_capture
+            self.steps.append({u: v for u, v in zip(uids, cap.values) if v is not None})
+            model = self.accelerator.unwrap_model(self.model)
+            again = self.gain_angles.measure(model, self._gain_segments, self.processing_class.pad_token_id)  # fmt: skip
+            self.fresh.append({u: v[2] for u, v in zip(uids, again) if v is not None})
+            return super()._online_angles(uids)
+
+    def reward_odd_length(completions, **kwargs) -> list[float]:
+        """A real reward that splits groups, so every step has a gradient."""
+        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+        return [float(len(t) % 2) for t in texts]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
+    args = GRPOConfig(output_dir=str(tmp_path / "grpo"), use_cpu=True, per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=8, max_steps=4, report_to="none", save_strategy="no", bf16=False, seed=0,
+                      logging_steps=1, temperature=1.0, learning_rate=3e-2, gradient_checkpointing=False)  # fmt: skip
+    trainer = Recording(model=model, reward_funcs=reward_odd_length, args=args, train_dataset=dataset,
+                        processing_class=qwen_tokenizer, gain_params={"sigma": 3, "n": 40, "adj_min": -40})  # fmt: skip
+    trainer.train()
+
+    hist = trainer.gain_schedule.history
+    assert len(hist) == len(trainer.steps) == 4
+    assert all(len(s) == 2 for s in trainer.steps)  # both prompts of every step measured
+    for uid, (c_intra, c_inter, _) in trainer.steps[0].items():  # step 0 = the scoring weights
+        assert c_intra == pytest.approx(offline[uid]["gain_c_intra"], abs=1e-4)
+        assert c_inter == pytest.approx(offline[uid]["gain_c_inter"], abs=1e-4)
+    for step, fresh in zip(trainer.steps, trainer.fresh):  # always the weights of that step
+        assert set(step) == set(fresh)
+        for uid, v in step.items():
+            assert v[2] == pytest.approx(fresh[uid], abs=1e-4)
+    # the weights move, so the same prompts measured now differ from their offline scores
+    shift = [v[2] - (offline[u]["gain_c_intra"] + offline[u]["gain_c_inter"]) for s in trainer.steps[1:] for u, v in s.items()]  # fmt: skip
+    assert max(abs(x) for x in shift) > 1e-3
+    assert hist[0]["ang"] == pytest.approx(
+        0.0, abs=1e-12
+    )  # "change": 0 at the start by construction
+    assert len({round(h["ang"], 9) for h in hist}) == 4  # and a different value every step
+    logged = [h for h in trainer.state.log_history if "gain/mu" in h]
+    assert logged and {"gain/acc", "gain/ang", "gain/angle_online", "gain/delta"} <= set(logged[0])
 
 
 def test_repeat_sampler_contract() -> None:

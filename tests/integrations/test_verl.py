@@ -83,13 +83,21 @@ def test_sampler_follows_schedule_and_moves_mu(shards, qwen_tokenizer) -> None:
     rows = next(it)
     ranks = [e["gain_rank"] for e in rows["extra_info"]]
     assert len(set(ranks)) == B and max(ranks) < 20  # mu0 = 0: the top of the ranking
-    acc = [1.0 if r % 2 == 0 else 0.0 for r in ranks]
-    scores = {e["gain_uid"]: s for e, s in zip(rows["extra_info"], rows["gain_score"])}
-    sampler.update(step_batch(rows, acc))
-    want_mu, _ = mu_update(
-        0.0, float(np.mean(acc)), float(np.mean(list(scores.values()))), sampler.schedule.params, 40
+    acc = [1.0 if r % 2 == 0 else 0.5 for r in ranks]
+
+    def fit_step(batch):  # verl's fit loop: update(batch) then logger.log(data=metrics)
+        metrics = {"actor/loss": 0.1}
+        sampler.update(batch=batch)
+        return metrics
+
+    logged = fit_step(step_batch(rows, acc))
+    assert logged["gain/mu"] == sampler.schedule.mu and logged["gain/acc"] == pytest.approx(
+        np.mean(acc)
     )
+    # no angle term: verl's actor is not hooked, and the offline score is never a stand-in
+    want_mu, _ = mu_update(0.0, float(np.mean(acc)), 0.0, sampler.schedule.params, 40)
     assert sampler.schedule.mu == pytest.approx(want_mu) and sampler.schedule.epoch == 1
+    assert sampler.schedule.history[-1]["ang"] is None
     rows2 = next(it)  # drawn at the new mu
     assert np.mean([e["gain_rank"] for e in rows2["extra_info"]]) > np.mean(ranks)
 
