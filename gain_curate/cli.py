@@ -316,23 +316,40 @@ def schedule(out: Path, **kw: Any) -> None:
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option(
-    "--format", "fmt", type=click.Choice(["openrlhf"]), required=True, help="Trainer to export for."
+    "--format",
+    "fmt",
+    type=click.Choice(["verl", "openrlhf"]),
+    required=True,
+    help="Trainer to export for.",
 )
-@click.option(
-    "--epoch", type=click.IntRange(min=0), required=True, help="Epoch of the plan to export."
-)
-def export(out: Path, fmt: str, epoch: int) -> None:
-    """Export one epoch of the plan as a flat file a trainer without a sampler hook reads.
+@click.option("--epoch", type=click.IntRange(min=0), help="openrlhf: the epoch of the plan to export.")  # fmt: skip
+def export(out: Path, fmt: str, epoch: int | None) -> None:
+    """Export the plan (`gain-curate schedule`) as files a trainer reads with no gain-curate
+    code: verl gets every epoch back to back in plan order, OpenRLHF one epoch per file.
 
     \b
-    Example:
+    Examples:
+      gain-curate export runs/gsm8k --format verl
+      # verl 0.5-0.9: data.train_files=[runs/gsm8k/export/verl/plan.parquet] data.shuffle=False
+      #               data.train_batch_size=B trainer.total_epochs=1
       gain-curate export runs/gsm8k --format openrlhf --epoch 0
       # OpenRLHF: --data.prompt_dataset runs/gsm8k/export/openrlhf/epoch-00000.jsonl
       #           --data.input_key prompt --data.apply_chat_template --data.label_key label
     """
-    from gain_curate.integrations.openrlhf import export_epoch
-
     try:
+        if fmt == "verl":
+            from gain_curate.export import export_verl
+
+            path, record = export_verl(out)
+            click.echo(
+                f"verl plan ({record['epochs']} epochs x {record['batch_size']} prompts): {path}"
+            )
+            click.echo(f"verl: {record['flags']}")
+            return
+        if epoch is None:
+            raise click.BadParameter("--format openrlhf exports one epoch: give --epoch K", param_hint="--epoch")  # fmt: skip
+        from gain_curate.integrations.openrlhf import export_epoch
+
         path = export_epoch(out, epoch)
     except GainCurateError as e:
         raise _fail(e) from None

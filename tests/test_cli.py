@@ -226,6 +226,36 @@ def test_schedule_refuses_impossible_parameters(
     assert not (scored / "schedule" / "plan.parquet").exists()
 
 
+def test_export_verl_writes_the_plan_in_order_in_verls_schema(scored: Path) -> None:
+    import pyarrow.parquet as pq
+
+    (scored / "schedule" / "plan.parquet").unlink(missing_ok=True)
+    code, text = run("export", str(scored), "--format", "verl")
+    assert code != 0 and "gain-curate schedule" in text  # no plan yet: one line saying what to run
+    assert (
+        run("schedule", str(scored), "--epochs", "5", "--batch-size", "6", "--sigma", "4")[0] == 0
+    )
+    code, text = run("export", str(scored), "--format", "verl")
+    assert code == 0, text
+    assert "data.shuffle=False data.train_batch_size=6 trainer.total_epochs=1" in text
+    rows = pq.read_table(scored / "export" / "verl" / "plan.parquet").to_pylist()
+    plan = pq.read_table(scored / "schedule" / "plan.parquet").to_pylist()
+    assert [r["extra_info"]["gain_uid"] for r in rows] == [p["gain_uid"] for p in plan]
+    assert [(r["extra_info"]["gain_plan_epoch"], r["extra_info"]["gain_plan_position"]) for r in rows] == [
+        (p["epoch"], p["position"]) for p in plan]  # fmt: skip
+    shard = {r["gain_uid"]: r for r in pq.read_table(scored / "data").to_pylist()}
+    for r in rows:  # the shard row itself, verl columns included
+        want = shard[r["gain_uid"]]
+        assert r["prompt"] == want["prompt"] and r["reward_model"] == want["reward_model"]
+        assert r["extra_info"]["gain_rank"] == want["gain_rank"] == r["gain_rank"]
+    manifest = json.loads((scored / "gain_manifest.json").read_text())
+    assert (
+        manifest["exports"]["verl"]["rows"] == 30 and manifest["exports"]["verl"]["batch_size"] == 6
+    )
+    code, text = run("export", str(scored), "--format", "openrlhf")
+    assert code != 0 and "give --epoch K" in text
+
+
 def test_schedule_errors_are_one_line(tmp_path: Path) -> None:
     code, text = run("schedule", str(tmp_path / "nothing"), "--epochs", "2", "--batch-size", "4")
     assert code != 0 and "holds no scored run" in text and "Traceback" not in text

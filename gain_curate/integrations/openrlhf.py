@@ -31,23 +31,9 @@ import pyarrow.parquet as pq
 
 from gain_curate import store
 from gain_curate.errors import OutputError
+from gain_curate.export import read_plan
 
 ENV_RUN = "GAIN_CURATE_RUN"
-
-
-def read_plan(out: Path) -> list[np.ndarray]:
-    """The plan's rank positions, one array per epoch."""
-    path = out / "schedule" / "plan.parquet"
-    if not path.is_file():
-        raise OutputError(
-            f"{path} not found: run `gain-curate schedule {out} --epochs E --batch-size B` first"
-        )
-    t = pq.read_table(path, columns=["epoch", "position", "gain_rank"]).to_pydict()
-    n_epochs = max(t["epoch"]) + 1 if t["epoch"] else 0
-    plans: list[list[tuple[int, int]]] = [[] for _ in range(n_epochs)]
-    for e, pos, r in zip(t["epoch"], t["position"], t["gain_rank"]):
-        plans[e].append((pos, r))
-    return [np.array([r for _, r in sorted(p)], dtype=np.int64) for p in plans]
 
 
 def export_epoch(out: Path, epoch: int) -> Path:

@@ -20,6 +20,11 @@ step's prompts through the policy, and hooks on it compute their C_intra + w C_i
 the weights of that step, cut into P and Q as `score` cuts them; "change" (default) feeds
 the rule the shift of that value from the prompts' offline scores, "level" (paper mode) the
 value itself, "off" nothing. mu, acc, ang and the online level are logged as `gain/*`.
+
+Without this class (an IterableDataset, TRL's experimental AsyncGRPOTrainer, which iterates
+its dataset in order without a sampler, or any other GRPO trainer): export the open-loop
+plan, `gain-curate export OUT --format verl`, and train on OUT/export/verl/plan.parquet in
+file order (`GRPOConfig(shuffle_dataset=False)`); the plan then chooses every prompt.
 """
 
 from __future__ import annotations
@@ -74,6 +79,21 @@ class GainRepeatSampler(Sampler[int]):
                         yield row
 
 
+def refuse_iterable(dataset: Any) -> None:
+    """TRL 1.x feeds an IterableDataset without calling the sampler: the curriculum could
+    not choose a single prompt, so say so and point at the open-loop plan instead."""
+    import datasets
+    import torch.utils.data
+
+    if isinstance(dataset, datasets.IterableDataset | torch.utils.data.IterableDataset):
+        raise ValueError(
+            "GainGRPOTrainer needs a map-style train_dataset (TRL feeds an IterableDataset "
+            "without a sampler, so the curriculum cannot choose prompts): load the shards "
+            "without streaming, or train a plain GRPOTrainer(args=GRPOConfig(shuffle_dataset=False)) "
+            "on `gain-curate export OUT --format verl`, the plan in order"
+        )
+
+
 class GainGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose train sampler follows the GAIN-RL schedule; `gain_params` takes the
     schedule's parameters by name (sigma as a number or '0.05N', mu0, n, alpha, beta,
@@ -87,7 +107,9 @@ class GainGRPOTrainer(GRPOTrainer):
     def __init__(
         self, *args: Any, gain_params: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> None:
+        refuse_iterable(kwargs.get("train_dataset"))
         super().__init__(*args, **kwargs)
+        refuse_iterable(self.train_dataset)
         gain = {"seed": self.args.seed, **(gain_params or {})}
         chunk = self.args.generation_batch_size // self.num_generations
         params = schedule_params(gain, chunk)

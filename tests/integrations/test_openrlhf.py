@@ -16,7 +16,8 @@ import pytest
 pytest.importorskip("torchdata", reason="torchdata not installed: run `make test-integrations`")
 from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 
-from gain_curate.integrations.openrlhf import PlanSampler, follow_plan, read_plan  # noqa: E402
+from gain_curate.export import read_plan  # noqa: E402
+from gain_curate.integrations.openrlhf import PlanSampler, follow_plan  # noqa: E402
 
 
 def write_plan(out: Path, plans: list[list[int]]) -> None:

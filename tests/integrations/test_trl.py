@@ -139,6 +139,58 @@ def test_online_angle_is_scores_metric_on_the_policys_current_weights(
     assert logged and {"gain/acc", "gain/ang", "gain/angle_online", "gain/delta"} <= set(logged[0])
 
 
+def _scored(tiny_qwen2_dir: Path, tmp_path: Path, n: int = 12) -> Path:
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} plus {i + 4}?", "answer": str(2 * i + 4)}) + "\n" for i in range(n)))  # fmt: skip
+    run_score(
+        ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp_path / "run", device="cpu")
+    )
+    return tmp_path / "run"
+
+
+def test_iterable_dataset_is_refused_in_one_line_pointing_at_the_export(
+    tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path
+) -> None:
+    """TRL 1.16 feeds an IterableDataset through repeat_iterable_dataset, never the sampler."""
+    run = _scored(tiny_qwen2_dir, tmp_path)
+    stream = load_dataset("parquet", data_files=str(run / "data" / "*.parquet"), streaming=True)["train"]  # fmt: skip
+    args = GRPOConfig(output_dir=str(tmp_path / "g"), use_cpu=True, per_device_train_batch_size=2, num_generations=2,
+                      max_steps=1, report_to="none", bf16=False)  # fmt: skip
+    with pytest.raises(ValueError, match="export OUT --format verl") as e:
+        GainGRPOTrainer(model=str(tiny_qwen2_dir), reward_funcs=lambda completions, **k: [0.0] * len(completions),
+                        args=args, train_dataset=stream, processing_class=qwen_tokenizer)  # fmt: skip
+    assert "\n" not in str(e.value)
+
+
+def test_plain_grpo_trainer_follows_the_exported_plan_in_order(
+    tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path
+) -> None:
+    """The open loop for TRL without our class (and for AsyncGRPOTrainer, which reads its
+    dataset in order): the verl export, read in file order, is the plan."""
+    import pyarrow.parquet as pq
+    from trl import GRPOTrainer
+
+    from gain_curate import store
+    from gain_curate.export import export_verl
+    from gain_curate.schedule import GainSchedule, ScheduleParams
+    from gain_curate.simulate import AccuracyCurve, run_open_loop
+
+    run = _scored(tiny_qwen2_dir, tmp_path)
+    uids, scores = store.read_ranking(run)
+    plans = run_open_loop(GainSchedule(len(uids), ScheduleParams(batch_size=4, sigma=3, n=4)), 3, AccuracyCurve(0.8, 0.8))  # fmt: skip
+    store.write_plan(run, plans, uids)
+    path, _ = export_verl(run)
+    dataset = load_dataset("parquet", data_files=str(path))["train"]
+    args = GRPOConfig(output_dir=str(tmp_path / "g"), use_cpu=True, per_device_train_batch_size=8, num_generations=2,
+                      max_steps=1, report_to="none", bf16=False, shuffle_dataset=False)  # fmt: skip
+    trainer = GRPOTrainer(model=str(tiny_qwen2_dir), reward_funcs=lambda completions, **k: [0.0] * len(completions),
+                          args=args, train_dataset=dataset, processing_class=qwen_tokenizer)  # fmt: skip
+    order = list(trainer._get_train_sampler())[::2]  # each prompt num_generations times in a row
+    got = [dataset[i]["extra_info"]["gain_uid"] for i in order]
+    want = [p["gain_uid"] for p in pq.read_table(run / "schedule" / "plan.parquet").to_pylist()]
+    assert got == want
+
+
 def test_repeat_sampler_contract() -> None:
     from gain_curate.schedule import GainSchedule, ScheduleParams
 
