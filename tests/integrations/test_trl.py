@@ -211,3 +211,12 @@ def test_repeat_sampler_contract() -> None:
         chunk[i] == chunk[i + 1] for i in range(0, 6, 2)
     )  # each index mini_repeat_count times in a row
     assert len(set(chunk[:6])) == 3
+
+
+def test_grpo_with_replay_buffer_is_gone_from_trl_1_16() -> None:
+    """Checked so the README's claim stays true: TRL removed the experimental
+    GRPOWithReplayBuffer module in 1.14; 1.16 has nothing of that name to adapt."""
+    import importlib
+
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("trl.experimental.grpo_with_replay_buffer")
