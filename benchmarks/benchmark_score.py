@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -184,9 +183,10 @@ def mfu(t: Timing, device: torch.device, model_path: str) -> str:
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    """The CPU model and its matrix units, or the GPU model: every row names its machine."""
+    from gain_curate.hardware import device_label
+
+    return device_label(device)
 
 
 def main() -> None:

@@ -107,6 +107,7 @@ def main() -> None:
     type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
     default="auto",
     show_default=True,
+    help="auto: bfloat16 on GPUs and on CPUs with bf16 matrix units (AMX, AVX512-BF16), else float32.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option(

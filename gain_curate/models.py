@@ -259,7 +259,8 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` -> bfloat16 on CUDA, float32 elsewhere; else bf16 / fp16 / fp32 by any alias."""
+    """`auto` -> bfloat16 on CUDA and on CPUs with bf16 matrix units (AMX, AVX512-BF16),
+    float32 elsewhere; else bf16 / fp16 / fp32 by any alias."""
     import torch
 
     aliases = {
@@ -274,7 +275,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     }
     key = name.strip().lower()
     if key == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        from gain_curate.hardware import cpu_has_bf16_units
+
+        kind = torch.device(device).type
+        fast_bf16 = kind == "cuda" or (kind == "cpu" and cpu_has_bf16_units())
+        return torch.bfloat16 if fast_bf16 else torch.float32
     if key not in aliases:
         raise ModelError(f"unknown dtype: {name!r} (use auto, bfloat16, float16 or float32)")
     return aliases[key]

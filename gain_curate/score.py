@@ -110,6 +110,7 @@ class Prepared:
 def prepare(cfg: ScoreConfig, hooks: Hooks) -> Prepared:
     import torch
 
+    from gain_curate.hardware import device_label
     from gain_curate.models import load_tokenizer, resolve_dtype, resolve_model
     from gain_curate.prefill import model_shape, resolve_kernel
     from gain_curate.sources import load_source
@@ -150,7 +151,8 @@ def prepare(cfg: ScoreConfig, hooks: Hooks) -> Prepared:
     model_info = {
         "name": ref.name, "path": ref.path, "revision": ref.revision, "dtype": str(dtype).removeprefix("torch."),
         "device": device.type, "layer": shape.layer, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
-        "chat_template_sha256": template_hash(tok),
+        "chat_template_sha256": template_hash(tok), "dtype_requested": cfg.dtype,
+        "hardware": device_label(device),
     }  # fmt: skip
     parts = [range(a, min(a + cfg.part_rows, n)) for a in range(0, n, cfg.part_rows)]
     uids = prompt_uids(src.questions, src.answers, src.table.column(0).to_pylist())

@@ -1,0 +1,42 @@
+"""--dtype auto follows the machine's matrix units; benchmark rows name the machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gain_curate import hardware
+from gain_curate.models import resolve_dtype
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        ({"avx2", "fma"}, torch.float32),  # AVX2-only EPYC: bf16 is emulated, slower than fp32
+        ({"avx2", "avx512f", "avx512_bf16"}, torch.bfloat16),
+        ({"avx512f", "amx_tile", "amx_bf16"}, torch.bfloat16),  # Sapphire Rapids Xeon
+        (set(), torch.float32),  # no /proc/cpuinfo (macOS, containers): the safe choice
+    ],
+)
+def test_auto_dtype_is_bf16_only_on_cpus_with_bf16_units(monkeypatch, flags: set[str], want: torch.dtype) -> None:  # fmt: skip
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert resolve_dtype("auto", torch.device("cpu")) == want
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32  # explicit wins
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+
+def test_cpu_label_names_model_threads_and_units(monkeypatch) -> None:
+    monkeypatch.setattr(
+        hardware, "cpu_flags", lambda: frozenset({"avx2", "fma", "amx_bf16", "sse2"})
+    )
+    monkeypatch.setattr(hardware, "cpu_model", lambda: "Intel(R) Xeon(R) Platinum 8480+")
+    assert (
+        hardware.cpu_label(2)
+        == "Intel(R) Xeon(R) Platinum 8480+, 2 threads, amx_bf16 avx2 fma (bf16 units)"
+    )
+
+
+def test_this_machines_flags_are_read() -> None:
+    if not hardware.Path("/proc/cpuinfo").exists():
+        pytest.skip("no /proc/cpuinfo on this machine")
+    assert hardware.cpu_flags() and hardware.cpu_model()
