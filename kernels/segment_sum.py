@@ -19,9 +19,12 @@ the first. The whole row must fit one tile (d <= MAX_D): wider models raise.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
+
 from gain_curate.kernels.naive import EPS, check_segments
 
 MAX_D = 16384
@@ -112,12 +115,16 @@ def segment_unit_sums_fwd(
     # ~8K fp32 values per row block keeps the tile in registers for every d up to MAX_D.
     block_n = max(1, min(16, 8192 // block_d))
     num_warps = 4 if block_d <= 1024 else 8 if block_d <= 4096 else 16
-    _chunk_sums_kernel[(len(lo),)](
-        x, as_dev(lo), as_dev(hi), partial, d, x.stride(0), EPS,
-        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
-    )  # fmt: skip
     reduce_d = min(block_d, 1024)
-    _reduce_chunks_kernel[(num_segments, triton.cdiv(d, reduce_d))](
-        partial, as_dev(seg_chunk), out, d, BLOCK_D=reduce_d, num_warps=4
-    )
+    # Launch on x's device, not the current one: a worker scoring on cuda:3 must not launch
+    # on cuda:0 (Triton uses torch.cuda.current_device()).
+    guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    with guard:
+        _chunk_sums_kernel[(len(lo),)](
+            x, as_dev(lo), as_dev(hi), partial, d, x.stride(0), EPS,
+            BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
+        )  # fmt: skip
+        _reduce_chunks_kernel[(num_segments, triton.cdiv(d, reduce_d))](
+            partial, as_dev(seg_chunk), out, d, BLOCK_D=reduce_d, num_warps=4
+        )
     return out

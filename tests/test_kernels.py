@@ -83,3 +83,51 @@ def test_bad_offsets_raise() -> None:
         segment_unit_sums_fwd(x, torch.tensor([0, 6]))
     with pytest.raises(ValueError, match="packed rows"):
         segment_unit_sums_fwd(torch.zeros(5, device=DEVICE), torch.tensor([0, 5]))
+
+
+def test_auto_falls_back_to_torch_with_one_warning_when_triton_cannot_launch(monkeypatch) -> None:
+    """`--kernel auto` on CUDA probes one tiny launch; a missing compiler is a warning line and
+    the torch reduction, never a traceback mid-run. `--kernel triton` then fails in one line."""
+    from gain_curate import prefill
+    from gain_curate.errors import ModelError
+
+    monkeypatch.setattr(
+        prefill, "triton_problem", lambda device: "its probe launch failed: RuntimeError: no cc"
+    )
+    with pytest.warns(UserWarning, match="Triton is not usable here .*no cc.*torch reduction"):
+        assert prefill.resolve_kernel("auto", torch.device("cuda")) == "torch"
+    with pytest.raises(
+        ModelError, match="--kernel triton: Triton is not usable here .*use --kernel torch"
+    ):
+        prefill.resolve_kernel("triton", torch.device("cuda"))
+    monkeypatch.setattr(prefill, "triton_problem", lambda device: None)
+    assert prefill.resolve_kernel("auto", torch.device("cuda")) == "triton"
+    assert prefill.resolve_kernel("auto", torch.device("cpu")) == "torch"
+
+
+def test_triton_probe_reports_a_missing_triton_in_one_line(monkeypatch) -> None:
+    import builtins
+
+    from gain_curate import prefill
+
+    real_import = builtins.__import__
+
+    def no_triton(name, *args, **kwargs):
+        if name == "triton" or name.startswith("triton."):
+            raise ImportError("No module named 'triton'")
+        return real_import(name, *args, **kwargs)
+
+    prefill.triton_problem.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_triton)
+    try:
+        problem = prefill.triton_problem("cpu-probe-no-triton")
+    finally:
+        prefill.triton_problem.cache_clear()
+    assert problem == "triton is not installed: pip install 'gain-curate[triton]'"
+
+
+def test_triton_probe_passes_under_the_interpreter() -> None:
+    """conftest sets TRITON_INTERPRET=1: the real probe launch runs on CPU tensors."""
+    from gain_curate import prefill
+
+    assert prefill.triton_problem("cpu") is None
