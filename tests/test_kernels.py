@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from gain_curate.kernels.naive import naive_segment_unit_sums
 from gain_curate.kernels.segment_sum import chunk_table, segment_unit_sums_fwd
 
