@@ -198,10 +198,11 @@ def reduce_rows(x: torch.Tensor, offsets: torch.Tensor, kernel: str) -> torch.Te
 
 
 def length_sorted_batches(
-    lengths: list[int], token_budget: int, max_padding: float = 0.05
+    lengths: list[int], token_budget: int, max_padding: float = 0.05, per_row: int = 0
 ) -> list[list[int]]:
-    """Indices grouped into batches whose padded size (B x longest) fits the token budget
-    and whose padding stays under `max_padding` of it.
+    """Indices grouped into batches whose padded size (B x (longest + per_row)) fits the
+    token budget and whose padding stays under `max_padding` of it. per_row counts what
+    each row holds besides its own tokens: the shared prefix's KV, copied into every row.
 
     Longest first, so an out-of-memory failure shows up in the first batch, not the last.
     Without the padding cap, a small dataset's few batches each span a wide length range
@@ -214,7 +215,8 @@ def length_sorted_batches(
         if batches:
             longest, size = lengths[batches[-1][0]], len(batches[-1]) + 1
             padded = size * longest
-            if padded <= token_budget and (padded - real - lengths[i]) <= max_padding * padded:
+            fits = size * (longest + per_row) <= token_budget
+            if fits and (padded - real - lengths[i]) <= max_padding * padded:
                 batches[-1].append(i)
                 real += lengths[i]
                 continue
@@ -325,10 +327,20 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _batches_with_retry(
-    lengths: list[int], budget: int, stats: PrefillStats, run: Callable[[list[int]], BatchSums]
-) -> Iterator[BatchSums]:
-    """Run length-sorted batches; on out-of-memory, halve the budget and retry that batch."""
-    pending = length_sorted_batches(lengths, budget)
+    lengths: list[int], budget: int, stats: PrefillStats, run: Callable[[list[int]], BatchSums],
+    per_row: int = 0, recover_after: int = 8,
+) -> Iterator[BatchSums]:  # fmt: skip
+    """Run length-sorted batches under the token budget. Out of memory: halve the budget and
+    re-plan everything not yet run at it (not just the failed batch, so later batches do not
+    each fail first); after `recover_after` batches in a row succeed, double it again (up to
+    the start) and re-plan, so one transient spike does not leave the run on tiny batches."""
+    start = budget
+
+    def plan(indices: list[int]) -> list[list[int]]:
+        parts = length_sorted_batches([lengths[i] for i in indices], budget, per_row=per_row)
+        return [[indices[j] for j in part] for part in parts]
+
+    pending, streak = plan(list(range(len(lengths)))), 0
     while pending:
         batch = pending.pop(0)
         try:
@@ -337,12 +349,15 @@ def _batches_with_retry(
             if not _is_oom(e) or len(batch) == 1:
                 raise
             stats.oom_retries += 1
-            budget = max(1, budget // 2)
+            budget, streak = max(1, budget // 2), 0
             torch.cuda.empty_cache()
-            sub = length_sorted_batches([lengths[i] for i in batch], budget)
-            pending[:0] = [[batch[j] for j in part] for part in sub]
+            pending = plan(batch + [i for b in pending for i in b])
             continue
         yield result
+        streak += 1
+        if budget < start and streak >= recover_after and pending:
+            budget, streak = min(start, budget * 2), 0
+            pending = plan([i for b in pending for i in b])
 
 
 def segment_sums(
@@ -379,7 +394,8 @@ def segment_sums(
             return BatchSums([shared[j] for j in batch], prefix.s_p.expand(len(batch), -1), s_q)
 
         q_lengths = [segments[i].q for i in shared]
-        yield from _batches_with_retry(q_lengths, token_budget, stats, run_shared)
+        # each row carries its own copy of the prefix KV: count it against the budget
+        yield from _batches_with_retry(q_lengths, token_budget, stats, run_shared, per_row=p)
 
     def run_alone(batch: list[int]) -> BatchSums:
         segs = [segments[alone[j]] for j in batch]

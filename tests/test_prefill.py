@@ -116,6 +116,38 @@ def test_oom_halves_the_budget_and_retries(
         torch.testing.assert_close(got[i], want[i], rtol=1e-5, atol=1e-5)
 
 
+def test_oom_replans_the_rest_once_and_recovers_the_budget() -> None:
+    """A transient OOM on the first batches: the remaining work is re-planned at half the
+    budget (later batches do not each fail first), and after a run of successes the budget
+    comes back, so the final batches are as large as before the spike."""
+    lengths = [50] * 1000
+    stats, calls, sizes = PrefillStats(), [], []
+
+    def run(batch: list[int]) -> prefill.BatchSums:
+        calls.append(len(batch))
+        if len(calls) <= 10 and len(batch) * 50 > 1000:  # memory pressure for the first ten tries
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        sizes.append(len(batch))
+        return prefill.BatchSums(batch, torch.zeros(len(batch), 1), torch.zeros(len(batch), 1))
+
+    done = [i for b in prefill._batches_with_retry(lengths, 4000, stats, run, recover_after=8) for i in b.indices]  # fmt: skip
+    assert sorted(done) == list(range(1000))  # every prompt once
+    assert calls[:3] == [80, 40, 20]  # 4000 -> 2000 -> 1000 tokens
+    assert stats.oom_retries == 2  # the rest was re-planned: no later batch failed first
+    assert sizes[0] == 20 and max(sizes[-3:]) == 80  # back to the full budget at the end
+
+
+def test_prefix_kv_counts_against_the_budget() -> None:
+    """Each row of a shared-prefix batch holds its own copy of the prefix KV."""
+    assert [len(b) for b in prefill.length_sorted_batches([10] * 8, 100)] == [8]
+    assert [len(b) for b in prefill.length_sorted_batches([10] * 8, 100, per_row=40)] == [
+        2,
+        2,
+        2,
+        2,
+    ]
+
+
 def test_other_errors_are_not_swallowed(tiny_qwen2_dir: Path, qwen_tokenizer, monkeypatch) -> None:
     lm = load_model(
         resolve_model(str(tiny_qwen2_dir)),
