@@ -7,7 +7,8 @@ the local backend's. Ray is an optional extra: `pip install 'gain-curate[ray]'`.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gain_curate import store
@@ -66,13 +67,13 @@ def run_score_ray(cfg: ScoreConfig, hooks: Hooks | None = None, *, address: str 
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     gpus = num_gpus if num_gpus is not None else int(ray.cluster_resources().get("GPU", 0))
     device = "cuda" if gpus > 0 else "cpu"
-    cfg = replace(cfg, out=cfg.out.resolve(), device=device if cfg.device == "auto" else cfg.device)
+    n_actors = gpus if gpus > 0 else (actors or 2)
+    cfg = replace(cfg, out=cfg.out.resolve(), device=device if cfg.device == "auto" else cfg.device, workers=n_actors)  # fmt: skip
     prep = prepare(cfg, hooks)
     todo = claim_parts(prep, hooks)
     if isinstance(todo, ScoreResult):
         return todo
     if todo:
-        n_actors = gpus if gpus > 0 else (actors or 2)
         hooks.status(
             f"scoring {len(todo)} parts on {n_actors} Ray actor(s) ({'GPU' if gpus else 'CPU'})"
         )
@@ -87,28 +88,69 @@ def run_score_ray(cfg: ScoreConfig, hooks: Hooks | None = None, *, address: str 
 
 
 def _shard_worker(cfg: dict[str, Any], gpu: int, n: int) -> None:
-    run_score(replace(config_from_dict(cfg), device=f"cuda:{gpu}"), shard=(gpu, n))
+    import torch
+
+    torch.cuda.set_device(gpu)  # this process's current device: kernels and allocations land here
+    run_score(replace(config_from_dict(cfg), device=f"cuda:{gpu}", workers=n), shard=(gpu, n))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How this process takes part in a run: alone, as one of N spawned GPU workers, or as
+    one rank of a launcher (torchrun, Slurm) that started every process itself."""
+
+    kind: str  # "single", "spawn" (this process starts one worker per GPU), "rank"
+    workers: int
+    shard: tuple[int, int] | None
+    device: str
+
+
+def launch_plan(device: str, shard: tuple[int, int] | None, env: Mapping[str, str], gpus: int) -> Launch:  # fmt: skip
+    """Decide once from the flags, the environment and the visible GPUs (torch counts only
+    CUDA_VISIBLE_DEVICES): torchrun's RANK / WORLD_SIZE / LOCAL_RANK make this process one
+    shard on cuda:LOCAL_RANK; several visible GPUs with --device auto spawn one worker each."""
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    if shard is None and world > 1 and "RANK" in env:
+        rank, local = int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"]))
+        dev = f"cuda:{local % max(gpus, 1)}" if device == "auto" and gpus > 0 else device
+        return Launch("rank", world, (rank, world), dev)
+    if shard is not None:
+        return Launch("single", shard[1], shard, device)
+    if device == "auto" and gpus > 1:
+        return Launch("spawn", gpus, None, "cuda")
+    return Launch("single", 1, None, device)
 
 
 def run_score_local(
     cfg: ScoreConfig, hooks: Hooks | None = None, *, shard: tuple[int, int] | None = None
 ) -> ScoreResult | None:
-    """The local backend: one process, or one process per GPU when several are visible."""
-    import torch
-
-    n = torch.cuda.device_count() if cfg.device == "auto" and shard is None else 0
-    if n <= 1:
-        return run_score(cfg, hooks, shard=shard)
-    import multiprocessing as mp
+    """The local backend: one process; one process per visible GPU; or one rank of torchrun."""
+    import os
     import time
 
+    import torch
+
     hooks = hooks or Hooks()
+    plan = launch_plan(cfg.device, shard, os.environ, torch.cuda.device_count())
+    cfg = replace(cfg, workers=plan.workers, device=plan.device)
+    if plan.kind == "rank":
+        if plan.device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(plan.device))
+        run_score(cfg, hooks, shard=plan.shard)
+        if plan.shard[0] != 0:
+            return None
+        return wait_and_merge(cfg, hooks)  # rank 0 merges once every rank's parts are done
+    if plan.kind == "single":
+        return run_score(cfg, hooks, shard=plan.shard)
+    import multiprocessing as mp
+
     t0 = time.perf_counter()
-    prep = prepare(replace(cfg, device="cuda"), hooks)
+    prep = prepare(cfg, hooks)
     todo = claim_parts(prep, hooks)
     if isinstance(todo, ScoreResult):
         return todo
-    hooks.status(f"scoring on {n} GPUs, one process each")
+    n = plan.workers
+    hooks.status(f"scoring {len(prep.parts)} parts on {n} GPUs, one process each")
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=_shard_worker, args=(config_dict(replace(cfg, overwrite=False)), i, n))
@@ -122,4 +164,16 @@ def run_score_local(
         raise GainCurateError(
             f"a GPU worker failed; rerun the same command to resume the unfinished parts in {cfg.out}"
         )
+    return merge(prep, hooks, time.perf_counter() - t0)
+
+
+def wait_and_merge(cfg: ScoreConfig, hooks: Hooks, poll_s: float = 5.0) -> ScoreResult:
+    """Rank 0 of a launcher: wait until every part has its completion marker, then merge."""
+    import time
+
+    t0 = time.perf_counter()
+    prep = prepare(replace(cfg, overwrite=False), hooks)
+    work = store.WorkDir(cfg.out)
+    while not all(work.done(p, prep.config_hash) for p in range(len(prep.parts))):
+        time.sleep(poll_s)
     return merge(prep, hooks, time.perf_counter() - t0)
