@@ -15,7 +15,9 @@ from gain_curate.distributed import run_score_ray  # noqa: E402
 from gain_curate.score import ScoreConfig, run_score  # noqa: E402
 
 
-def test_ray_two_cpu_actors_equal_local_backend(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+def test_ray_two_cpu_actors_equal_local_backend(tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+    """Started from the repository root, where Ray workers import the source tree."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     data = tmp_path / "q.jsonl"
     data.write_text(
         "".join(
@@ -36,3 +38,8 @@ def test_ray_two_cpu_actors_equal_local_backend(tiny_qwen2_dir: Path, tmp_path: 
     assert [r["gain_uid"] for r in remote] == [r["gain_uid"] for r in local]
     for a, b in zip(local, remote):
         assert b["gain_score"] == pytest.approx(a["gain_score"], abs=1e-6)
+    shards = sorted(p.name for p in (tmp_path / "local" / "data").glob("*.parquet"))
+    for name in shards:  # the same parts, the same batches: the same bytes
+        assert (tmp_path / "ray" / "data" / name).read_bytes() == (
+            tmp_path / "local" / "data" / name
+        ).read_bytes()
