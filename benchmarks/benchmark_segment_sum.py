@@ -33,6 +33,7 @@ def main() -> None:
         print("segment-sum bandwidth: not measured (no CUDA device on this machine)")
         return
     import triton.testing
+
     from gain_curate.kernels.naive import naive_segment_unit_sums
     from gain_curate.kernels.segment_sum import segment_unit_sums_fwd
 
