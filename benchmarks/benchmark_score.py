@@ -51,6 +51,7 @@ class Timing:
     seconds: float
     scores: np.ndarray  # C_intra + C_inter per prompt, input order
     tokens_run: int
+    forward_seconds: float = 0.0  # (c): the prefill's own device time
 
 
 def load_questions(n: int) -> list[str]:
@@ -150,11 +151,10 @@ def run_gain_curate(
     scores = np.zeros(len(questions))
     for r in rows:
         scores[r["extra_info"]["index"]] = r["gain_c_intra"] + r["gain_c_inter"]
-    return Timing("(c) gain-curate", seconds, scores, res.manifest["prefill"]["tokens_run"])
-
-
-# Dense bf16 tensor-core peak (FLOP/s) by device name, from the vendors' data sheets.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+    pre = res.manifest["prefill"]
+    return Timing(
+        "(c) gain-curate", seconds, scores, pre["tokens_run"], pre.get("forward_seconds", 0.0)
+    )
 
 
 def prefill_flops_per_token(model_path: str) -> float:
@@ -174,12 +174,18 @@ def prefill_flops_per_token(model_path: str) -> float:
 
 
 def mfu(t: Timing, device: torch.device, model_path: str) -> str:
+    """FLOPs of the truncated prefill over its own device time (forward + reduction, CUDA
+    events; not model loading, tokenization or Parquet) and the GPU's exact bf16 peak."""
+    from gain_curate.hardware import gpu_peaks
+
     if device.type != "cuda" or not t.method.startswith("(c)"):
         return "not measured (CPU)" if device.type != "cuda" else "-"
-    peak = next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name(device)), None)
-    if peak is None:
-        return "unknown peak"
-    return f"{prefill_flops_per_token(model_path) * t.tokens_run / t.seconds / peak:.0%}"
+    peaks = gpu_peaks(torch.cuda.get_device_name(device))
+    if peaks is None or not t.forward_seconds:
+        return "unknown peak" if peaks is None else "-"
+    return (
+        f"{prefill_flops_per_token(model_path) * t.tokens_run / t.forward_seconds / peaks[0]:.0%}"
+    )
 
 
 def device_name(device: torch.device) -> str:

@@ -60,3 +60,21 @@ def device_label(device: object) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     return cpu_label(torch.get_num_threads())
+
+
+# Dense bf16 tensor-core peak (FLOP/s) and HBM bandwidth (bytes/s) by exact model, from the
+# vendors' data sheets; the most specific name first (an "H100 PCIe" is not an SXM part).
+GPU_PEAKS: tuple[tuple[str, float, float], ...] = (
+    ("H100 PCIe", 756e12, 2.0e12),
+    ("H100 NVL", 835e12, 3.9e12),
+    ("H100", 989e12, 3.35e12),  # SXM5: "NVIDIA H100 80GB HBM3"
+    ("H200", 989e12, 4.8e12),
+    ("A100-SXM4-80GB", 312e12, 2.039e12),
+    ("A100 80GB PCIe", 312e12, 1.935e12),
+    ("A100", 312e12, 1.555e12),  # 40GB, SXM4 or PCIe
+)
+
+
+def gpu_peaks(name: str) -> tuple[float, float] | None:
+    """(bf16 FLOP/s, HBM bytes/s) of a GPU by its torch.cuda.get_device_name; None if unknown."""
+    return next(((f, b) for key, f, b in GPU_PEAKS if key in name), None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -244,6 +245,7 @@ class PrefillStats:
     shared_prefix_tokens: int = 0
     prompts_sharing_prefix: int = 0
     oom_retries: int = 0
+    seconds: float = 0.0  # the model's forward + the reduction only (what MFU divides by)
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,23 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
+@contextlib.contextmanager
+def _timed(stats: PrefillStats) -> Iterator[None]:
+    """Add the block's device time to stats.seconds: CUDA events on a GPU (the block ends in
+    a .cpu() copy, so the end event has completed), the wall clock elsewhere."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        t0 = time.perf_counter()
+        yield
+        stats.seconds += time.perf_counter() - t0
+        return
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    yield
+    end.record()
+    end.synchronize()
+    stats.seconds += start.elapsed_time(end) / 1e3
+
+
 def _batches_with_retry(
     lengths: list[int], budget: int, stats: PrefillStats, run: Callable[[list[int]], BatchSums],
     per_row: int = 0, recover_after: int = 8,
@@ -344,7 +363,8 @@ def _batches_with_retry(
     while pending:
         batch = pending.pop(0)
         try:
-            result = run(batch)
+            with _timed(stats):
+                result = run(batch)
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e) or len(batch) == 1:
                 raise

@@ -331,6 +331,7 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
     for key in ("prompts", "tokens_run", "tokens_padded", "prompts_sharing_prefix", "oom_retries"):
         totals[key] = sum(s[key] for s in part_stats)
     totals["shared_prefix_tokens"] = max((s["shared_prefix_tokens"] for s in part_stats), default=0)
+    totals["forward_seconds"] = round(sum(s.get("seconds", 0.0) for s in part_stats), 3)
     totals["parts"] = len(prep.parts)
     manifest = build_manifest(
         cfg, prep.src.spec, prep.model_info, ranked, shards, seconds, totals, prep.config_hash

@@ -20,6 +20,7 @@ the first. The whole row must fit one tile (d <= MAX_D): wider models raise.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -92,25 +93,51 @@ def chunk_table(offsets: list[int], chunk_rows: int) -> tuple[list[int], list[in
     return lo, hi, seg_chunk
 
 
+@dataclass(frozen=True)
+class SegmentPlan:
+    """The launch tables for one set of offsets, on the kernel's device: built once, so a
+    benchmark (or a caller reusing offsets) times the kernels alone."""
+
+    chunk_lo: torch.Tensor  # (C,) int64 first row of each chunk
+    chunk_hi: torch.Tensor  # (C,) int64 one past its last row
+    seg_chunk: torch.Tensor  # (S + 1,) int64 CSR over chunks
+    num_segments: int
+    rows: int
+
+
+def plan_segments(offsets: torch.Tensor, device: torch.device, *, chunk_rows: int = CHUNK_ROWS) -> SegmentPlan:  # fmt: skip
+    lo, hi, seg_chunk = chunk_table([int(v) for v in offsets.tolist()], chunk_rows)
+    as_dev = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
+    return SegmentPlan(
+        as_dev(lo), as_dev(hi), as_dev(seg_chunk), offsets.numel() - 1, int(offsets[-1])
+    )
+
+
 def segment_unit_sums_fwd(
     x: torch.Tensor, offsets: torch.Tensor, *, chunk_rows: int = CHUNK_ROWS
 ) -> torch.Tensor:
     """(N, d) rows on the kernel's device, (S + 1,) int offsets -> (S, d) fp32 segment sums."""
     check_segments(x, offsets)
+    return segment_unit_sums_launch(x, plan_segments(offsets, x.device, chunk_rows=chunk_rows))
+
+
+def segment_unit_sums_launch(x: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+    """The two kernels over a prepared plan: no host work but the allocations."""
     n, d = x.shape
     if d > MAX_D:
         raise ValueError(
             f"segment_unit_sums: d = {d} exceeds the kernel's single-tile limit {MAX_D}"
         )
+    if n != plan.rows:
+        raise ValueError(f"segment_unit_sums: the plan is for {plan.rows} rows, x has {n}")
     if x.stride(1) != 1:
         x = x.contiguous()
-    num_segments = offsets.numel() - 1
+    num_segments = plan.num_segments
     out = torch.zeros(num_segments, d, dtype=torch.float32, device=x.device)
     if n == 0 or num_segments == 0:
         return out
-    lo, hi, seg_chunk = chunk_table([int(v) for v in offsets.tolist()], chunk_rows)
-    as_dev = lambda v: torch.tensor(v, dtype=torch.int64, device=x.device)  # noqa: E731
-    partial = torch.empty(len(lo), d, dtype=torch.float32, device=x.device)
+    chunks = plan.chunk_lo.numel()
+    partial = torch.empty(chunks, d, dtype=torch.float32, device=x.device)
     block_d = triton.next_power_of_2(d)
     # ~8K fp32 values per row block keeps the tile in registers for every d up to MAX_D.
     block_n = max(1, min(16, 8192 // block_d))
@@ -120,11 +147,11 @@ def segment_unit_sums_fwd(
     # on cuda:0 (Triton uses torch.cuda.current_device()).
     guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
     with guard:
-        _chunk_sums_kernel[(len(lo),)](
-            x, as_dev(lo), as_dev(hi), partial, d, x.stride(0), EPS,
+        _chunk_sums_kernel[(chunks,)](
+            x, plan.chunk_lo, plan.chunk_hi, partial, d, x.stride(0), EPS,
             BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
         )  # fmt: skip
         _reduce_chunks_kernel[(num_segments, triton.cdiv(d, reduce_d))](
-            partial, as_dev(seg_chunk), out, d, BLOCK_D=reduce_d, num_warps=4
+            partial, plan.seg_chunk, out, d, BLOCK_D=reduce_d, num_warps=4
         )
     return out

@@ -40,3 +40,18 @@ def test_this_machines_flags_are_read() -> None:
     if not hardware.Path("/proc/cpuinfo").exists():
         pytest.skip("no /proc/cpuinfo on this machine")
     assert hardware.cpu_flags() and hardware.cpu_model()
+
+
+@pytest.mark.parametrize(
+    ("name", "flops", "hbm"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12, 3.35e12),  # SXM5
+        ("NVIDIA H100 PCIe", 756e12, 2.0e12),  # not an SXM part: its own, lower peak
+        ("NVIDIA H100 NVL", 835e12, 3.9e12),
+        ("NVIDIA H200", 989e12, 4.8e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12, 2.039e12),
+    ],
+)
+def test_gpu_peaks_by_exact_model(name: str, flops: float, hbm: float) -> None:
+    assert hardware.gpu_peaks(name) == (flops, hbm)
+    assert hardware.gpu_peaks("NVIDIA GeForce RTX 4090") is None  # unknown: no guessed MFU

@@ -132,3 +132,19 @@ def test_triton_probe_passes_under_the_interpreter() -> None:
     from gain_curate import prefill
 
     assert prefill.triton_problem("cpu") is None
+
+
+def test_a_prepared_plan_launches_the_same_sums() -> None:
+    """What the kernel benchmark times: launches over a plan built once."""
+    from gain_curate.kernels.segment_sum import plan_segments, segment_unit_sums_launch
+
+    x = torch.randn(300, 63, device=DEVICE)
+    offsets = torch.tensor([0, 1, 1, 130, 300])
+    plan = plan_segments(offsets, x.device)
+    want = naive_segment_unit_sums(x.cpu(), offsets)
+    for _ in range(2):
+        torch.testing.assert_close(
+            segment_unit_sums_launch(x, plan).cpu(), want, rtol=1e-5, atol=1e-5
+        )
+    with pytest.raises(ValueError, match="plan is for 300 rows"):
+        segment_unit_sums_launch(x[:10], plan)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,10 @@ QUESTIONS = [
 ]
 
 
+# `make gpu-check` runs the exactness tests on the GPU: GAIN_CURATE_TEST_DEVICE=cuda.
+TEST_DEVICE = os.environ.get("GAIN_CURATE_TEST_DEVICE", "cpu")
+
+
 def scores(out: Path) -> dict[int, tuple[float, float]]:
     manifest = json.loads((out / "gain_manifest.json").read_text())
     rows = pq.read_table(out / manifest["shards"][0]["path"]).to_pylist()
@@ -49,7 +54,7 @@ def test_shared_prefix_and_batching_equal_per_prompt_path(
 ) -> None:
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS))
-    base = dict(data=str(data), model=str(smollm2_dir), dtype="float32", device="cpu")
+    base = dict(data=str(data), model=str(smollm2_dir), dtype="float32", device=TEST_DEVICE)
     run_score(ScoreConfig(**base, out=tmp_path / "fast", token_budget=512))
     run_score(ScoreConfig(**base, out=tmp_path / "plain", token_budget=1, share_prefix=False))
     fast, plain = scores(tmp_path / "fast"), scores(tmp_path / "plain")
@@ -74,7 +79,7 @@ def test_bf16_ranking_follows_fp32(smollm2_dir: Path, shared_data: Path, tmp_pat
                 data=str(data),
                 model=str(smollm2_dir),
                 dtype=dtype,
-                device="cpu",
+                device=TEST_DEVICE,
                 out=tmp_path / dtype,
             )
         )
