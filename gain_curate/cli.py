@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,35 @@ import click
 
 from gain_curate import __version__
 from gain_curate.errors import GainCurateError
+from gain_curate.views import print_inspect, print_plan, print_summary, print_validate, progress
 
 
 def _fail(e: GainCurateError) -> click.ClickException:
     return click.ClickException(str(e))
+
+
+def template_options(f: Any) -> Any:
+    """The scoring conversation's options, the same on every command that renders it."""
+    opts = [
+        click.option("--system-prompt", help="System prompt of the scoring conversation. Default: an R1-style reasoning prompt."),
+        click.option("--system-prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Read the system prompt from a file."),
+        click.option("--no-system-prompt", is_flag=True, help="No system prompt."),
+        click.option("--few-shot", default="gainrl", show_default=True, help="gainrl (one worked example), none, or a JSON file."),
+        click.option("--instruction", help="Text appended after the question, outside the question segment."),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _template(kw: dict[str, Any]) -> Any:
+    from gain_curate.template import template_from_options
+
+    return template_from_options(
+        system_prompt=kw["system_prompt"], system_prompt_file=kw["system_prompt_file"],
+        no_system_prompt=kw["no_system_prompt"], few_shot=kw["few_shot"], instruction=kw["instruction"],
+    )  # fmt: skip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,28 +84,9 @@ def main() -> None:
     help="Split for hub datasets and save_to_disk folders.",
 )
 @click.option(
-    "--system-prompt",
-    help="System prompt of the scoring conversation. Default: an R1-style reasoning prompt.",
-)
-@click.option(
-    "--system-prompt-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Read the system prompt from a file.",
-)
-@click.option("--no-system-prompt", is_flag=True, help="Score without a system prompt.")
-@click.option(
     "--chat-template",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Jinja chat template for a model that ships none.",
-)
-@click.option(
-    "--few-shot",
-    default="gainrl",
-    show_default=True,
-    help="gainrl (one worked example), none, or a JSON file.",
-)
-@click.option(
-    "--instruction", help="Text appended after the question, outside the question segment."
 )
 @click.option(
     "--layer",
@@ -154,6 +159,7 @@ def main() -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N rows.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@template_options
 def score(**kw: Any) -> None:
     """Score every prompt, rank, and write verl-ready Parquet shards plus a manifest.
 
@@ -162,21 +168,9 @@ def score(**kw: Any) -> None:
       gain-curate score --model Qwen2.5-7B-Instruct --data gsm8k --out runs/gsm8k
     """
     from gain_curate.score import ScoreConfig
-    from gain_curate.template import DEFAULT_SYSTEM_PROMPT, ScoringTemplate, load_few_shot
 
     try:
-        system = DEFAULT_SYSTEM_PROMPT
-        if kw["system_prompt_file"] is not None:
-            system = kw["system_prompt_file"].read_text(encoding="utf-8").strip()
-        if kw["system_prompt"] is not None:
-            system = kw["system_prompt"]
-        few_shot_name, few_shot = load_few_shot(kw["few_shot"])
-        template = ScoringTemplate(
-            system_prompt=None if kw["no_system_prompt"] else system,
-            few_shot=few_shot,
-            instruction=kw["instruction"],
-            few_shot_name=few_shot_name,
-        )
+        template = _template(kw)
         cfg = ScoreConfig(
             data=kw["data"], model=kw["model"], out=kw["out"], template=template,
             question_key=kw["question_key"], answer_key=kw["answer_key"], split=kw["split"],
@@ -186,7 +180,7 @@ def score(**kw: Any) -> None:
             part_rows=kw["part_rows"], chat_template=str(kw["chat_template"]) if kw["chat_template"] else None,
             rows_per_shard=kw["rows_per_shard"], overwrite=kw["overwrite"],
         )  # fmt: skip
-        with _progress(quiet=kw["as_json"]) as hooks:
+        with progress(quiet=kw["as_json"]) as hooks:
             if kw["backend"] == "ray":
                 from gain_curate.distributed import run_score_ray
 
@@ -207,7 +201,7 @@ def score(**kw: Any) -> None:
     if kw["as_json"]:
         click.echo(json.dumps(_summary_json(result), indent=2))
     else:
-        _print_summary(result)
+        print_summary(result)
 
 
 def _parse_sigma(
@@ -306,7 +300,7 @@ def schedule(out: Path, **kw: Any) -> None:
                                "plot": None if plot_path is None else str(plot_path), "end_of_ranking": res.end,
                                "decile_shares": res.deciles, "epochs": res.rows}, indent=2))  # fmt: skip
         return
-    _print_plan(res.rows, res.n_prompts)
+    print_plan(res.rows, res.n_prompts)
     click.echo(res.end)
     click.echo("draws per tenth of the ranking (top first): " + " ".join(f"{100 * x:.0f}%" for x in res.deciles))  # fmt: skip
     if plot_path is not None:
@@ -384,44 +378,7 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    _print_inspect(info)
-
-
-def _print_inspect(info: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    t = Table(title=f"{info['out']}  ({info['model']})", show_header=False)
-    t.add_row("rows", f"{info['rows']:,}")
-    t.add_row("scored", f"{info['scored']:,}")
-    for reason, k in info["unscored"].items():
-        t.add_row(f"unscored: {reason}", f"{k:,}")
-    for key in ("score", "c_intra", "c_inter"):
-        s = info[key]
-        if s:
-            t.add_row(
-                key,
-                f"min {s['min']:.4f}  p10 {s['p10']:.4f}  median {s['p50']:.4f}  p90 {s['p90']:.4f}  max {s['max']:.4f}",
-            )
-    rho = info["spearman_score_vs_question_tokens"]
-    t.add_row("spearman(score, question tokens)", "n/a" if rho is None else f"{rho:+.3f}")
-    if info["difficulty_column"]:
-        rho = info["spearman_score_vs_difficulty"]
-        t.add_row(
-            f"spearman(score, {info['difficulty_column']})", "n/a" if rho is None else f"{rho:+.3f}"
-        )
-    console.print(t)
-    for title, rows in (("top (sampled first)", info["top"]), ("bottom", info["bottom"])):
-        tb = Table(title=title)
-        tb.add_column("rank", no_wrap=True, min_width=5, justify="right")
-        tb.add_column("score", no_wrap=True, min_width=7)
-        tb.add_column("question", overflow="ellipsis", no_wrap=True, max_width=72)
-        for r in rows:
-            tb.add_row(str(r["rank"]), f"{r['score']:.4f}", r["question"])
-        console.print(tb)
-    if "plot" in info:
-        click.echo(f"plot: {info['plot']['path']}")
+    print_inspect(info)
 
 
 @main.command()
@@ -445,8 +402,6 @@ def _print_inspect(info: dict[str, Any]) -> None:
 )
 @click.option("--question-key", help="Question column, as for score.")
 @click.option("--answer-key", help="Reference-solution column, as for score.")
-@click.option("--few-shot", default="gainrl", show_default=True, help="As for score.")
-@click.option("--system-prompt", help="As for score.")
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
@@ -455,7 +410,9 @@ def _print_inspect(info: dict[str, Any]) -> None:
 )
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Which prompts are sampled.")
+@click.option("--inter-weight", type=float, default=1.0, show_default=True, help="As for score.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@template_options
 def validate(**kw: Any) -> None:
     """Check the signal on your model: gradient norm of the layer's mlp.up_proj vs score.
 
@@ -463,61 +420,20 @@ def validate(**kw: Any) -> None:
     Example:
       gain-curate validate --model smollm2 --data ../shared/data/gsm8k/train.jsonl --sample 256
     """
-    from gain_curate.template import DEFAULT_SYSTEM_PROMPT, ScoringTemplate, load_few_shot
     from gain_curate.validate import run_validate
 
     try:
-        name, few_shot = load_few_shot(kw["few_shot"])
-        template = ScoringTemplate(
-            system_prompt=kw["system_prompt"] or DEFAULT_SYSTEM_PROMPT,
-            few_shot=few_shot,
-            few_shot_name=name,
-        )
+        template = _template(kw)
         result = run_validate(kw["model"], kw["data"], sample=kw["sample"], layer=kw["layer"], out=kw["out"], template=template,
                               answer_key=kw["answer_key"], question_key=kw["question_key"], dtype=kw["dtype"],
-                              device=kw["device"], seed=kw["seed"])  # fmt: skip
+                              device=kw["device"], seed=kw["seed"], inter_weight=kw["inter_weight"])  # fmt: skip
     except GainCurateError as e:
         raise _fail(e) from None
     if kw["as_json"]:
         click.echo(json.dumps(result, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(
-        title=f"does the signal hold? {result['model']}, {result['sample']} prompts, {result['weight']}"
-    )
-    t.add_column("Spearman of ||grad||_F with")
-    t.add_column("rho", justify="right")
-    for key, label in (("spearman_grad_vs_score", "gain_score"), ("spearman_grad_vs_c_intra", "C_intra"),
-                       ("spearman_grad_vs_c_inter", "C_inter"), ("spearman_grad_vs_question_tokens", "question length"),
-                       ("partial_spearman_grad_vs_score_given_length", "gain_score, length held fixed")):  # fmt: skip
-        v = result[key]
-        t.add_row(label, "n/a" if v is None else f"{v:+.3f}")
-    Console().print(t)
+    print_validate(result)
     click.echo(f"table: {kw['out'] / 'validate.parquet'}  plot: {kw['out'] / 'validate.png'}")
-
-
-def _print_plan(rows: list[dict[str, Any]], n: int, width: int = 26) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"GAIN-RL curriculum over {n:,} ranked prompts (rank 0 = highest score)")
-    for col in ("epoch", "mu", "acc", "ang", "p10-p90 rank", f"0 {'where it draws':^{width - 4}} N", "next"):  # fmt: skip
-        t.add_column(col)
-    step = max(1, len(rows) // 20)
-    shown = sorted({*range(0, len(rows), step), len(rows) - 1, *(i for i, r in enumerate(rows) if r["event"])})  # fmt: skip
-    for row in (rows[i] for i in shown):
-        lo = row["rank_p10"] * width // n
-        hi = max(row["rank_p90"] * width // n, lo + 1)
-        bar = "·" * lo + "█" * (hi - lo) + "·" * (width - hi)
-        ang = "-" if row["ang"] is None else f"{row['ang']:+.3f}"
-        then = {"restart": "new pass", "uniform": "uniform"}.get(row["event"], "")  # fmt: skip
-        t.add_row(str(row["epoch"]), f"{row['mu']:.0f}", f"{row['acc']:.2f}", ang,
-                  f"{row['rank_p10']}-{row['rank_p90']}", bar, then)  # fmt: skip
-    console = Console()
-    console.width = max(console.width, 100)  # the bar column is unreadable when wrapped
-    console.print(t)
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -546,14 +462,14 @@ def merge(out: Path, as_json: bool) -> None:
     from gain_curate.score import merge_run
 
     try:
-        with _progress(quiet=as_json) as hooks:
+        with progress(quiet=as_json) as hooks:
             result = merge_run(out, hooks)
     except GainCurateError as e:
         raise _fail(e) from None
     if as_json:
         click.echo(json.dumps(_summary_json(result), indent=2))
     else:
-        _print_summary(result)
+        print_summary(result)
 
 
 def _summary_json(result: Any) -> dict[str, Any]:
@@ -567,80 +483,6 @@ def _summary_json(result: Any) -> dict[str, Any]:
         "spearman_score_vs_question_tokens": m["stats"]["spearman_score_vs_question_tokens"],
         "config_hash": m["config_hash"],
     }
-
-
-class _progress:
-    """Rich progress bar with prompts/s and tokens/s, wired to score's Hooks."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def __enter__(self) -> Any:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        from gain_curate.score import Hooks
-
-        self.console = Console(stderr=True, quiet=self.quiet)
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=self.console, transient=False,
-        )  # fmt: skip
-        self.task = None
-        self.tokens = 0
-        self.t0 = 0.0
-
-        def start(prompts: int, tokens: int) -> None:
-            self.progress.start()
-            self.t0 = time.perf_counter()
-            self.task = self.progress.add_task("scoring", total=prompts, rate="")
-
-        def batch(prompts: int, tokens: int) -> None:
-            self.tokens += tokens
-            done = self.progress.tasks[0].completed + prompts
-            dt = max(time.perf_counter() - self.t0, 1e-9)
-            self.progress.update(
-                self.task,
-                advance=prompts,
-                rate=f"{done / dt:,.1f} prompts/s  {self.tokens / dt:,.0f} tok/s",
-            )
-
-        return Hooks(
-            status=lambda msg: self.console.print(
-                f"[dim]{msg}[/dim]", soft_wrap=True, highlight=False
-            ),
-            start=start,
-            batch=batch,
-        )
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
-
-
-def _print_summary(result: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    m = result.manifest
-    t = Table(title="gain-curate score", show_header=False)
-    t.add_row("rows", f"{m['counts']['rows']:,}")
-    t.add_row("scored", f"{m['counts']['scored']:,}")
-    for reason, k in m["counts"]["unscored"].items():
-        t.add_row(f"unscored: {reason}", f"{k:,}")
-    rho = m["stats"]["spearman_score_vs_question_tokens"]
-    t.add_row("spearman(score, question tokens)", "n/a" if rho is None else f"{rho:+.3f}")
-    t.add_row("time", f"{result.seconds:.1f} s")
-    t.add_row("shards", f"{result.out / 'data'} ({len(m['shards'])} file(s))")
-    t.add_row("manifest", str(result.out / "gain_manifest.json"))
-    Console().print(t)
-    click.echo(f"ranked shards: {result.out / 'data'}")
-    click.echo("verl: " + " ".join(m["trainer_flags"]["verl"]))
 
 
 if __name__ == "__main__":

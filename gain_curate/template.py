@@ -64,6 +64,25 @@ class ScoringTemplate:
         return d
 
 
+def template_from_options(
+    *, system_prompt: str | None = None, system_prompt_file: str | Path | None = None,
+    no_system_prompt: bool = False, few_shot: str = "gainrl", instruction: str | None = None,
+) -> ScoringTemplate:  # fmt: skip
+    """The one constructor behind every command's template flags: the system prompt is
+    --system-prompt, else the file, else the default; --no-system-prompt drops it."""
+    system = DEFAULT_SYSTEM_PROMPT
+    if system_prompt_file is not None:
+        try:
+            system = Path(system_prompt_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"--system-prompt-file {system_prompt_file}: {getattr(e, 'strerror', None) or e}") from None  # fmt: skip
+    if system_prompt is not None:
+        system = system_prompt
+    name, pairs = load_few_shot(few_shot)
+    return ScoringTemplate(system_prompt=None if no_system_prompt else system, few_shot=pairs,
+                           instruction=instruction, few_shot_name=name)  # fmt: skip
+
+
 def load_few_shot(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """`gainrl`, `none`, or a JSON file: [{"question", "answer"}, ...] or chat messages."""
     if value.lower() == "gainrl":

@@ -122,7 +122,7 @@ def correlations(
 
 def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: Path, template: ScoringTemplate,
                  answer_key: str | None = None, question_key: str | None = None, dtype: str = "float32",
-                 device: str = "auto", seed: int = 0) -> dict[str, Any]:  # fmt: skip
+                 device: str = "auto", seed: int = 0, inter_weight: float = 1.0) -> dict[str, Any]:  # fmt: skip
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -173,6 +173,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         out=out / "score",
         template=template,
         layer=layer,
+        inter_weight=inter_weight,
         dtype=dtype,
         device=device,
         overwrite=True,

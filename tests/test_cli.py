@@ -289,3 +289,37 @@ def test_export_openrlhf_epoch(tiny_qwen2_dir: Path, data: Path, tmp_path: Path)
     assert rows[0]["label"].isdigit() and rows[0]["input"] == rows[0]["prompt"][-1]["content"]
     code, text = run("export", str(out), "--format", "openrlhf", "--epoch", "5")
     assert code != 0 and "outside the plan" in text
+
+
+def test_score_and_validate_build_the_template_from_the_same_flags(tmp_path: Path) -> None:
+    from gain_curate.template import DEFAULT_SYSTEM_PROMPT, template_from_options
+
+    for cmd in ("score", "validate"):
+        code, text = run(cmd, "--help")
+        for flag in (
+            "--system-prompt ",
+            "--system-prompt-file",
+            "--no-system-prompt",
+            "--few-shot",
+            "--instruction",
+        ):
+            assert flag in text, (cmd, flag)
+    f = tmp_path / "sys.txt"
+    f.write_text("  From a file.\n")
+    assert template_from_options().system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert template_from_options(system_prompt_file=f).system_prompt == "From a file."
+    assert (
+        template_from_options(system_prompt="Flag wins.", system_prompt_file=f).system_prompt
+        == "Flag wins."
+    )
+    t = template_from_options(no_system_prompt=True, few_shot="none", instruction="Answer briefly.")
+    assert (t.system_prompt, t.few_shot, t.instruction) == (None, (), "Answer briefly.")
+
+
+def test_help_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    probe = "import sys; from gain_curate.cli import main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr[-500:]

@@ -1,0 +1,159 @@
+"""What the CLI prints: rich tables and progress bars over results the library returns.
+No logic: every number shown here was computed elsewhere."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+
+def print_validate(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title=f"does the signal hold? {result['model']}, {result['sample']} prompts, {result['weight']}"
+    )
+    t.add_column("Spearman of ||grad||_F with")
+    t.add_column("rho", justify="right")
+    for key, label in (("spearman_grad_vs_score", "gain_score"), ("spearman_grad_vs_c_intra", "C_intra"),
+                       ("spearman_grad_vs_c_inter", "C_inter"), ("spearman_grad_vs_question_tokens", "question length"),
+                       ("partial_spearman_grad_vs_score_given_length", "gain_score, length held fixed")):  # fmt: skip
+        v = result[key]
+        t.add_row(label, "n/a" if v is None else f"{v:+.3f}")
+    Console().print(t)
+
+
+def print_inspect(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"{info['out']}  ({info['model']})", show_header=False)
+    t.add_row("rows", f"{info['rows']:,}")
+    t.add_row("scored", f"{info['scored']:,}")
+    for reason, k in info["unscored"].items():
+        t.add_row(f"unscored: {reason}", f"{k:,}")
+    for key in ("score", "c_intra", "c_inter"):
+        s = info[key]
+        if s:
+            t.add_row(
+                key,
+                f"min {s['min']:.4f}  p10 {s['p10']:.4f}  median {s['p50']:.4f}  p90 {s['p90']:.4f}  max {s['max']:.4f}",
+            )
+    rho = info["spearman_score_vs_question_tokens"]
+    t.add_row("spearman(score, question tokens)", "n/a" if rho is None else f"{rho:+.3f}")
+    if info["difficulty_column"]:
+        rho = info["spearman_score_vs_difficulty"]
+        t.add_row(
+            f"spearman(score, {info['difficulty_column']})", "n/a" if rho is None else f"{rho:+.3f}"
+        )
+    console.print(t)
+    for title, rows in (("top (sampled first)", info["top"]), ("bottom", info["bottom"])):
+        tb = Table(title=title)
+        tb.add_column("rank", no_wrap=True, min_width=5, justify="right")
+        tb.add_column("score", no_wrap=True, min_width=7)
+        tb.add_column("question", overflow="ellipsis", no_wrap=True, max_width=72)
+        for r in rows:
+            tb.add_row(str(r["rank"]), f"{r['score']:.4f}", r["question"])
+        console.print(tb)
+    if "plot" in info:
+        click.echo(f"plot: {info['plot']['path']}")
+
+
+def print_plan(rows: list[dict[str, Any]], n: int, width: int = 26) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"GAIN-RL curriculum over {n:,} ranked prompts (rank 0 = highest score)")
+    for col in ("epoch", "mu", "acc", "ang", "p10-p90 rank", f"0 {'where it draws':^{width - 4}} N", "next"):  # fmt: skip
+        t.add_column(col)
+    step = max(1, len(rows) // 20)
+    shown = sorted({*range(0, len(rows), step), len(rows) - 1, *(i for i, r in enumerate(rows) if r["event"])})  # fmt: skip
+    for row in (rows[i] for i in shown):
+        lo = row["rank_p10"] * width // n
+        hi = max(row["rank_p90"] * width // n, lo + 1)
+        bar = "·" * lo + "█" * (hi - lo) + "·" * (width - hi)
+        ang = "-" if row["ang"] is None else f"{row['ang']:+.3f}"
+        then = {"restart": "new pass", "uniform": "uniform"}.get(row["event"], "")  # fmt: skip
+        t.add_row(str(row["epoch"]), f"{row['mu']:.0f}", f"{row['acc']:.2f}", ang,
+                  f"{row['rank_p10']}-{row['rank_p90']}", bar, then)  # fmt: skip
+    console = Console()
+    console.width = max(console.width, 100)  # the bar column is unreadable when wrapped
+    console.print(t)
+
+
+class progress:
+    """Rich progress bar with prompts/s and tokens/s, wired to score's Hooks."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __enter__(self) -> Any:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        from gain_curate.score import Hooks
+
+        self.console = Console(stderr=True, quiet=self.quiet)
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=self.console, transient=False,
+        )  # fmt: skip
+        self.task = None
+        self.tokens = 0
+        self.t0 = 0.0
+
+        def start(prompts: int, tokens: int) -> None:
+            self.progress.start()
+            self.t0 = time.perf_counter()
+            self.task = self.progress.add_task("scoring", total=prompts, rate="")
+
+        def batch(prompts: int, tokens: int) -> None:
+            self.tokens += tokens
+            done = self.progress.tasks[0].completed + prompts
+            dt = max(time.perf_counter() - self.t0, 1e-9)
+            self.progress.update(
+                self.task,
+                advance=prompts,
+                rate=f"{done / dt:,.1f} prompts/s  {self.tokens / dt:,.0f} tok/s",
+            )
+
+        return Hooks(
+            status=lambda msg: self.console.print(
+                f"[dim]{msg}[/dim]", soft_wrap=True, highlight=False
+            ),
+            start=start,
+            batch=batch,
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+
+def print_summary(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = result.manifest
+    t = Table(title="gain-curate score", show_header=False)
+    t.add_row("rows", f"{m['counts']['rows']:,}")
+    t.add_row("scored", f"{m['counts']['scored']:,}")
+    for reason, k in m["counts"]["unscored"].items():
+        t.add_row(f"unscored: {reason}", f"{k:,}")
+    rho = m["stats"]["spearman_score_vs_question_tokens"]
+    t.add_row("spearman(score, question tokens)", "n/a" if rho is None else f"{rho:+.3f}")
+    t.add_row("time", f"{result.seconds:.1f} s")
+    t.add_row("shards", f"{result.out / 'data'} ({len(m['shards'])} file(s))")
+    t.add_row("manifest", str(result.out / "gain_manifest.json"))
+    Console().print(t)
+    click.echo(f"ranked shards: {result.out / 'data'}")
+    click.echo("verl: " + " ".join(m["trainer_flags"]["verl"]))
