@@ -14,35 +14,17 @@ import click
 
 from gain_curate import __version__
 from gain_curate.errors import GainCurateError
+from gain_curate.options import (
+    parse_accuracy,
+    parse_sigma,
+    score_options,
+    template_options,
+)
 from gain_curate.views import print_inspect, print_plan, print_summary, print_validate, progress
 
 
 def _fail(e: GainCurateError) -> click.ClickException:
     return click.ClickException(str(e))
-
-
-def template_options(f: Any) -> Any:
-    """The scoring conversation's options, the same on every command that renders it."""
-    opts = [
-        click.option("--system-prompt", help="System prompt of the scoring conversation. Default: an R1-style reasoning prompt."),
-        click.option("--system-prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="Read the system prompt from a file."),
-        click.option("--no-system-prompt", is_flag=True, help="No system prompt."),
-        click.option("--few-shot", default="gainrl", show_default=True, help="gainrl (one worked example), none, or a JSON file."),
-        click.option("--instruction", help="Text appended after the question, outside the question segment."),
-    ]  # fmt: skip
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def _template(kw: dict[str, Any]) -> Any:
-    from gain_curate.template import template_from_options
-
-    return template_from_options(
-        system_prompt=kw["system_prompt"], system_prompt_file=kw["system_prompt_file"],
-        no_system_prompt=kw["no_system_prompt"], few_shot=kw["few_shot"], instruction=kw["instruction"],
-    )  # fmt: skip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,107 +40,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--model",
-    "model",
-    default="smollm2",
-    show_default=True,
-    help="Hub id, short name (Qwen2.5-7B), local folder, or `smollm2` (embedded, offline).",
-)
-@click.option(
-    "--data",
-    "data",
-    default="champ",
-    show_default=True,
-    help="Preset (gsm8k, math, champ), hub dataset id, or a .jsonl/.json/.parquet/.csv file or save_to_disk folder.",
-)
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option(
-    "--question-key", help="Question column (dotted for nested fields). Default: detected."
-)
-@click.option("--answer-key", help="Answer column (dotted for nested fields). Default: detected.")
-@click.option(
-    "--split",
-    default="train",
-    show_default=True,
-    help="Split for hub datasets and save_to_disk folders.",
-)
-@click.option(
-    "--chat-template",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Jinja chat template for a model that ships none.",
-)
-@click.option(
-    "--layer",
-    type=int,
-    help="Decoder layer whose MLP input is used (negative counts from the end). Default: last.",
-)
-@click.option(
-    "--inter-weight",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="w in score = C_intra + w C_inter (8 reproduces the reference code).",
-)
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(min=1),
-    default=4096,
-    show_default=True,
-    help="Longer scoring conversations are not scored (null scores, reason too_long).",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
-    default="auto",
-    show_default=True,
-    help="auto: bfloat16 on GPUs and on CPUs with bf16 matrix units (AMX, AVX512-BF16), else float32.",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option(
-    "--token-budget",
-    type=click.IntRange(min=1),
-    help="Tokens per forward batch. Default: 32768 on GPU, 2048 on CPU.",
-)
-@click.option(
-    "--kernel",
-    type=click.Choice(["auto", "triton", "torch"]),
-    default="auto",
-    show_default=True,
-    help="Segment-sum reduction: auto = Triton on CUDA, torch elsewhere.",
-)
-@click.option(
-    "--no-prefix-sharing", is_flag=True, help="Run every conversation whole (slower; for checking)."
-)
-@click.option(
-    "--part-rows",
-    type=click.IntRange(min=1),
-    default=10_000,
-    show_default=True,
-    help="Input rows per work part: the unit of resume and of distribution.",
-)
-@click.option(
-    "--shard",
-    callback=lambda c, p, v: _parse_shard(v),
-    help="I/N: score only the parts whose number mod N is I, then stop (merge later).",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="local: this process (all local GPUs); ray: Ray Data GPU actors.",
-)
-@click.option("--ray-address", help="Ray cluster address (default: start or join a local Ray).")
-@click.option(
-    "--num-gpus",
-    type=click.IntRange(min=0),
-    help="Ray: model replicas (one GPU each); 0 = CPU actors.",
-)
-@click.option("--rows-per-shard", type=click.IntRange(min=1), default=50_000, show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N rows.")
-@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@score_options
 @template_options
 def score(**kw: Any) -> None:
     """Score every prompt, rank, and write verl-ready Parquet shards plus a manifest.
@@ -170,7 +52,7 @@ def score(**kw: Any) -> None:
     from gain_curate.score import ScoreConfig
 
     try:
-        template = _template(kw)
+        template = template_from_flags(kw)
         cfg = ScoreConfig(
             data=kw["data"], model=kw["model"], out=kw["out"], template=template,
             question_key=kw["question_key"], answer_key=kw["answer_key"], split=kw["split"],
@@ -204,35 +86,6 @@ def score(**kw: Any) -> None:
         print_summary(result)
 
 
-def _parse_sigma(
-    ctx: click.Context, param: click.Parameter, value: str
-) -> tuple[float, float | None]:
-    """`1000` (rank positions) or `0.05N` (a fraction of the number of prompts)."""
-    try:
-        if value.upper().endswith("N"):
-            frac = float(value[:-1])
-            if frac <= 0:
-                raise ValueError
-            return 1.0, frac
-        sigma = float(value)
-        if sigma <= 0:
-            raise ValueError
-        return sigma, None
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r}: give a positive number of rank positions (1000) or a fraction of N (0.05N)"
-        ) from None
-
-
-def _parse_accuracy(ctx: click.Context, param: click.Parameter, value: str) -> Any:
-    from gain_curate.simulate import AccuracyCurve
-
-    try:
-        return AccuracyCurve.parse(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--epochs", type=click.IntRange(min=1), required=True,
@@ -244,7 +97,7 @@ def _parse_accuracy(ctx: click.Context, param: click.Parameter, value: str) -> A
     "--sigma",
     default="1000",
     show_default=True,
-    callback=_parse_sigma,
+    callback=parse_sigma,
     help="Width of the Gaussian: rank positions, or a fraction of N such as 0.05N.",
 )
 @click.option(
@@ -260,7 +113,7 @@ def _parse_accuracy(ctx: click.Context, param: click.Parameter, value: str) -> A
               help="paper: the reference's rule (ang = online level, mu never clamped).")  # fmt: skip
 @click.option("--at-end", type=click.Choice(["restart", "hold", "uniform", "past"]), default=None,
               help="When mu passes the last rank: a new pass from the top (default), hold at the bottom, draw uniformly, or run on past the end (paper).")  # fmt: skip
-@click.option("--assumed-accuracy", default="0.8", show_default=True, callback=_parse_accuracy,
+@click.option("--assumed-accuracy", default="0.8", show_default=True, callback=parse_accuracy,
               help="Accuracy fed back each epoch: flat (0.8) or a ramp over the run (0.2:0.9).")  # fmt: skip
 @click.option("--simulate", is_flag=True, help="Only show the dynamics (table + PNG); write no plan.")  # fmt: skip
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -423,7 +276,7 @@ def validate(**kw: Any) -> None:
     from gain_curate.validate import run_validate
 
     try:
-        template = _template(kw)
+        template = template_from_flags(kw)
         result = run_validate(kw["model"], kw["data"], sample=kw["sample"], layer=kw["layer"], out=kw["out"], template=template,
                               answer_key=kw["answer_key"], question_key=kw["question_key"], dtype=kw["dtype"],
                               device=kw["device"], seed=kw["seed"], inter_weight=kw["inter_weight"])  # fmt: skip
@@ -434,18 +287,6 @@ def validate(**kw: Any) -> None:
         return
     print_validate(result)
     click.echo(f"table: {kw['out'] / 'validate.parquet'}  plot: {kw['out'] / 'validate.png'}")
-
-
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        i, n = (int(x) for x in value.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected I/N with 0 <= I < N, e.g. 0/4") from None
-    return i, n
 
 
 @main.command()
@@ -459,7 +300,7 @@ def merge(out: Path, as_json: bool) -> None:
       for i in 0 1 2 3; do gain-curate score ... --out runs/big --shard $i/4 & done; wait
       gain-curate merge runs/big
     """
-    from gain_curate.score import merge_run
+    from gain_curate.merge import merge_run
 
     try:
         with progress(quiet=as_json) as hooks:

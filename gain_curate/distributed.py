@@ -13,6 +13,7 @@ from typing import Any
 
 from gain_curate import store
 from gain_curate.errors import GainCurateError
+from gain_curate.merge import merge
 from gain_curate.score import (
     Hooks,
     ScoreConfig,
@@ -20,7 +21,6 @@ from gain_curate.score import (
     claim_parts,
     config_dict,
     config_from_dict,
-    merge,
     prepare,
     run_score,
     score_rows,

@@ -89,7 +89,7 @@ def test_bad_offsets_raise() -> None:
 def test_auto_falls_back_to_torch_with_one_warning_when_triton_cannot_launch(monkeypatch) -> None:
     """`--kernel auto` on CUDA probes one tiny launch; a missing compiler is a warning line and
     the torch reduction, never a traceback mid-run. `--kernel triton` then fails in one line."""
-    from gain_curate import prefill
+    from gain_curate import reduction as prefill
     from gain_curate.errors import ModelError
 
     monkeypatch.setattr(
@@ -109,7 +109,7 @@ def test_auto_falls_back_to_torch_with_one_warning_when_triton_cannot_launch(mon
 def test_triton_probe_reports_a_missing_triton_in_one_line(monkeypatch) -> None:
     import builtins
 
-    from gain_curate import prefill
+    from gain_curate import reduction as prefill
 
     real_import = builtins.__import__
 
@@ -129,7 +129,7 @@ def test_triton_probe_reports_a_missing_triton_in_one_line(monkeypatch) -> None:
 
 def test_triton_probe_passes_under_the_interpreter() -> None:
     """conftest sets TRITON_INTERPRET=1: the real probe launch runs on CPU tensors."""
-    from gain_curate import prefill
+    from gain_curate import reduction as prefill
 
     assert prefill.triton_problem("cpu") is None
 

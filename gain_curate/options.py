@@ -1,0 +1,198 @@
+"""The CLI's shared options and their parsers: each flag is defined once, with the one
+line a bad value gets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _stack(*decorators: Any) -> Any:
+    def apply(f: Any) -> Any:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+def template_options(f: Any) -> Any:
+    """The scoring conversation's options, the same on every command that renders it."""
+    opts = [
+        click.option("--system-prompt", help="System prompt of the scoring conversation. Default: an R1-style reasoning prompt."),
+        click.option("--system-prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Read the system prompt from a file."),
+        click.option("--no-system-prompt", is_flag=True, help="No system prompt."),
+        click.option("--few-shot", default="gainrl", show_default=True, help="gainrl (one worked example), none, or a JSON file."),
+        click.option("--instruction", help="Text appended after the question, outside the question segment."),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def template_from_flags(kw: dict[str, Any]) -> Any:
+    from gain_curate.template import template_from_options
+
+    return template_from_options(
+        system_prompt=kw["system_prompt"], system_prompt_file=kw["system_prompt_file"],
+        no_system_prompt=kw["no_system_prompt"], few_shot=kw["few_shot"], instruction=kw["instruction"],
+    )  # fmt: skip
+
+
+def parse_sigma(
+    ctx: click.Context, param: click.Parameter, value: str
+) -> tuple[float, float | None]:
+    """`1000` (rank positions) or `0.05N` (a fraction of the number of prompts)."""
+    try:
+        if value.upper().endswith("N"):
+            frac = float(value[:-1])
+            if frac <= 0:
+                raise ValueError
+            return 1.0, frac
+        sigma = float(value)
+        if sigma <= 0:
+            raise ValueError
+        return sigma, None
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: give a positive number of rank positions (1000) or a fraction of N (0.05N)"
+        ) from None
+
+
+def parse_accuracy(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    from gain_curate.simulate import AccuracyCurve
+
+    try:
+        return AccuracyCurve.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected I/N with 0 <= I < N, e.g. 0/4") from None
+    return i, n
+
+
+score_options = _stack(
+    click.option(
+        "--model",
+        "model",
+        default="smollm2",
+        show_default=True,
+        help="Hub id, short name (Qwen2.5-7B), local folder, or `smollm2` (embedded, offline).",
+    ),
+    click.option(
+        "--data",
+        "data",
+        default="champ",
+        show_default=True,
+        help="Preset (gsm8k, math, champ), hub dataset id, or a .jsonl/.json/.parquet/.csv file or save_to_disk folder.",
+    ),
+    click.option(
+        "--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder."
+    ),
+    click.option(
+        "--question-key", help="Question column (dotted for nested fields). Default: detected."
+    ),
+    click.option(
+        "--answer-key", help="Answer column (dotted for nested fields). Default: detected."
+    ),
+    click.option(
+        "--split",
+        default="train",
+        show_default=True,
+        help="Split for hub datasets and save_to_disk folders.",
+    ),
+    click.option(
+        "--chat-template",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Jinja chat template for a model that ships none.",
+    ),
+    click.option(
+        "--layer",
+        type=int,
+        help="Decoder layer whose MLP input is used (negative counts from the end). Default: last.",
+    ),
+    click.option(
+        "--inter-weight",
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="w in score = C_intra + w C_inter (8 reproduces the reference code).",
+    ),
+    click.option(
+        "--max-tokens",
+        type=click.IntRange(min=1),
+        default=4096,
+        show_default=True,
+        help="Longer scoring conversations are not scored (null scores, reason too_long).",
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+        default="auto",
+        show_default=True,
+        help="auto: bfloat16 on GPUs and on CPUs with bf16 matrix units (AMX, AVX512-BF16), else float32.",
+    ),
+    click.option(
+        "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."
+    ),
+    click.option(
+        "--token-budget",
+        type=click.IntRange(min=1),
+        help="Tokens per forward batch. Default: 32768 on GPU, 2048 on CPU.",
+    ),
+    click.option(
+        "--kernel",
+        type=click.Choice(["auto", "triton", "torch"]),
+        default="auto",
+        show_default=True,
+        help="Segment-sum reduction: auto = Triton on CUDA, torch elsewhere.",
+    ),
+    click.option(
+        "--no-prefix-sharing",
+        is_flag=True,
+        help="Run every conversation whole (slower; for checking).",
+    ),
+    click.option(
+        "--part-rows",
+        type=click.IntRange(min=1),
+        default=10_000,
+        show_default=True,
+        help="Input rows per work part: the unit of resume and of distribution.",
+    ),
+    click.option(
+        "--shard",
+        callback=lambda c, p, v: parse_shard(v),
+        help="I/N: score only the parts whose number mod N is I, then stop (merge later).",
+    ),
+    click.option(
+        "--backend",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="local: this process (all local GPUs); ray: Ray Data GPU actors.",
+    ),
+    click.option("--ray-address", help="Ray cluster address (default: start or join a local Ray)."),
+    click.option(
+        "--num-gpus",
+        type=click.IntRange(min=0),
+        help="Ray: model replicas (one GPU each); 0 = CPU actors.",
+    ),
+    click.option("--rows-per-shard", type=click.IntRange(min=1), default=50_000, show_default=True),
+    click.option("--limit", type=click.IntRange(min=1), help="Score only the first N rows."),
+    click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
+    click.option(
+        "--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout."
+    ),
+)
