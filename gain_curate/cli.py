@@ -18,6 +18,7 @@ from gain_curate.options import (
     parse_accuracy,
     parse_sigma,
     score_options,
+    template_from_flags,
     template_options,
 )
 from gain_curate.views import print_inspect, print_plan, print_summary, print_validate, progress
