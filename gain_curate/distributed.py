@@ -105,7 +105,8 @@ class Launch:
     device: str
 
 
-def launch_plan(device: str, shard: tuple[int, int] | None, env: Mapping[str, str], gpus: int) -> Launch:  # fmt: skip
+def launch_plan(device: str, shard: tuple[int, int] | None, env: Mapping[str, str], gpus: int,
+                fits_one_gpu: bool = True) -> Launch:  # fmt: skip
     """Decide once from the flags, the environment and the visible GPUs (torch counts only
     CUDA_VISIBLE_DEVICES): torchrun's RANK / WORLD_SIZE / LOCAL_RANK make this process one
     shard on cuda:LOCAL_RANK; several visible GPUs with --device auto spawn one worker each."""
@@ -117,8 +118,23 @@ def launch_plan(device: str, shard: tuple[int, int] | None, env: Mapping[str, st
     if shard is not None:
         return Launch("single", shard[1], shard, device)
     if device == "auto" and gpus > 1:
+        if not fits_one_gpu:  # one replica split over the node's GPUs (placement.py)
+            return Launch("single", 1, None, "cuda")
         return Launch("spawn", gpus, None, "cuda")
     return Launch("single", 1, None, device)
+
+
+def _fits_one_gpu(cfg: ScoreConfig) -> bool:
+    import torch
+
+    from gain_curate.models import resolve_dtype, resolve_model
+    from gain_curate.placement import fits_one_gpu
+    from gain_curate.prefill import read_config, resolve_layer
+
+    config = read_config(resolve_model(cfg.model))
+    text = getattr(config, "text_config", None) or config
+    layer = resolve_layer(cfg.layer, text.num_hidden_layers)
+    return fits_one_gpu(config, layer, resolve_dtype(cfg.dtype, torch.device("cuda")))
 
 
 def run_score_local(
@@ -131,7 +147,10 @@ def run_score_local(
     import torch
 
     hooks = hooks or Hooks()
-    plan = launch_plan(cfg.device, shard, os.environ, torch.cuda.device_count())
+    gpus = torch.cuda.device_count()
+    plan = launch_plan(
+        cfg.device, shard, os.environ, gpus, fits_one_gpu=gpus <= 1 or _fits_one_gpu(cfg)
+    )
     cfg = replace(cfg, workers=plan.workers, device=plan.device)
     if plan.kind == "rank":
         if plan.device.startswith("cuda"):

@@ -105,14 +105,27 @@ def load_model(
     text_config.num_hidden_layers = idx + 1  # layers past the hooked one are never loaded
     if isinstance(getattr(text_config, "layer_types", None), list):
         text_config.layer_types = text_config.layer_types[: idx + 1]
+    device_map = None
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        from gain_curate.placement import fits_one_gpu, node_max_memory, split_across_gpus
+
+        if not fits_one_gpu(config, idx, dtype):  # one replica over the node's GPUs
+            device_map = split_across_gpus(
+                config, layer=idx, dtype=dtype, max_memory=node_max_memory()
+            )
+    extra = {"device_map": device_map} if device_map else {}
     with quiet_transformers():
         try:
             model = AutoModel.from_pretrained(
-                ref.path, config=config, **from_pretrained_kwargs(dtype, ref.revision)
+                ref.path, config=config, **from_pretrained_kwargs(dtype, ref.revision), **extra
             )
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load model {ref.name}: {str(e).splitlines()[0]}") from None
-    model.to(device).eval().requires_grad_(False)
+    if device_map:
+        device = model.get_input_embeddings().weight.device  # inputs enter on the first GPU
+    else:
+        model.to(device)
+    model.eval().requires_grad_(False)
     captured: list[torch.Tensor] = []
 
     def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:

@@ -33,6 +33,10 @@ def test_launch_plan(device: str, shard, env: dict, gpus: int, want: Launch) -> 
     assert launch_plan(device, shard, env, gpus) == want
 
 
+def test_a_model_too_large_for_one_gpu_is_one_replica_over_the_node() -> None:
+    assert launch_plan("auto", None, {}, 8, fits_one_gpu=False) == Launch("single", 1, None, "cuda")
+
+
 def test_part_count_follows_the_workers() -> None:
     assert part_size(7_473, 10_000, 1) == 10_000  # alone: one part, as before
     assert part_size(7_473, 10_000, 8) == 935  # 8 GPUs: 8 parts (7 x 935 + 928)
@@ -72,6 +76,7 @@ def test_spawn_gives_each_gpu_its_shard_and_device(monkeypatch, tmp_path: Path) 
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(distributed, "_fits_one_gpu", lambda cfg: True)
     monkeypatch.setattr(multiprocessing, "get_context", lambda kind: FakeContext())
     seen = {}
     from types import SimpleNamespace
