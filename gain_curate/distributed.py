@@ -13,14 +13,13 @@ from typing import Any
 
 from gain_curate import store
 from gain_curate.errors import GainCurateError
-from gain_curate.merge import merge
 from gain_curate.score import (
     Hooks,
     ScoreConfig,
     ScoreResult,
-    claim_parts,
     config_dict,
     config_from_dict,
+    execute,
     prepare,
     run_score,
     score_rows,
@@ -59,32 +58,24 @@ def run_score_ray(cfg: ScoreConfig, hooks: Hooks | None = None, *, address: str 
         import ray
     except ImportError:
         raise GainCurateError("--backend ray needs Ray: pip install 'gain-curate[ray]'") from None
-    import time
-
     hooks = hooks or Hooks()
-    t0 = time.perf_counter()
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     gpus = num_gpus if num_gpus is not None else int(ray.cluster_resources().get("GPU", 0))
     device = "cuda" if gpus > 0 else "cpu"
     n_actors = gpus if gpus > 0 else (actors or 2)
     cfg = replace(cfg, out=cfg.out.resolve(), device=device if cfg.device == "auto" else cfg.device, workers=n_actors)  # fmt: skip
-    prep = prepare(cfg, hooks)
-    todo = claim_parts(prep, hooks)
-    if isinstance(todo, ScoreResult):
-        return todo
-    if todo:
-        hooks.status(
-            f"scoring {len(todo)} parts on {n_actors} Ray actor(s) ({'GPU' if gpus else 'CPU'})"
-        )
+
+    def on_actors(prep: Any, todo: list[int], hooks: Hooks) -> None:
+        hooks.status(f"scoring {len(todo)} parts on {n_actors} Ray actor(s) ({'GPU' if gpus else 'CPU'})")  # fmt: skip
         ds = ray.data.from_items([{"part": p} for p in todo])
         ds = ds.map_batches(
             _PartScorer, fn_constructor_kwargs={"cfg": config_dict(cfg), "config_hash": prep.config_hash},
             batch_size=1, concurrency=n_actors, num_gpus=1 if gpus > 0 else 0,
         )  # fmt: skip
-        done = ds.take_all()
-        hooks.status(f"{len(done)} parts scored")
-    return merge(prep, hooks, time.perf_counter() - t0)
+        hooks.status(f"{len(ds.take_all())} parts scored")
+
+    return execute(cfg, hooks, on_actors)
 
 
 def _shard_worker(cfg: dict[str, Any], gpu: int, n: int) -> None:
@@ -142,7 +133,6 @@ def run_score_local(
 ) -> ScoreResult | None:
     """The local backend: one process; one process per visible GPU; or one rank of torchrun."""
     import os
-    import time
 
     import torch
 
@@ -161,38 +151,32 @@ def run_score_local(
         return wait_and_merge(cfg, hooks)  # rank 0 merges once every rank's parts are done
     if plan.kind == "single":
         return run_score(cfg, hooks, shard=plan.shard)
-    import multiprocessing as mp
-
-    t0 = time.perf_counter()
-    prep = prepare(cfg, hooks)
-    todo = claim_parts(prep, hooks)
-    if isinstance(todo, ScoreResult):
-        return todo
     n = plan.workers
-    hooks.status(f"scoring {len(prep.parts)} parts on {n} GPUs, one process each")
-    ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=_shard_worker, args=(config_dict(replace(cfg, overwrite=False)), i, n))
-        for i in range(n)
-    ]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join()
-    if any(proc.exitcode != 0 for proc in procs):
-        raise GainCurateError(
-            f"a GPU worker failed; rerun the same command to resume the unfinished parts in {cfg.out}"
-        )
-    return merge(prep, hooks, time.perf_counter() - t0)
+
+    def on_gpus(prep: Any, todo: list[int], hooks: Hooks) -> None:
+        import multiprocessing as mp
+
+        hooks.status(f"scoring {len(prep.parts)} parts on {n} GPUs, one process each")
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_shard_worker, args=(config_dict(replace(cfg, overwrite=False)), i, n))
+                 for i in range(n)]  # fmt: skip
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        if any(proc.exitcode != 0 for proc in procs):
+            raise GainCurateError(f"a GPU worker failed; rerun the same command to resume the unfinished parts in {cfg.out}")  # fmt: skip
+
+    return execute(cfg, hooks, on_gpus)
 
 
 def wait_and_merge(cfg: ScoreConfig, hooks: Hooks, poll_s: float = 5.0) -> ScoreResult:
     """Rank 0 of a launcher: wait until every part has its completion marker, then merge."""
     import time
 
-    t0 = time.perf_counter()
-    prep = prepare(replace(cfg, overwrite=False), hooks)
-    work = store.WorkDir(cfg.out)
-    while not all(work.done(p, prep.config_hash) for p in range(len(prep.parts))):
-        time.sleep(poll_s)
-    return merge(prep, hooks, time.perf_counter() - t0)
+    def wait(prep: Any, todo: list[int], hooks: Hooks) -> None:
+        work = store.WorkDir(cfg.out)
+        while not all(work.done(p, prep.config_hash) for p in todo):
+            time.sleep(poll_s)
+
+    return execute(replace(cfg, overwrite=False), hooks, wait)

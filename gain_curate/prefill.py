@@ -366,8 +366,12 @@ def segment_sums(
             return BatchSums([shared[j] for j in batch], prefix.s_p.expand(len(batch), -1), s_q)
 
         q_lengths = [segments[i].q for i in shared]
-        # each row carries its own copy of the prefix KV: count it against the budget
-        yield from _batches_with_retry(q_lengths, token_budget, stats, run_shared, per_row=p)
+        # On a GPU the budget is memory, and each row carries its own copy of the prefix KV:
+        # count it. On a CPU memory is plentiful and the budget tunes GEMM sizes; counting the
+        # KV there shrank default-template batches ~4x (measured on the AVX2 EPYC, 500 GSM8K
+        # prompts: 66.1 s with it, 53.4 s without).
+        per_row = p if lm.device.type == "cuda" else 0
+        yield from _batches_with_retry(q_lengths, token_budget, stats, run_shared, per_row=per_row)
 
     def run_alone(batch: list[int]) -> BatchSums:
         segs = [segments[alone[j]] for j in batch]

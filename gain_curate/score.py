@@ -238,35 +238,48 @@ def score_rows(prep: Prepared, lm: Any, rows: range, hooks: Hooks) -> tuple[Any,
 def run_score(
     cfg: ScoreConfig, hooks: Hooks | None = None, *, shard: tuple[int, int] | None = None
 ) -> ScoreResult | None:
-    """Score every unfinished part (or this shard's share of them), then merge.
-
-    Parts are the unit of work and of resume: a rerun on the same OUT with the same config
-    skips finished parts; `shard=(i, n)` scores parts p with p % n == i and stops before
-    the merge (`gain-curate merge OUT` does it once every shard is done).
-    """
-    from gain_curate.prefill import load_model
-
-    hooks = hooks or Hooks()
-    t0 = time.perf_counter()
+    """Score every unfinished part (or this shard's share of them) in this process, then
+    merge. Parts are the unit of work and of resume: a rerun on the same OUT with the same
+    config skips finished parts; `shard=(i, n)` scores parts p with p % n == i and stops
+    before the merge (`gain-curate merge OUT` does it once every shard is done)."""
     if shard is not None and cfg.workers <= 1:
         cfg = replace(cfg, workers=shard[1])  # every shard cuts the same parts
+    return execute(cfg, hooks or Hooks(), score_in_process, shard=shard)
+
+
+PartRunner = Callable[["Prepared", list[int], Hooks], None]
+
+
+def execute(cfg: ScoreConfig, hooks: Hooks, run_parts: PartRunner, *,
+            shard: tuple[int, int] | None = None) -> ScoreResult | None:  # fmt: skip
+    """The one flow every backend shares: prepare, claim OUT and find the unfinished parts,
+    let `run_parts` score them (in this process, one process per GPU, Ray actors), merge.
+    Resume, config checks and the merge live here and nowhere else."""
+    t0 = time.perf_counter()
     prep = prepare(cfg, hooks)
     todo = claim_parts(prep, hooks, shard)
     if isinstance(todo, ScoreResult):
         return todo
     if todo:
-        hooks.status(f"loading {prep.ref.name} ({prep.dtype}, {prep.device})")
-        lm = load_model(prep.ref, dtype=prep.dtype, device=prep.device, layer=cfg.layer)
-        hooks.start(sum(len(prep.parts[p]) for p in todo), 0)
-        work = store.WorkDir(cfg.out)
-        for p in todo:
-            table, stats = score_rows(prep, lm, prep.parts[p], hooks)
-            work.write_part(p, table, prep.config_hash, stats)
+        run_parts(prep, todo, hooks)
     if shard is not None:
         return None
     from gain_curate.merge import merge
 
     return merge(prep, hooks, time.perf_counter() - t0)
+
+
+def score_in_process(prep: Prepared, todo: list[int], hooks: Hooks) -> None:
+    """Load the model here and score the parts one after another."""
+    from gain_curate.prefill import load_model
+
+    hooks.status(f"loading {prep.ref.name} ({prep.dtype}, {prep.device})")
+    lm = load_model(prep.ref, dtype=prep.dtype, device=prep.device, layer=prep.cfg.layer)
+    hooks.start(sum(len(prep.parts[p]) for p in todo), 0)
+    work = store.WorkDir(prep.cfg.out)
+    for p in todo:
+        table, stats = score_rows(prep, lm, prep.parts[p], hooks)
+        work.write_part(p, table, prep.config_hash, stats)
 
 
 def claim_parts(

@@ -78,16 +78,18 @@ def test_spawn_gives_each_gpu_its_shard_and_device(monkeypatch, tmp_path: Path) 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(distributed, "_fits_one_gpu", lambda cfg: True)
     monkeypatch.setattr(multiprocessing, "get_context", lambda kind: FakeContext())
-    seen = {}
     from types import SimpleNamespace
 
-    monkeypatch.setattr(
-        distributed,
-        "prepare",
-        lambda cfg, hooks: SimpleNamespace(cfg=seen.setdefault("cfg", cfg), parts=[0, 1]),
-    )
-    monkeypatch.setattr(distributed, "claim_parts", lambda prep, hooks: [0, 1])
-    monkeypatch.setattr(distributed, "merge", lambda prep, hooks, s: "merged")
+    seen = {}
+
+    def execute(
+        cfg, hooks, run_parts, shard=None
+    ):  # the shared flow; its parts runner is what differs
+        seen["cfg"] = cfg
+        run_parts(SimpleNamespace(cfg=cfg, parts=[0, 1]), [0, 1], hooks)
+        return "merged"
+
+    monkeypatch.setattr(distributed, "execute", execute)
     cfg = ScoreConfig(data="d.jsonl", model="m", out=tmp_path / "o")
     assert distributed.run_score_local(cfg) == "merged"
     assert seen["cfg"].workers == 2
