@@ -12,7 +12,6 @@ sequential sampler with batch size B then trains step e on plan epoch e.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +61,7 @@ def export_verl(out: Path) -> tuple[Path, dict[str, Any]]:
     fields["gain_plan_epoch"], fields["gain_plan_position"] = pa.array(epoch), pa.array(position)
     extra = pa.StructArray.from_arrays(list(fields.values()), names=list(fields))
     rows = rows.set_column(rows.schema.get_field_index("extra_info"), "extra_info", extra)
-    path = out / "export" / "verl" / "plan.parquet"
-    tmp = out / store.WORK_DIR / "export-verl.parquet.tmp"
-    try:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    path = store.write_table_atomic(rows, out, Path("export") / "verl" / "plan.parquet")
     (b,) = sizes
     flags = [f"data.train_files=[{path.resolve()}]", "data.shuffle=False",
              f"data.train_batch_size={b}", "trainer.total_epochs=1"]  # fmt: skip

@@ -285,8 +285,13 @@ def write_plan(out: Path, plans: list[np.ndarray], uids: list[str]) -> Path:
         ],
         schema=PLAN_SCHEMA,
     )
-    path = out / "schedule" / "plan.parquet"
-    tmp = out / WORK_DIR / "plan.parquet.tmp"
+    return write_table_atomic(table, out, Path("schedule") / "plan.parquet")
+
+
+def write_table_atomic(table: pa.Table, out: Path, rel: Path) -> Path:
+    """OUT/rel written whole or not at all: staged under OUT/.gain-curate, then renamed."""
+    path = out / rel
+    tmp = out / WORK_DIR / (str(rel).replace("/", "-") + ".tmp")
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
