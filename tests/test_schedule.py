@@ -278,7 +278,7 @@ def _reference_update(mean: float, records: list[dict[str, float]]) -> float:
 
 
 def test_paper_mode_matches_the_reference_rule_step_by_step() -> None:
-    """A recorded run: 60 steps of 8 prompts x 4 responses, 0/1 correctness and online angle
+    """A fixed, seeded (synthetic) run: 60 steps of 8 prompts x 4 responses, 0/1 correctness and online angle
     levels per response, accuracy and angles drifting as a learning model's would."""
     rng = np.random.default_rng(1234)
     n_prompts, b, g = 5_000, 8, 4
@@ -295,4 +295,4 @@ def test_paper_mode_matches_the_reference_rule_step_by_step() -> None:
         rec = sched.end_epoch()
         mean = _reference_update(mean, [{"accuracy": 2.0 * c, "angle": a} for c, a in zip(correct, angles)])  # fmt: skip
         assert rec["mu_next"] == pytest.approx(mean, abs=1e-3), step
-    assert mean > n_prompts  # the recorded run drives mu past the end: never clamped, as there
+    assert mean > n_prompts  # the sequence drives mu past the end: never clamped, as there
