@@ -38,10 +38,11 @@ def read_plan(out: Path) -> list[np.ndarray]:
     return [np.array([r for _, r in sorted(p)], dtype=np.int64) for p in plans]
 
 
-def ranked_table(out: Path) -> pa.Table:
-    """All shards of a run as one table, row i = rank i."""
+def ranked_table(out: Path, columns: list[str] | None = None) -> pa.Table:
+    """All shards of a run as one table (optionally only `columns`), row i = rank i."""
     manifest = store.read_manifest(out)
-    table = pa.concat_tables([pq.read_table(out / s["path"]) for s in manifest["shards"]])
+    cols = None if columns is None else sorted({*columns, "gain_rank"})
+    table = pa.concat_tables([pq.read_table(out / s["path"], columns=cols) for s in manifest["shards"]])  # fmt: skip
     if table["gain_rank"].to_pylist() != list(range(table.num_rows)):
         raise OutputError(f"the shards of {out} are not in rank order: re-run `gain-curate merge {out}`")  # fmt: skip
     return table

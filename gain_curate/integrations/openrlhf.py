@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from gain_curate import store
 from gain_curate.errors import OutputError
-from gain_curate.export import read_plan
+from gain_curate.export import ranked_table, read_plan
 
 ENV_RUN = "GAIN_CURATE_RUN"
 
@@ -44,15 +44,11 @@ def export_epoch(out: Path, epoch: int) -> Path:
         raise OutputError(
             f"--epoch {epoch} is outside the plan in {out} (epochs 0..{len(plans) - 1})"
         )
-    manifest = store.read_manifest(out)
-    rows: list[dict[str, Any]] = []
-    for shard in manifest["shards"]:
-        cols = ["data_source", "prompt", "reward_model", "gain_uid", "gain_rank"]
-        rows += pq.read_table(out / shard["path"], columns=cols).to_pylist()
+    table = ranked_table(out, ["data_source", "prompt", "reward_model", "gain_uid"])
+    rows = table.take(pa.array(plans[epoch])).to_pylist()  # the epoch's rows, in plan order
     path = out / "export" / "openrlhf" / f"epoch-{epoch:05d}.jsonl"
     lines = []
-    for rank in plans[epoch]:
-        r = rows[int(rank)]
+    for r in rows:
         user = [m["content"] for m in r["prompt"] if m["role"] == "user"]
         lines.append(json.dumps({
             "datasource": r["data_source"], "prompt": r["prompt"], "input": user[-1] if user else "",
