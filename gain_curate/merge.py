@@ -37,11 +37,16 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
     reasons: list[str | None] = [None] * n
     for r, why in zip(cols["row"], cols["reason"]):
         reasons[r] = why
-    score = arr("score")
+    names = ("score", "c_intra", "c_inter", "tokens_prefix", "tokens_question")
+    values = {name: arr(name) for name in names}
+    for i, first in enumerate(prep.duplicate_of):  # a duplicate is what its first occurrence is
+        if first is not None:
+            reasons[i] = reasons[first]
+            for v in values.values():
+                v[i] = v[first]
     ranked = store.RankedRows(
-        uids=prep.uids, answers=src.answers, score=score, c_intra=arr("c_intra"),
-        c_inter=arr("c_inter"), tokens_prefix=arr("tokens_prefix"), tokens_question=arr("tokens_question"),
-        reasons=reasons, order=store.rank_order(score, prep.uids),
+        uids=prep.uids, answers=src.answers, **values, reasons=reasons,
+        order=store.rank_order(values["score"], prep.uids, prep.duplicate_of), duplicate_of=prep.duplicate_of,
     )  # fmt: skip
     trainer_prompts = [cfg.template.user_content(q) if q is not None else "" for q in src.questions]
     table = store.build_table(
@@ -116,6 +121,7 @@ def build_manifest(
             "rows": len(rows.uids),
             "scored": scored,
             "unscored": dict(sorted(unscored.items())),
+            "duplicates": sum(d is not None for d in rows.duplicate_of),
         },
         "stats": {
             "score": summary(rows.score),

@@ -283,3 +283,61 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if key not in aliases:
         raise ModelError(f"unknown dtype: {name!r} (use auto, bfloat16, float16 or float32)")
     return aliases[key]
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def model_revision(ref: ModelRef, cache_dir: Path | None = None) -> str | None:
+    """What the manifest records so a run can be reproduced: the commit the hub resolved
+    (from the snapshot folder the files came from), or `sha256:<digest>` of a local
+    folder's files. None only when a hub model's files give no commit."""
+    if ref.is_local:
+        return "sha256:" + folder_sha256(Path(ref.path), cache_dir or default_cache_dir())
+    from transformers.utils import cached_file
+
+    try:
+        config = Path(cached_file(ref.path, "config.json", revision=ref.revision))
+    except Exception:  # tokenizer and config already loaded: keep what was asked for
+        return ref.revision
+    parts = config.parts
+    if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts):
+        commit = parts[parts.index("snapshots") + 1]
+        if _COMMIT.fullmatch(commit):
+            return commit
+    return ref.revision
+
+
+def folder_sha256(folder: Path, cache_dir: Path) -> str:
+    """sha256 over the folder's files (relative path and content; dot-entries skipped).
+    A 15 GB checkpoint takes ~15 s, so the digest is cached against every file's size and
+    mtime in `cache_dir/folder-hashes.json`; any change to any file hashes it again."""
+    import hashlib
+    import json
+
+    files = sorted(
+        f for f in folder.rglob("*")
+        if f.is_file() and not any(p.startswith(".") for p in f.relative_to(folder).parts)
+    )  # fmt: skip
+    stamp = [[str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache_file = cache_dir / "folder-hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    key = str(folder.resolve())
+    if isinstance(cache.get(key), dict) and cache[key].get("files") == stamp:
+        return cache[key]["sha256"]
+    digest = hashlib.sha256()
+    for f, (rel, _, _) in zip(files, stamp):
+        digest.update(rel.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 24), b""):
+                digest.update(chunk)
+    value = digest.hexdigest()
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next run the hash
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**cache, key: {"files": stamp, "sha256": value}}), encoding="utf-8")  # fmt: skip
+        tmp.replace(cache_file)
+    return value

@@ -71,6 +71,8 @@ def summarize(out: Path, top: int = 5) -> dict[str, Any]:
     rows = table.to_pylist()
     score, q_len = _col(table, "gain_score"), _col(table, "gain_tokens_question")
     scored = [r for r in rows if r["gain_score"] is not None]
+    duplicates = sum(r.get("gain_duplicate_of") is not None for r in rows)
+    distinct = [r for r in scored if r.get("gain_duplicate_of") is None]  # top/bottom lists
 
     def brief(r: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -86,11 +88,12 @@ def summarize(out: Path, top: int = 5) -> dict[str, Any]:
         "rows": len(rows),
         "scored": len(scored),
         "unscored": manifest["counts"]["unscored"],
+        "duplicates": duplicates,
         "score": summary(score),
         "c_intra": summary(_col(table, "gain_c_intra")),
         "c_inter": summary(_col(table, "gain_c_inter")),
-        "top": [brief(r) for r in scored[:top]],
-        "bottom": [brief(r) for r in scored[-top:]],
+        "top": [brief(r) for r in distinct[:top]],
+        "bottom": [brief(r) for r in distinct[-top:]],
         "spearman_score_vs_question_tokens": spearman(score, q_len),
         "difficulty_column": diff[0] if diff else None,
         "spearman_score_vs_difficulty": spearman(score, diff[1]) if diff else None,
@@ -129,7 +132,12 @@ def plot(out: Path, path: Path) -> tuple[int, int]:
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)  # a PNG appears whole or not at all
+    finally:
+        tmp.unlink(missing_ok=True)
     size = fig.canvas.get_width_height()
     plt.close(fig)
     return size

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gain_curate import store
-from gain_curate.errors import ModelError, OutputError
+from gain_curate.errors import InputError, ModelError, OutputError
 from gain_curate.template import ScoringTemplate
 
 
@@ -79,14 +79,15 @@ def prompt_uids(
     return uids
 
 
-def duplicate_flags(questions: list[str | None], answers: list[str | None]) -> list[bool]:
-    seen: set[tuple[str, str | None]] = set()
-    flags = []
-    for q, a in zip(questions, answers):
-        flags.append(q is not None and (q, a) in seen)
-        if q is not None:
-            seen.add((q, a))
-    return flags
+def first_occurrences(questions: list[str | None], answers: list[str | None]) -> list[int | None]:
+    """Per row, the earlier row with the same question and answer (None for the first)."""
+    first: dict[tuple[str, str | None], int] = {}
+    out: list[int | None] = []
+    for i, (q, a) in enumerate(zip(questions, answers)):
+        out.append(None if q is None else first.setdefault((q, a), i))
+        if out[-1] == i:
+            out[-1] = None
+    return out
 
 
 @dataclass
@@ -100,7 +101,8 @@ class Prepared:
     device: Any  # torch.device
     dtype: Any  # torch.dtype
     kernel: str
-    reasons: list[str | None]  # per input row, before tokenization
+    reasons: list[str | None]  # per input row, before tokenization ("duplicate": not run)
+    duplicate_of: list[int | None]  # per input row: the first occurrence's row, or None
     uids: list[str]
     parts: list[range]
     model_info: dict[str, Any]
@@ -111,7 +113,7 @@ def prepare(cfg: ScoreConfig, hooks: Hooks) -> Prepared:
     import torch
 
     from gain_curate.hardware import device_label
-    from gain_curate.models import load_tokenizer, resolve_dtype, resolve_model
+    from gain_curate.models import load_tokenizer, model_revision, resolve_dtype, resolve_model
     from gain_curate.prefill import model_shape
     from gain_curate.reduction import resolve_kernel
     from gain_curate.sources import load_source
@@ -146,11 +148,19 @@ def prepare(cfg: ScoreConfig, hooks: Hooks) -> Prepared:
     kernel = resolve_kernel(cfg.kernel, device)
     shape = model_shape(ref, cfg.layer)
     reasons: list[str | None] = list(src.problems)
-    for i, dup in enumerate(duplicate_flags(src.questions, src.answers)):
-        if dup and reasons[i] is None:
-            reasons[i] = "duplicate"
+    duplicate_of = first_occurrences(src.questions, src.answers)
+    for i, first in enumerate(duplicate_of):
+        if first is not None and reasons[i] is None:
+            reasons[i] = "duplicate"  # never run: the merge copies its first occurrence's scores
+    if all(r is not None for r in reasons):  # nothing to run the model on: the input is unusable
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(reasons).items()))
+        where = src.spec.path or src.spec.hub_id or cfg.data
+        raise InputError(
+            f"no row of {where} can be scored ({counts}); check the question column "
+            f"'{src.spec.question_key}' or pass --question-key"
+        )
     model_info = {
-        "name": ref.name, "path": ref.path, "revision": ref.revision, "dtype": str(dtype).removeprefix("torch."),
+        "name": ref.name, "path": ref.path, "revision": model_revision(ref), "dtype": str(dtype).removeprefix("torch."),
         "device": device.type, "layer": shape.layer, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
         "chat_template_sha256": template_hash(tok), "dtype_requested": cfg.dtype,
         "hardware": device_label(device),
@@ -161,7 +171,7 @@ def prepare(cfg: ScoreConfig, hooks: Hooks) -> Prepared:
     h = config_hash(
         cfg, src.spec.content_hash, {**model_info, "kernel": kernel, "rows_per_part": rows_per_part}
     )
-    return Prepared(cfg, src, ref, tok, device, dtype, kernel, reasons, uids, parts, model_info, h)
+    return Prepared(cfg, src, ref, tok, device, dtype, kernel, reasons, duplicate_of, uids, parts, model_info, h)  # fmt: skip
 
 
 def part_size(n: int, part_rows: int, workers: int) -> int:

@@ -12,11 +12,13 @@ manifest needs. Bad input raises a one-line `InputError`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ QUESTION_KEYS = ("question", "problem", "prompt", "query", "input")
 ANSWER_KEYS = ("answer", "solution", "ground_truth", "reward_model.ground_truth")
 VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
-OFFLINE_HINT = "or give --data path/to/file.jsonl|.json|.parquet|.csv"
+OFFLINE_HINT = "give --data path/to/file.jsonl|.json|.parquet|.csv (a local copy) instead"
 CHAMP_HINT = "pip install --no-deps champ-dataset==1.0.0"
 
 _GSM8K_ANSWER = re.compile(r"####\s*([-+]?[\d,]*\.?\d+)\s*\Z")
@@ -126,6 +128,7 @@ def load_source(
 class _Preset:
     hub_id: str | None  # None: shipped locally (champ)
     config: str | None
+    revision: str | None  # a commit of the hub repo: the preset is the same rows everywhere
     question_key: str
     answer_key: str
     extraction: str | None  # "last_boxed" reduces a solution to its final \boxed{...}
@@ -133,10 +136,13 @@ class _Preset:
 
 _MATH_HUB = "DigitalLearningGmbH/MATH-lighteval"
 PRESETS = {
-    "gsm8k": _Preset("openai/gsm8k", "main", "question", "answer", None),
-    "math": _Preset(_MATH_HUB, None, "problem", "solution", "last_boxed"),
-    "champ": _Preset(None, None, "problem", "answer", None),
-}
+    "gsm8k": _Preset("openai/gsm8k", "main", "740312add88f781978c0658806c59bc2815b9866",
+                     "question", "answer", None),
+    "math": _Preset(_MATH_HUB, "default", "0530c78699ea5e8eb5530600900e1f328b48acad",
+                    "problem", "solution", "last_boxed"),
+    "champ": _Preset(None, None, None, "problem", "answer", None),
+}  # fmt: skip
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass
@@ -161,7 +167,7 @@ def _read(data: str, split: str) -> _Raw:
         return _read_champ()
     if name in PRESETS:
         preset = PRESETS[name]
-        raw = _read_hub(preset.hub_id or "", preset.config, None, split)
+        raw = _read_hub(preset.hub_id or "", preset.config, preset.revision, split)
         raw.kind, raw.preset = "preset", preset
         return raw
     looks_like_file = path.suffix.lower() in EXTENSIONS or data.startswith((".", "/", "~"))
@@ -204,8 +210,11 @@ def _read_local(path: Path, split: str) -> _Raw:
 
 
 def _read_json_rows(path: Path) -> list[Any]:
-    """A JSON array of objects, or JSON lines (in a .jsonl or a .json file)."""
+    """A JSON array of objects, one JSON object (one row), or JSON lines (.jsonl or .json)."""
     text = path.read_text(encoding="utf-8-sig")  # UnicodeDecodeError: caught by the caller
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("{"):
+        with contextlib.suppress(json.JSONDecodeError):  # else: JSON lines, checked below
+            return [json.loads(text)]
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -304,19 +313,78 @@ def _read_champ() -> _Raw:
 
 
 def _read_hub(hub_id: str, config: str | None, revision: str | None, split: str) -> _Raw:
+    """`datasets` loads (and caches) the split; the manifest records the commit it resolved."""
     what = f"cannot load '{hub_id}' from the Hugging Face hub"
     try:
         datasets = importlib.import_module("datasets")
-    except ImportError:
-        why = "the `datasets` package is not installed (pip install 'gain-curate[hub]')"
-        raise InputError(f"{what}: {why}; {OFFLINE_HINT}") from None
+    except ImportError:  # a broken install: datasets is a dependency
+        why = "the `datasets` package is missing (pip install datasets)"
+        raise InputError(f"{what}: {why}, or {OFFLINE_HINT}") from None
     try:
-        ds = datasets.load_dataset(hub_id, config, split=split, revision=revision)
-        table = ds.with_format("arrow")[:]
-    except Exception as e:  # offline, unreachable, unknown id or split: all one line
-        why = f"{type(e).__name__}: {_one_line(e)}"
-        raise InputError(f"{what} ({why}); check the id, split and network, {OFFLINE_HINT}") from e
-    return _Raw(table, "hub", None, _table_sha256(table), hub_id, hub_id, revision)
+        with _hub_session(datasets):
+            builder = datasets.load_dataset_builder(hub_id, config, revision=revision)
+            builder.download_and_prepare()
+            ds = builder.as_dataset(split=split)
+    except Exception as e:  # offline, unknown id, config or split: all one line
+        raise InputError(f"{what}: {_hub_why(e, split)}") from e
+    table = ds.with_format("arrow")[:]
+    commit = builder.hash if isinstance(builder.hash, str) and _COMMIT.fullmatch(builder.hash) else revision  # fmt: skip
+    return _Raw(table, "hub", None, _table_sha256(table), hub_id, hub_id, commit)
+
+
+@contextlib.contextmanager
+def _hub_session(datasets: Any) -> Iterator[None]:
+    """Quiet hub calls that fail fast: when the hub's host does not resolve, go offline at
+    once (a cached copy still loads) instead of five logged retries over ~20 seconds."""
+    import logging
+
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE or not _resolves(constants.ENDPOINT)
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
+    levels = [lg.level for lg in loggers]
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = offline
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _resolves(url: str, timeout: float = 5.0) -> bool:
+    """Whether the URL's host resolves within `timeout` seconds (DNS only, no request)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    host, found = urlparse(url).hostname, []
+    if not host:
+        return False
+
+    def lookup() -> None:
+        with contextlib.suppress(OSError):
+            found.append(socket.getaddrinfo(host, 443))
+
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(found)
+
+
+def _hub_why(e: Exception, split: str) -> str:
+    """What went wrong loading from the hub, and what to do, in one line."""
+    text = _one_line(e)
+    if isinstance(e, ConnectionError) or "OfflineModeIsEnabled" in text or "not cached" in text:
+        return f"the hub cannot be reached (offline or no network) and no copy is cached; {OFFLINE_HINT}"  # fmt: skip
+    if type(e).__name__ == "DatasetNotFoundError":
+        return f"no such dataset, or it is gated or private; check the id, or {OFFLINE_HINT}"
+    if "split" in text.lower() and split in text:
+        return f"no split '{split}' ({text}); pass --split"
+    return f"{type(e).__name__}: {text}; check the id and config, or {OFFLINE_HINT}"
 
 
 def column_values(table: pa.Table, key: str) -> list[Any]:

@@ -48,6 +48,7 @@ GAIN_FIELDS = [
     pa.field("gain_tokens_prefix", pa.int32()),
     pa.field("gain_tokens_question", pa.int32()),
     pa.field("gain_unscored_reason", pa.string()),
+    pa.field("gain_duplicate_of", pa.string()),  # gain_uid of the first occurrence, else null
 ]
 
 
@@ -64,14 +65,26 @@ class RankedRows:
     tokens_question: np.ndarray
     reasons: list[str | None]
     order: np.ndarray  # int64 permutation
+    duplicate_of: list[int | None]  # input row of the first occurrence, None for originals
 
 
-def rank_order(score: np.ndarray, uids: list[str]) -> np.ndarray:
-    """Highest score first, ties by gain_uid; unscored (NaN) rows last, in input order."""
-    scored = [i for i in range(len(uids)) if np.isfinite(score[i])]
+def rank_order(
+    score: np.ndarray, uids: list[str], duplicate_of: list[int | None] | None = None
+) -> np.ndarray:
+    """Highest score first, ties by gain_uid; unscored (NaN) rows last, in input order. A
+    duplicate (same question and answer as an earlier row) carries its first occurrence's
+    score and ranks right after it, so the curriculum reaches both at the same time."""
+    dup = duplicate_of or [None] * len(uids)
+    originals = [i for i in range(len(uids)) if dup[i] is None]
+    scored = [i for i in originals if np.isfinite(score[i])]
     scored.sort(key=lambda i: (-score[i], uids[i]))
-    unscored = [i for i in range(len(uids)) if not np.isfinite(score[i])]
-    return np.asarray(scored + unscored, dtype=np.int64)
+    copies: dict[int, list[int]] = {}
+    for i, first in enumerate(dup):
+        if first is not None:
+            copies.setdefault(first, []).append(i)
+    unscored = [i for i in originals if not np.isfinite(score[i])]
+    order = [j for i in scored + unscored for j in (i, *copies.get(i, ()))]
+    return np.asarray(order, dtype=np.int64)
 
 
 def build_table(
@@ -152,6 +165,10 @@ def build_table(
         tokens(rows.tokens_prefix),
         tokens(rows.tokens_question),
         pa.array([rows.reasons[i] for i in rows.order], pa.string()),
+        pa.array(
+            [None if (j := rows.duplicate_of[i]) is None else rows.uids[j] for i in rows.order],
+            pa.string(),
+        ),  # fmt: skip
     ]
     fields = [pa.field(k, v.type) for k, v in cols.items()] + GAIN_FIELDS
     schema = pa.schema(fields)  # explicit; the input's HF metadata is dropped on purpose

@@ -175,6 +175,8 @@ def render(tokenizer: Any, template: ScoringTemplate, question: str) -> tuple[st
 def token_segments(tokenizer: Any, rendered: list[tuple[str, int, int]]) -> list[Segments | None]:  # fmt: skip
     """Tokenize rendered conversations (add_special_tokens=False: the template carries BOS)
     and cut each into P and Q by character offsets; None where Q is not found."""
+    if not rendered:  # a part whose rows all have a problem already
+        return []
     enc = tokenizer(
         [text for text, _, _ in rendered],
         add_special_tokens=False,

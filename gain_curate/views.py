@@ -36,6 +36,7 @@ def print_inspect(info: dict[str, Any]) -> None:
     t.add_row("scored", f"{info['scored']:,}")
     for reason, k in info["unscored"].items():
         t.add_row(f"unscored: {reason}", f"{k:,}")
+    t.add_row("duplicates (ranked after their first occurrence)", f"{info['duplicates']:,}")
     for key in ("score", "c_intra", "c_inter"):
         s = info[key]
         if s:
@@ -149,6 +150,8 @@ def print_summary(result: Any) -> None:
     t.add_row("scored", f"{m['counts']['scored']:,}")
     for reason, k in m["counts"]["unscored"].items():
         t.add_row(f"unscored: {reason}", f"{k:,}")
+    if m["counts"].get("duplicates"):
+        t.add_row("duplicates (scored as their first occurrence)", f"{m['counts']['duplicates']:,}")
     rho = m["stats"]["spearman_score_vs_question_tokens"]
     t.add_row("spearman(score, question tokens)", "n/a" if rho is None else f"{rho:+.3f}")
     t.add_row("time", f"{result.seconds:.1f} s")

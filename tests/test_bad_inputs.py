@@ -138,9 +138,12 @@ def test_row_level_problems_keep_the_row(tiny_qwen2_dir: Path, tmp_path: Path) -
     table = pq.read_table(out / "data").to_pylist()
     reasons = {r["extra_info"]["index"]: r["gain_unscored_reason"] for r in table}
     assert reasons == {0: None, 1: "empty_question", 2: "empty_question", 3: "non_string_question",
-                       4: "missing_question", 5: "duplicate", 6: "too_long"}  # fmt: skip
+                       4: "missing_question", 5: None, 6: "too_long"}  # fmt: skip
     assert [r["gain_rank"] for r in table] == list(range(7))
-    assert table[0]["extra_info"]["index"] == 0  # the one scored row ranks first
+    # the one scored row ranks first, its duplicate (row 5) right after it with its score
+    assert [r["extra_info"]["index"] for r in table[:2]] == [0, 5]
+    assert table[1]["gain_score"] == table[0]["gain_score"] is not None
+    assert table[1]["gain_duplicate_of"] == table[0]["gain_uid"]
 
 
 def test_disk_full_leaves_no_public_files(

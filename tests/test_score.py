@@ -126,9 +126,16 @@ def test_run_writes_ranked_verl_shards_and_manifest(tiny_qwen2_dir: Path, tmp_pa
     assert table["gain_rank"].to_pylist() == list(range(11))
     scores = table["gain_score"].to_pylist()
     scored = [s for s in scores if s is not None]
-    assert scored == sorted(scored, reverse=True) and len(scored) == 9
-    assert scores[-2:] == [None, None]  # unscored rank last
-    assert sorted(table["gain_unscored_reason"].to_pylist()[-2:]) == ["duplicate", "empty_question"]
+    assert scored == sorted(scored, reverse=True) and len(scored) == 10
+    assert scores[-1] is None and table["gain_unscored_reason"].to_pylist()[-1] == "empty_question"
+    # the duplicate of row 2 carries row 2's scores and ranks right after it
+    index = [e["index"] for e in table["extra_info"].to_pylist()]
+    first, dup = index.index(2), index.index(10)
+    assert dup == first + 1 and scores[dup] == scores[first]
+    assert table["gain_c_intra"][dup] == table["gain_c_intra"][first]
+    dup_of = table["gain_duplicate_of"].to_pylist()
+    assert dup_of[dup] == table["gain_uid"][first].as_py()
+    assert dup_of[:dup] + dup_of[dup + 1 :] == [None] * 10
     assert sorted(r["index"] for r in table["extra_info"].to_pylist()) == list(range(11))
     ei = table["extra_info"].to_pylist()
     assert [e["gain_rank"] for e in ei] == list(range(11))
@@ -155,8 +162,9 @@ def test_run_writes_ranked_verl_shards_and_manifest(tiny_qwen2_dir: Path, tmp_pa
         assert key in m
     assert m["counts"] == {
         "rows": 11,
-        "scored": 9,
-        "unscored": {"duplicate": 1, "empty_question": 1},
+        "scored": 10,
+        "unscored": {"empty_question": 1},
+        "duplicates": 1,
     }
     assert m["model"]["layer"] == 3 and m["model"]["chat_template_sha256"]
     assert m["input"]["rows"] == 11 and len(m["input"]["content_hash"]) == 64

@@ -372,21 +372,6 @@ def test_bad_limit(tmp_path):
         load_source(str(write_jsonl(tmp_path / "a.jsonl", [{"question": "a"}])), limit=0)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("datasets") is not None, reason="datasets is installed"
-)
-@pytest.mark.parametrize("data", ["someone/some-dataset", "gsm8k", "Math"])
-def test_hub_without_datasets_is_one_offline_line(data):
-    with pytest.raises(InputError) as err:
-        load_source(data)
-    message = str(err.value)
-    assert "\n" not in message
-    assert "the `datasets` package is not installed" in message
-    assert "--data path/to/file.jsonl|.json|.parquet|.csv" in message
-    hub_id = {"gsm8k": "openai/gsm8k", "Math": "DigitalLearningGmbH/MATH-lighteval"}.get(data, data)
-    assert f"cannot load '{hub_id}' from the Hugging Face hub" in message
-
-
 def test_verl_schema_prefers_reward_model_ground_truth(tmp_path):
     row = {
         "data_source": "x",
@@ -407,59 +392,84 @@ def test_verl_schema_prefers_reward_model_ground_truth(tmp_path):
     assert not src.spec.is_verl_schema and src.answers == ["six times seven is 42"]
 
 
-class FakeDataset:
-    """What the hub path uses of a `datasets.Dataset`: `ds.with_format("arrow")[:]`."""
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """No network: the hub is offline, every cache is empty and in tmp, and cwd is tmp, so a
+    folder laid out like a hub repo (`openai/gsm8k/...`) is what `datasets` finds for the id."""
+    import datasets
+    from huggingface_hub import constants
 
-    def __init__(self, table: pa.Table):
-        self.table = table
-
-    def with_format(self, kind: str) -> FakeDataset:
-        assert kind == "arrow"
-        return self
-
-    def __getitem__(self, index: slice) -> pa.Table:
-        assert index == slice(None)
-        return self.table
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
-def test_hub_with_datasets_installed(monkeypatch):
-    """A stand-in `datasets` module: the hub path without a network."""
-    import sys
-    import types
+def hub_copy(root: Path, repo: str, config: str, files: dict[str, list[dict]]) -> None:
+    """A local copy of a hub dataset repo: README with its configs, Parquet files."""
+    folder = root / repo
+    lines = ["---", "configs:", f"- config_name: {config}", "  data_files:"]
+    for rel, rows in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), folder / rel)
+        split = Path(rel).name.split("-")[0]
+        lines += [f"  - split: {split}", f"    path: {rel}"]
+    (folder / "README.md").write_text("\n".join([*lines, "---", ""]))
 
-    calls = []
-    table = pa.table({"problem": ["p"], "solution": [r"so $\boxed{\frac{1}{2}}$"]})
 
-    def load_dataset(hub_id, config, split, revision):
-        calls.append((hub_id, config, split, revision))
-        if hub_id == "offline/thing":
-            raise ConnectionError(
-                "Couldn't reach 'offline/thing' on the Hub\n(LocalEntryNotFoundError)"
-            )
-        return FakeDataset(table)
+def test_presets_load_through_datasets_at_their_pinned_revision(offline_hub):
+    from gain_curate.sources import PRESETS
 
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    hub_copy(offline_hub, "openai/gsm8k", "main", {"main/train-00000-of-00001.parquet": [
+        {"question": "Tom has 2 apples and buys 3 more. How many now?", "answer": "2+3=5\n#### 5"},
+        {"question": "What is 1,000 + 234?", "answer": "#### 1,234"}]})  # fmt: skip
+    src = load_source("gsm8k")
+    assert (src.spec.kind, src.spec.hub_id, src.spec.data_source) == ("preset", "openai/gsm8k", "openai/gsm8k")  # fmt: skip
+    assert src.spec.revision == PRESETS["gsm8k"].revision and re.fullmatch("[0-9a-f]{40}", src.spec.revision)  # fmt: skip
+    assert src.answers == ["5", "1234"] and src.spec.answer_extraction == "gsm8k_hashes"
+    hub_copy(offline_hub, "DigitalLearningGmbH/MATH-lighteval", "default", {
+        "data/test-00000-of-00001.parquet": [{"problem": "Half of 1?", "solution": r"so $\boxed{\frac{1}{2}}$", "level": "Level 1"}],
+        "data/train-00000-of-00001.parquet": [{"problem": "p", "solution": "s", "level": "Level 2"}]})  # fmt: skip
     src = load_source("math", split="test")
-    assert calls[-1] == ("DigitalLearningGmbH/MATH-lighteval", None, "test", None)
     assert src.answers == [r"\frac{1}{2}"] and src.spec.answer_extraction == "last_boxed"
-    assert (src.spec.kind, src.spec.hub_id, src.spec.path) == (
-        "preset",
-        "DigitalLearningGmbH/MATH-lighteval",
-        None,
-    )
-    src = load_source("owner/name@v1.0")
-    assert (src.spec.kind, src.spec.hub_id, src.spec.revision, src.spec.data_source) == (
-        "hub",
-        "owner/name",
-        "v1.0",
-        "owner/name",
-    )
-    assert src.answers == [r"so $\boxed{\frac{1}{2}}$"]  # extraction is the math preset's only
+    assert src.spec.revision == PRESETS["math"].revision and src.spec.rows == 1
     with pytest.raises(InputError) as err:
-        load_source("offline/thing")
-    message = str(err.value)
-    assert (
-        "\n" not in message
-        and "ConnectionError: Couldn't reach 'offline/thing' on the Hub" in message
-    )
-    assert message.endswith("--data path/to/file.jsonl|.json|.parquet|.csv")
+        load_source("math", split="validation")
+    assert "\n" not in str(err.value) and "no split 'validation'" in str(err.value)
+
+
+@pytest.mark.parametrize("data", ["gsm8k", "math", "someone/some-dataset@v1"])
+def test_hub_unreachable_is_one_line(offline_hub, data):
+    hub_id = {"gsm8k": "openai/gsm8k", "math": "DigitalLearningGmbH/MATH-lighteval"}.get(data, "someone/some-dataset")  # fmt: skip
+    with pytest.raises(InputError) as err:
+        load_source(data)
+    assert str(err.value) == (
+        f"cannot load '{hub_id}' from the Hugging Face hub: the hub cannot be reached (offline or no network) "
+        "and no copy is cached; give --data path/to/file.jsonl|.json|.parquet|.csv (a local copy) instead"
+    )  # fmt: skip
+
+
+def test_hub_id_records_the_commit_the_hub_resolved(monkeypatch):
+    """`owner/name@rev` passes rev to datasets, and the manifest gets the builder's commit."""
+    import datasets
+
+    calls, commit = [], "0123456789abcdef0123456789abcdef01234567"
+
+    class Builder:
+        hash = commit
+
+        def download_and_prepare(self) -> None:
+            pass
+
+        def as_dataset(self, split):
+            return datasets.Dataset(pa.table({"question": [f"q from {split}"], "answer": ["1"]}))
+
+    def load_dataset_builder(hub_id, config, revision):
+        calls.append((hub_id, config, revision))
+        return Builder()
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", load_dataset_builder)
+    src = load_source("owner/name@v1.0", split="test")
+    assert calls == [("owner/name", None, "v1.0")] and src.questions == ["q from test"]
+    assert (src.spec.kind, src.spec.hub_id, src.spec.revision, src.spec.data_source) == ("hub", "owner/name", commit, "owner/name")  # fmt: skip
