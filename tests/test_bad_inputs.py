@@ -62,6 +62,12 @@ CASES = [
      "no_template has no chat template: scoring renders the model's own chat; use an instruct model or pass --chat-template FILE"),
     ("output folder is a file", ["--data", "{dir}/qa.jsonl", "--out", "{dir}/qa.jsonl"],
      "output path {dir}/qa.jsonl is a file, not a folder: choose another --out"),
+    ("one JSON object whose question is no text", ["--data", "{dir}/one_object.json"],
+     "no row of {dir}/one_object.json can be scored (non_string_question: 1); check the question column 'question' or pass --question-key"),
+    ("Triton kernel without Triton", ["--data", "{dir}/qa.jsonl", "--kernel", "triton", "--device", "cpu"],
+     "--kernel triton: Triton is not usable here (triton is not installed: pip install 'gain-curate[triton]'); use --kernel torch or auto"),
+    ("Ray backend without Ray", ["--data", "{dir}/qa.jsonl", "--backend", "ray"],
+     "--backend ray needs Ray: pip install 'gain-curate[ray]'"),
 ]  # fmt: skip
 
 
@@ -81,9 +87,23 @@ def test_corpus_has_at_least_fifteen_cases() -> None:
     assert len(CASES) >= 15
 
 
+@pytest.fixture
+def no_optional_packages(monkeypatch):
+    """Triton and Ray as if not installed (a None entry in sys.modules fails their import)."""
+    import sys
+
+    from gain_curate.reduction import triton_problem
+
+    for name in ("triton", "ray"):
+        monkeypatch.setitem(sys.modules, name, None)
+    triton_problem.cache_clear()
+    yield
+    triton_problem.cache_clear()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_exact_message(
-    case, tiny_qwen2_dir: Path, no_template_model: Path, tmp_path: Path
+    case, tiny_qwen2_dir: Path, no_template_model: Path, tmp_path: Path, no_optional_packages
 ) -> None:
     _, args, message = case
 
@@ -172,3 +192,62 @@ def test_disk_full_leaves_no_public_files(
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "No space left on device" in errors[0] and "free space" in errors[0]
     assert not (out / "gain_manifest.json").exists() and not (out / "data").exists()
+
+
+USAGE = [
+    (["scroe"], "No such command 'scroe'. Did you mean 'score'? (see `gain-curate --help`)"),
+    (["score", "--outt", "x"], "No such option '--outt'. Did you mean '--out'? (see `gain-curate score --help`)"),
+    (["inspect"], "Missing argument 'OUT'. (see `gain-curate inspect --help`)"),
+    (["score", "--data"], "Option '--data' requires an argument. (see `gain-curate score --help`)"),
+    (["schedule", "x", "--epochs", "0", "--batch-size", "2"],
+     "Invalid value for '--epochs': 0 is not in the range x>=1. (see `gain-curate schedule --help`)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", USAGE, ids=[" ".join(a) for a, _ in USAGE])
+def test_usage_errors_are_one_line(argv, message) -> None:
+    result = CliRunner().invoke(main, argv, prog_name="gain-curate")
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [f"Error: {message}"]
+
+
+def test_internal_error_is_one_line_with_the_traceback_in_the_run_folder(
+    tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from gain_curate import score
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(score, "score_rows", broken)
+    out = tmp_path / "out"
+    argv = ["score", "--model", str(tiny_qwen2_dir), "--data", str(CORPUS / "qa.jsonl"), "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, argv)
+    log = out / ".gain-curate" / "error.log"
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert errors == [
+        f"Error: internal error: RuntimeError: a bug over two lines (a bug in gain-curate, not in "
+        f"your input; the traceback is in {log}: please report it with that file)"
+    ]
+    text = log.read_text()
+    assert (
+        "Traceback (most recent call last)" in text and "in broken" in text and "command: " in text
+    )
+    assert not (out / "gain_manifest.json").exists() and not (out / "data").exists()
+
+
+def test_internal_error_without_a_run_folder_logs_to_the_temp_folder(monkeypatch, tmp_path) -> None:
+    import tempfile
+
+    from gain_curate import report
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(report, "summarize", lambda out: {}["missing key"])
+    (tmp_path / "x.txt").touch()  # OUT lies inside a file: no run folder can hold the log
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "x.txt" / "run")])
+    assert result.exit_code == 1
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: internal error: KeyError: 'missing key' (a bug in gain-curate")
+    [log] = tmp_path.glob("gain-curate-error-*.log")
+    assert str(log) in line and "KeyError" in log.read_text()
