@@ -15,6 +15,7 @@ import click
 from gain_curate import __version__
 from gain_curate.errors import GainCurateError
 from gain_curate.options import (
+    TEMPLATE_FLAGS,
     parse_accuracy,
     parse_sigma,
     score_options,
@@ -284,13 +285,16 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--run", "run", type=click.Path(path_type=Path, file_okay=False),
+              help="A scored run: use its model, data, split, columns, layer, weight and template.")  # fmt: skip
 @click.option("--model", "model", default="smollm2", show_default=True, help="As for score.")
 @click.option(
     "--data",
     "data",
-    required=True,
-    help="As for score; needs an answer column (the reference solution).",
+    help="As for score; needs an answer column (the reference solution). Required without --run.",
 )
+@click.option("--split", default="train", show_default=True, help="As for score.")
+@click.option("--chat-template", type=click.Path(dir_okay=False, path_type=Path), help="As for score.")  # fmt: skip
 @click.option(
     "--sample", type=click.IntRange(min=3), default=256, show_default=True, help="Prompts to check."
 )
@@ -321,14 +325,26 @@ def validate(**kw: Any) -> None:
     \b
     Example:
       gain-curate validate --model smollm2 --data ../shared/data/gsm8k/train.jsonl --sample 256
+      gain-curate validate --run runs/gsm8k --sample 256   # the run's model, data and template
     """
-    from gain_curate.validate import run_validate
+    from gain_curate.validate import RUN_SETTINGS, run_settings, run_validate
 
+    ctx = click.get_current_context()
+    given = [p for p in ctx.command.params if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]  # fmt: skip
     try:
-        template = template_from_flags(kw)
-        result = run_validate(kw["model"], kw["data"], sample=kw["sample"], layer=kw["layer"], out=kw["out"], template=template,
-                              answer_key=kw["answer_key"], question_key=kw["question_key"], dtype=kw["dtype"],
-                              device=kw["device"], seed=kw["seed"], inter_weight=kw["inter_weight"])  # fmt: skip
+        if kw["run"] is not None:
+            clash = [p.opts[0] for p in given if p.name in (*RUN_SETTINGS, *TEMPLATE_FLAGS)]
+            if clash:
+                raise click.UsageError(f"--run takes the model, data and template from the run: drop {', '.join(clash)}")  # fmt: skip
+            settings = run_settings(kw["run"])
+        elif kw["data"] is None:
+            raise click.UsageError("give --data (a dataset with reference solutions) or --run OUT (a scored run)")  # fmt: skip
+        else:
+            settings = {k: kw[k] for k in RUN_SETTINGS if k != "template"}
+            settings["template"] = template_from_flags(kw)
+            settings["chat_template"] = kw["chat_template"] and str(kw["chat_template"])
+        result = run_validate(**settings, sample=kw["sample"], out=kw["out"], dtype=kw["dtype"],
+                              device=kw["device"], seed=kw["seed"])  # fmt: skip
     except GainCurateError as e:
         raise _fail(e) from None
     if kw["as_json"]:

@@ -18,6 +18,15 @@ def _stack(*decorators: Any) -> Any:
     return apply
 
 
+TEMPLATE_FLAGS = (
+    "system_prompt",
+    "system_prompt_file",
+    "no_system_prompt",
+    "few_shot",
+    "instruction",
+)
+
+
 def template_options(f: Any) -> Any:
     """The scoring conversation's options, the same on every command that renders it."""
     opts = [

@@ -162,7 +162,7 @@ def prepare(cfg: ScoreConfig, hooks: Hooks) -> Prepared:
     model_info = {
         "name": ref.name, "path": ref.path, "revision": model_revision(ref), "dtype": str(dtype).removeprefix("torch."),
         "device": device.type, "layer": shape.layer, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
-        "chat_template_sha256": template_hash(tok), "dtype_requested": cfg.dtype,
+        "chat_template_sha256": template_hash(tok), "chat_template_file": cfg.chat_template and str(Path(cfg.chat_template).resolve()), "dtype_requested": cfg.dtype,
         "hardware": device_label(device),
     }  # fmt: skip
     rows_per_part = part_size(n, cfg.part_rows, cfg.workers)
@@ -324,9 +324,7 @@ def config_dict(cfg: ScoreConfig) -> dict[str, Any]:
 
 
 def config_from_dict(d: dict[str, Any]) -> ScoreConfig:
-    t = d["template"]
-    template = ScoringTemplate(system_prompt=t["system_prompt"], few_shot=tuple(tuple(x) for x in t["few_shot"]),
-                               instruction=t["instruction"], few_shot_name=t["few_shot_name"])  # fmt: skip
+    template = ScoringTemplate.from_dict(d["template"])
     return ScoreConfig(**{**d, "out": Path(d["out"]), "template": template, "overwrite": False})
 
 

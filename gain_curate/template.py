@@ -63,6 +63,12 @@ class ScoringTemplate:
         d["few_shot"] = [list(pair) for pair in self.few_shot]
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoringTemplate:
+        """The inverse of to_dict (a manifest's signal.template, a run's config)."""
+        return cls(system_prompt=d["system_prompt"], few_shot=tuple(tuple(x) for x in d["few_shot"]),
+                   instruction=d["instruction"], few_shot_name=d["few_shot_name"])  # fmt: skip
+
 
 def template_from_options(
     *, system_prompt: str | None = None, system_prompt_file: str | Path | None = None,

@@ -120,9 +120,33 @@ def correlations(
     }
 
 
+# What `validate --run OUT` takes from the run's manifest instead of from flags.
+RUN_SETTINGS = ("model", "data", "split", "question_key", "answer_key", "layer", "inter_weight",
+                "template", "chat_template")  # fmt: skip
+LOCAL_KINDS = ("jsonl", "json", "parquet", "csv", "arrow_dir")
+
+
+def run_settings(out: Path) -> dict[str, Any]:
+    """The model, data and scoring template a scored run used, from its manifest, as
+    run_validate's keyword arguments: validate then checks the signal the run ranked by."""
+    from gain_curate import store
+
+    m = store.read_manifest(out)
+    inp, model, signal = m["input"], m["model"], m["signal"]
+    return {
+        "model": model["path"],
+        "data": inp["path"] if inp["kind"] in LOCAL_KINDS else inp["source"],
+        "split": inp["split"], "question_key": inp["question_key"], "answer_key": inp["answer_key"],
+        "layer": model["layer"], "inter_weight": signal["inter_weight"],
+        "template": ScoringTemplate.from_dict(signal["template"]),
+        "chat_template": model.get("chat_template_file"),
+    }  # fmt: skip
+
+
 def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: Path, template: ScoringTemplate,
                  answer_key: str | None = None, question_key: str | None = None, dtype: str = "float32",
-                 device: str = "auto", seed: int = 0, inter_weight: float = 1.0) -> dict[str, Any]:  # fmt: skip
+                 device: str = "auto", seed: int = 0, inter_weight: float = 1.0, split: str = "train",
+                 chat_template: str | None = None) -> dict[str, Any]:  # fmt: skip
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -140,7 +164,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     from gain_curate.score import ScoreConfig, run_score
     from gain_curate.sources import column_values, load_source
 
-    src = load_source(data, question_key=question_key, answer_key=answer_key)
+    src = load_source(data, question_key=question_key, answer_key=answer_key, split=split)
     if src.spec.answer_key is None:
         raise InputError(
             f"{data} has no answer column: validate needs reference solutions; pass --answer-key"
@@ -176,6 +200,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         inter_weight=inter_weight,
         dtype=dtype,
         device=device,
+        chat_template=chat_template,
         overwrite=True,
     )
     res = run_score(cfg)
@@ -185,7 +210,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     by_row = {r["extra_info"]["index"]: r for r in table}
 
     ref = resolve_model(model)
-    tok = load_tokenizer(ref)
+    tok = load_tokenizer(ref, chat_template=Path(chat_template).read_text(encoding="utf-8") if chat_template else None)  # fmt: skip
     dev = torch.device(
         device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -213,6 +238,8 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     result = {
         "model": ref.name, "data": data, "sample": len(picked), "layer": shape.layer, "seed": seed, "dtype": dtype,
         "device": dev.type, "weight": f"layers[{shape.layer}].mlp.up_proj.weight",
+        "model_revision": res.manifest["model"]["revision"], "inter_weight": inter_weight,
+        "template": template.to_dict(),
         "loss": "mean cross-entropy of the reference solution as the assistant turn",
         **correlations(norms, score, c_intra, c_inter, q_len),
     }  # fmt: skip

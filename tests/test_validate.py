@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from scipy import stats
@@ -109,3 +110,42 @@ def test_validate_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
         stats.spearmanr(grad, score).statistic, abs=1e-12
     )
     assert (out / "validate.parquet").is_file() and (out / "validate.png").is_file()
+
+
+def test_validate_run_reuses_the_runs_model_data_and_template(
+    tiny_qwen2_dir: Path, tmp_path: Path
+) -> None:
+    """`validate --run OUT` scores its sample with the run's template: its scores are the
+    run's scores of the same prompts, which a default template would not reproduce."""
+    from click.testing import CliRunner
+
+    from gain_curate.cli import main
+
+    data = tmp_path / "d.jsonl"
+    rows = [{"question": f"{q} (case {k})", "answer": a} for k in range(2) for q, a in zip(QUESTIONS, SOLUTIONS)]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run, val = tmp_path / "run", tmp_path / "val"
+    flags = ["--no-system-prompt", "--few-shot", "none", "--instruction", "Answer with a number.", "--inter-weight", "2"]  # fmt: skip
+    r = CliRunner().invoke(main, ["score", "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(run), *flags])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["validate", "--run", str(run), "--sample", "4", "--out", str(val), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output[r.output.index("{") :])
+    manifest = json.loads((run / "gain_manifest.json").read_text())
+    assert result["template"] == manifest["signal"]["template"] and result["inter_weight"] == 2.0
+    assert result["template"]["instruction"] == "Answer with a number."
+    assert result["model_revision"] == manifest["model"]["revision"]
+    ranked = {r["extra_info"]["question"]: r["gain_score"] for r in pq.read_table(run / "data").to_pylist()}  # fmt: skip
+    saved = json.loads((val / "validate.json").read_text())["rows"]
+    for q, s in zip(saved["question"], saved["gain_score"]):
+        assert s == pytest.approx(ranked[q], abs=1e-5), q
+    r = CliRunner().invoke(main, ["validate", "--run", str(run), "--model", "smollm2", "--instruction", "x"], prog_name="gain-curate")  # fmt: skip
+    assert r.exit_code == 2 and r.output.splitlines() == [
+        "Error: --run takes the model, data and template from the run: drop --model, --instruction "
+        "(see `gain-curate validate --help`)"
+    ]
+    r = CliRunner().invoke(main, ["validate"], prog_name="gain-curate")
+    assert r.exit_code == 2 and r.output.splitlines() == [
+        "Error: give --data (a dataset with reference solutions) or --run OUT (a scored run) "
+        "(see `gain-curate validate --help`)"
+    ]
