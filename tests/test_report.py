@@ -48,7 +48,16 @@ def test_inspect_json_and_plot(run_dir: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
     assert info["rows"] == 31 and info["scored"] == 30 and info["unscored"] == {"empty_question": 1}
-    assert info["difficulty_column"] == "level" and -1 <= info["spearman_score_vs_difficulty"] <= 1
+    import pyarrow.parquet as pq
+    from scipy import stats
+
+    t = pq.read_table(run_dir / "data").to_pylist()
+    pairs = [
+        (r["gain_score"], int(r["level"].split()[1])) for r in t if r["gain_score"] is not None
+    ]
+    expected = stats.spearmanr(*zip(*pairs)).statistic
+    assert info["difficulty_column"] == "level"
+    assert info["spearman_score_vs_difficulty"] == pytest.approx(expected, abs=1e-12)
     assert len(info["top"]) == 5 and info["top"][0]["rank"] == 0
     assert info["top"][0]["score"] >= info["bottom"][-1]["score"]
     img = mpimg.imread(png)
