@@ -22,7 +22,14 @@ from gain_curate.options import (
     template_from_flags,
     template_options,
 )
-from gain_curate.views import print_inspect, print_plan, print_summary, print_validate, progress
+from gain_curate.views import (
+    phases,
+    print_inspect,
+    print_plan,
+    print_summary,
+    print_validate,
+    progress,
+)
 
 
 def _fail(e: GainCurateError) -> click.ClickException:
@@ -317,6 +324,11 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Which prompts are sampled.")
 @click.option("--inter-weight", type=float, default=1.0, show_default=True, help="As for score.")
+@click.option("--rollouts", type=click.IntRange(min=2), help="K completions per prompt: pass rate, zero-variance groups, GRPO gradient.")  # fmt: skip
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Longest completion.")  # fmt: skip
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature (also of the GRPO log-probs).")  # fmt: skip
+@click.option("--reward", help="module:function (completion, answer) -> float. Default: math-verify on the final answer.")  # fmt: skip
+@click.option("--rollout-batch", type=click.IntRange(min=1), default=64, show_default=True, help="Sequences generated at once.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @template_options
 def validate(**kw: Any) -> None:
@@ -343,8 +355,15 @@ def validate(**kw: Any) -> None:
             settings = {k: kw[k] for k in RUN_SETTINGS if k != "template"}
             settings["template"] = template_from_flags(kw)
             settings["chat_template"] = kw["chat_template"] and str(kw["chat_template"])
-        result = run_validate(**settings, sample=kw["sample"], out=kw["out"], dtype=kw["dtype"],
-                              device=kw["device"], seed=kw["seed"])  # fmt: skip
+        rollouts = None
+        if kw["rollouts"] is not None:
+            from gain_curate.rollouts import RolloutSettings
+
+            rollouts = RolloutSettings(k=kw["rollouts"], max_new_tokens=kw["max_new_tokens"], temperature=kw["temperature"],
+                                       seed=kw["seed"], batch_rows=kw["rollout_batch"])  # fmt: skip
+        with phases(quiet=kw["as_json"]) as hooks:
+            result = run_validate(**settings, sample=kw["sample"], out=kw["out"], dtype=kw["dtype"], device=kw["device"],
+                                  seed=kw["seed"], rollouts=rollouts, reward=kw["reward"], hooks=hooks)  # fmt: skip
     except GainCurateError as e:
         raise _fail(e) from None
     if kw["as_json"]:
@@ -352,6 +371,8 @@ def validate(**kw: Any) -> None:
         return
     print_validate(result)
     click.echo(f"table: {kw['out'] / 'validate.parquet'}  plot: {kw['out'] / 'validate.png'}")
+    if "rollouts" in result:
+        click.echo(f"completions: {kw['out'] / 'rollouts' / 'completions.jsonl'}")
 
 
 @main.command()

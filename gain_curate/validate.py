@@ -15,7 +15,7 @@ padding, per-sample losses summed), so G_b equals a one-prompt loss.backward() e
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,10 @@ def run_settings(out: Path) -> dict[str, Any]:
 def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: Path, template: ScoringTemplate,
                  answer_key: str | None = None, question_key: str | None = None, dtype: str = "float32",
                  device: str = "auto", seed: int = 0, inter_weight: float = 1.0, split: str = "train",
-                 chat_template: str | None = None) -> dict[str, Any]:  # fmt: skip
+                 chat_template: str | None = None, rollouts: Any = None, reward: str | None = None,
+                 hooks: Any = None) -> dict[str, Any]:  # fmt: skip
+    """The supervised-gradient check, and with `rollouts` (a RolloutSettings) the RL side:
+    pass rate, learnability, zero-variance groups and the GRPO gradient (rollouts.py)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -183,6 +186,12 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     picked = sorted(rng.choice(ok, size=min(sample, len(ok)), replace=False).tolist())
     questions = [src.questions[i] for i in picked]
     solutions = [str(raw_answers[i]) for i in picked]
+    if rollouts is not None:  # fail on a bad --reward before any model runs
+        from gain_curate.rewards import load_reward
+        from gain_curate.rollouts import check_settings
+
+        check_settings(rollouts)
+        load_reward(reward)
 
     out.mkdir(parents=True, exist_ok=True)
     sample_file = out / "sample.jsonl"
@@ -245,6 +254,23 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     }  # fmt: skip
     rows = {"input_row": picked, "question": questions, "gain_score": score, "gain_c_intra": c_intra,
             "gain_c_inter": c_inter, "question_tokens": q_len, "grad_norm": norms, "loss": losses}  # fmt: skip
+    if rollouts is not None:
+        from gain_curate.rollouts import SIGNALS, TARGETS, rollout_statistics, run_rollouts
+
+        raw_q = column_values(src.table, src.spec.question_key)
+        chats = [raw_q[i] if isinstance(raw_q[i], list) else [{"role": "user", "content": template.user_content(q)}]
+                 for i, q in zip(picked, questions)]  # fmt: skip
+        golds = [src.answers[i] if src.answers[i] is not None else solutions[k] for k, i in enumerate(picked)]  # fmt: skip
+        rl = run_rollouts(lm, tok, chats, golds, settings=rollouts, reward=reward, layer=shape.layer,
+                          folder=out / "rollouts", model_revision=result["model_revision"], hooks=hooks)  # fmt: skip
+        signals = dict(zip(SIGNALS, (score, c_intra, c_inter, q_len)))
+        result["rollouts"] = {"settings": asdict(rollouts), **rollout_statistics(signals, rl)}
+        rows.update({t: rl[t] for t in TARGETS})
+        rows.update(
+            {"zero_variance": rl["zero_variance"], "mean_completion_tokens": rl["mean_length"]}
+        )
+        with (out / "rollouts" / "completions.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rl["records"])
     pq.write_table(pa.table(rows), out / "validate.parquet")
     (out / "validate.json").write_text(
         json.dumps(
@@ -252,7 +278,9 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
             indent=1,
         )
     )
-    _scatter(out / "validate.png", norms, score, q_len, result)
+    _scatter(
+        out / "validate.png", norms, score, q_len, result, rows if rollouts is not None else None
+    )
     return result
 
 
@@ -263,14 +291,27 @@ def _jsonable(v: Any) -> Any:
 
 
 def _scatter(
-    path: Path, grad: np.ndarray, score: np.ndarray, length: np.ndarray, summary: dict[str, Any]
-) -> None:
+    path: Path, grad: np.ndarray, score: np.ndarray, length: np.ndarray, summary: dict[str, Any],
+    rl: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    fig, axes = plt.subplots(1, 4 if rl else 2, figsize=(20 if rl else 10, 4), dpi=100)
+    if rl:
+        zv = np.asarray(rl["zero_variance"], bool)
+        axes[2].scatter(
+            score[~zv], rl["pass_rate"][~zv], s=12, color="#3b6ea5", label="mixed group"
+        )
+        axes[2].scatter(
+            score[zv], rl["pass_rate"][zv], s=12, color="#c44e52", marker="x", label="zero variance"
+        )
+        axes[2].set(xlabel="gain_score", ylabel="pass rate", title="pass rate over K rollouts")
+        axes[2].legend(loc="best")
+        axes[3].scatter(score, rl["grpo_grad_norm"], s=12, color="#3b6ea5")
+        axes[3].set(xlabel="gain_score", ylabel="||grad up_proj||_F (GRPO)", title="GRPO gradient norm")  # fmt: skip
     sc = axes[0].scatter(score, grad, c=length, s=10, cmap="viridis")
     fig.colorbar(sc, ax=axes[0], label="question tokens")
     rho = summary["spearman_grad_vs_score"]
@@ -280,5 +321,7 @@ def _scatter(
     axes[1].set(xlabel="question tokens", ylabel="||grad up_proj||_F")
     fig.suptitle(f"{summary['model']} on {Path(summary['data']).name}: {summary['sample']} prompts")
     fig.tight_layout()
-    fig.savefig(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)
     plt.close(fig)

@@ -23,7 +23,74 @@ def print_validate(result: dict[str, Any]) -> None:
                        ("partial_spearman_grad_vs_score_given_length", "gain_score, length held fixed")):  # fmt: skip
         v = result[key]
         t.add_row(label, "n/a" if v is None else f"{v:+.3f}")
-    Console().print(t)
+    console = Console()
+    console.print(t)
+    rl = result.get("rollouts")
+    if not rl:
+        return
+    st = rl["settings"]
+    t = Table(title=f"the RL side: K = {st['k']} rollouts per prompt (T = {st['temperature']:g}, up to "
+                    f"{st['max_new_tokens']} tokens), reward {rl['reward']}")  # fmt: skip
+    t.add_column("Spearman with")
+    for col in ("pass rate p", "p (1 - p)", "GRPO ||grad||_F"):
+        t.add_column(col, justify="right")
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:+.3f}"
+
+    from gain_curate.rollouts import SIGNALS, TARGETS
+
+    labels = {"gain_score": "gain_score", "c_intra": "C_intra", "c_inter": "C_inter", "question_tokens": "question length"}  # fmt: skip
+    for s in SIGNALS:
+        t.add_row(labels[s], *(fmt(rl[f"spearman_{s}_vs_{x}"]) for x in TARGETS))
+        if s != "question_tokens":
+            t.add_row(f"  {labels[s]}, length held fixed", *(fmt(rl[f"partial_spearman_{s}_vs_{x}_given_length"]) for x in TARGETS))  # fmt: skip
+    console.print(t)
+    t = Table(title=f"zero-variance groups: {rl['all_correct']} all correct, {rl['all_wrong']} all wrong "
+                    f"({100 * rl['zero_variance_share']:.0f}% of {result['sample']}); mean pass rate {rl['pass_rate_mean']:.3f}")  # fmt: skip
+    for col in ("keep top by gain_score", "zero-variance dropped", "random subset drops"):
+        t.add_column(col, justify="right")
+    for row in rl["keep_top_by_score"]:
+        pct = "n/a" if row["dropped_by_score"] is None else f"{100 * row['dropped_by_score']:.0f}%"
+        rnd = (
+            "n/a" if row["dropped_by_random"] is None else f"{100 * row['dropped_by_random']:.0f}%"
+        )
+        t.add_row(f"{100 * row['keep']:.0f}% ({row['kept']})", pct, rnd)
+    console.print(t)
+    auc = rl["auroc_score_predicts_zero_variance"]
+    click.echo("AUROC of gain_score for predicting a zero-variance group: "
+               + ("n/a (one class only)" if auc is None else f"{auc:.3f} (0.5 = no better than chance; below 0.5 = high scores are less often zero-variance)"))  # fmt: skip
+
+
+class phases:
+    """Rich progress bars for the steps of a long command: `add(name, total)` returns the
+    callback that advances that bar."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __enter__(self) -> phases:
+        from rich.console import Console
+        from rich.progress import (  # fmt: skip
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        console = Console(stderr=True, quiet=self.quiet)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console)  # fmt: skip
+        self.progress.start()
+        return self
+
+    def add(self, name: str, total: int) -> Any:
+        task = self.progress.add_task(name, total=total)
+        return lambda n: self.progress.update(task, advance=n)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
 
 
 def print_inspect(info: dict[str, Any]) -> None:

@@ -1,0 +1,240 @@
+"""`validate --rollouts`: the GRPO gradient per prompt, the rewards on real answers, the
+zero-variance statistics, seeded and resumable generation, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from gain_curate.rollouts import (
+    RolloutSettings,
+    auroc,
+    generate,
+    group_advantages,
+    grpo_grad_norms,
+    zero_variance_drop,
+)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_qwen2_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
+
+
+# --- the GRPO gradient ---------------------------------------------------------------------
+
+
+def one_prompt_grad_norm(model, prompt, completions, adv, layer, temperature) -> float:
+    """The plain way: one prompt's group, full logits, the GRPO loss, loss.backward()."""
+    model.requires_grad_(False)
+    w = model.model.layers[layer].mlp.up_proj.weight
+    w.requires_grad_(True)
+    w.grad = None
+    loss, tokens = 0.0, sum(len(c) for c in completions)
+    for c, a in zip(completions, adv):
+        ids = torch.tensor([prompt + c])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float() / temperature, dim=-1)
+        targets = torch.arange(len(prompt), len(prompt) + len(c))
+        loss = loss - a * logp[targets - 1, ids[0, targets]].sum() / tokens
+    loss.backward()
+    norm = w.grad.norm().item()
+    w.grad = None
+    w.requires_grad_(False)
+    return norm
+
+
+def test_grpo_grad_norm_equals_one_prompt_backward(tiny_lm) -> None:
+    g = torch.Generator().manual_seed(0)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(10, 5000, (n,), generator=g).tolist()
+
+    prompts = [tokens(9), tokens(14), tokens(6), tokens(11)]
+    completions = [
+        [tokens(n) for n in lens] for lens in ([5, 8, 3], [7, 7, 2], [4, 9, 6], [3, 5, 4])
+    ]
+    rewards = [np.array(r, float) for r in ([1, 0, 0], [0, 1, 1], [1, 1, 1], [0.2, 0.9, 0.5])]
+    adv = [group_advantages(r) for r in rewards]
+    layer, temperature = 2, 0.7
+    # a budget that puts two groups in one batch and leaves others alone
+    norms = grpo_grad_norms(tiny_lm, prompts, completions, adv, layer, temperature=temperature, token_budget=60)  # fmt: skip
+    assert norms[2] == 0.0  # all rewards equal: zero advantages, no gradient
+    for i in (0, 1, 3):
+        ref = one_prompt_grad_norm(tiny_lm, prompts[i], completions[i], adv[i], layer, temperature)
+        assert ref > 0 and norms[i] == pytest.approx(ref, rel=1e-5), i
+
+
+def test_group_advantages_match_verl() -> None:
+    a = group_advantages(np.array([1.0, 0.0, 0.0, 1.0]))
+    std = np.std([1, 0, 0, 1], ddof=1)  # 0.57735
+    assert a == pytest.approx([0.5 / (std + 1e-6), -0.5 / (std + 1e-6)] * 1 + [-0.5 / (std + 1e-6), 0.5 / (std + 1e-6)])  # fmt: skip
+    assert np.all(group_advantages(np.array([1.0, 1.0, 1.0])) == 0)
+
+
+# --- zero-variance statistics --------------------------------------------------------------
+
+
+def test_zero_variance_drop_hand_computed() -> None:
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    zero = np.array([False, True, False, False, True, True, True, False])  # 4 zero-variance
+    half = zero_variance_drop(score, zero, 0.5)  # keeps ranks 0-3: one zero-variance kept
+    assert half == {"keep": 0.5, "kept": 4, "zero_variance": 4, "dropped_by_score": 0.75, "dropped_by_random": 0.5}  # fmt: skip
+    quarter = zero_variance_drop(score, zero, 0.25)  # keeps 0.9, 0.8: one kept
+    assert quarter["dropped_by_score"] == 0.75 and quarter["dropped_by_random"] == 0.75
+    assert zero_variance_drop(score, np.zeros(8, bool), 0.5)["dropped_by_score"] is None
+
+
+def test_auroc_equals_mann_whitney() -> None:
+    assert auroc(np.array([1.0, 2, 3, 4]), np.array([False, False, True, True])) == 1.0
+    assert auroc(np.array([1.0, 1, 1, 1]), np.array([False, True, False, True])) == 0.5
+    assert auroc(np.array([1.0, 2]), np.array([True, True])) is None
+    rng = np.random.default_rng(0)
+    score = np.round(rng.normal(size=300), 1)  # ties
+    label = rng.random(300) < 0.3 + 0.2 * (score > 0)
+    u = stats.mannwhitneyu(score[label], score[~label]).statistic
+    assert auroc(score, label) == pytest.approx(u / (label.sum() * (~label).sum()), abs=1e-12)
+
+
+# --- rewards on real answers -----------------------------------------------------------------
+
+
+@needs_data
+def test_math_verify_reward_on_real_gsm8k_answers() -> None:
+    from gain_curate.rewards import math_reward
+    from gain_curate.sources import load_source
+
+    src = load_source(str(DATA / "gsm8k" / "train.jsonl"), limit=200)
+    raw = [json.loads(line)["answer"] for line in (DATA / "gsm8k" / "train.jsonl").open() if line.strip()][:200]  # fmt: skip
+    right = [math_reward(solution, gold) for solution, gold in zip(raw, src.answers)]
+    assert sum(right) == 200  # the reference solution ('... #### 72') earns its own answer
+    wrong = [
+        math_reward(solution, str(float(gold) + 1)) for solution, gold in zip(raw, src.answers)
+    ]
+    assert sum(wrong) == 0
+    assert math_reward("<think>9 * 8</think> <answer> 72 </answer>", "72") == 1.0
+    assert math_reward("The total is $72.00.", "72") == 1.0
+
+
+@needs_data
+def test_math_verify_reward_on_real_math_answers() -> None:
+    from gain_curate.rewards import math_reward
+    from gain_curate.sources import load_source
+
+    src = load_source(str(DATA / "math" / "train.json"), limit=200)  # final answers, LaTeX
+    answers = [a for a in src.answers if a]
+    assert len(answers) == 200
+    right = [math_reward(f"So the answer is $\\boxed{{{a}}}$.", a) for a in answers]
+    assert sum(right) == len(answers)
+    tagged = [math_reward(f"<think>...</think> <answer>{a}</answer>", a) for a in answers]
+    assert sum(tagged) >= 0.97 * len(answers)
+    shifted = [math_reward(f"$\\boxed{{{a}}}$", b) for a, b in zip(answers, answers[1:])]
+    same = sum(a == b for a, b in zip(answers, answers[1:]))
+    assert sum(shifted) <= same + 0.03 * len(shifted)  # another problem's answer rarely passes
+    assert math_reward("<answer>\\dfrac12</answer>", "\\frac{1}{2}") == 1.0
+
+
+def test_reward_spec_errors_are_one_line(tmp_path: Path, monkeypatch) -> None:
+    from gain_curate.errors import InputError
+    from gain_curate.rewards import load_reward
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_rewards.py").write_text("def exact(c, a):\n    return float(c.strip() == a)\n")
+    name, fn = load_reward("my_rewards:exact")
+    assert name == "my_rewards:exact" and fn(" 4 ", "4") == 1.0
+    for spec, message in (
+        (
+            "my_rewards",
+            "--reward my_rewards: expected module:function, e.g. my_rewards:exact_match",
+        ),
+        ("my_rewards:nope", "--reward my_rewards:nope: my_rewards has no function nope"),
+    ):
+        with pytest.raises(InputError) as err:
+            load_reward(spec)
+        assert str(err.value) == message
+    with pytest.raises(InputError, match=r"^--reward nosuch:f: cannot import nosuch"):
+        load_reward("nosuch:f")
+
+
+# --- generation ------------------------------------------------------------------------------
+
+
+def test_generation_is_seeded_per_batch_and_resumes(tiny_lm, tmp_path: Path) -> None:
+    prompts = [[151644, 872, 198, 100 + i] for i in range(5)]
+    s = RolloutSettings(
+        k=3, max_new_tokens=6, temperature=1.0, seed=7, batch_rows=6
+    )  # 2 prompts a batch
+    eos = [151645]
+    first = generate(
+        tiny_lm, prompts, s, pad_id=151643, eos_ids=eos, folder=tmp_path / "r", key="k"
+    )
+    assert [len(g) for g in first] == [3] * 5
+    assert all(0 < len(c) <= 6 and (len(c) == 6 or c[-1] in eos) for g in first for c in g)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [f"batch-0000{b}.json" for b in range(3)]  # fmt: skip
+    (tmp_path / "r" / "batch-00001.json").unlink()  # as if killed during the second batch
+    torch.manual_seed(123)  # the global RNG state does not matter: each batch seeds itself
+    again = generate(
+        tiny_lm, prompts, s, pad_id=151643, eos_ids=eos, folder=tmp_path / "r", key="k"
+    )
+    assert again == first
+    fresh = generate(tiny_lm, prompts, s, pad_id=151643, eos_ids=eos)  # no folder at all
+    assert fresh == first
+    other = generate(tiny_lm, prompts, RolloutSettings(k=3, max_new_tokens=6, seed=8, batch_rows=6), pad_id=151643, eos_ids=eos)  # fmt: skip
+    assert other != first
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def test_validate_rollouts_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A tiny random model answers at random: a reward on the completion's parity gives
+    mixed and zero-variance groups; every figure lands in validate.json and the table."""
+    from click.testing import CliRunner
+
+    from gain_curate.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "parity.py").write_text("def odd(completion, answer):\n    return float(len(completion) % 2)\n")  # fmt: skip
+    rows = [{"question": f"What is {i} plus {i + 3}? Think it through.", "answer": str(2 * i + 3)} for i in range(12)]  # fmt: skip
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run, val = tmp_path / "run", tmp_path / "val"
+    r = CliRunner().invoke(main, ["score", "--model", str(tiny_qwen2_dir), "--data", "d.jsonl", "--out", str(run)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    argv = ["validate", "--run", str(run), "--sample", "8", "--out", str(val), "--rollouts", "4",
+            "--max-new-tokens", "5", "--reward", "parity:odd", "--rollout-batch", "8"]  # fmt: skip
+    r = CliRunner().invoke(main, [*argv, "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output[r.output.index("{") :])
+    rl = result["rollouts"]
+    assert rl["settings"] == {"k": 4, "max_new_tokens": 5, "temperature": 1.0, "seed": 0, "batch_rows": 8}  # fmt: skip
+    assert rl["reward"] == "parity:odd" and [x["keep"] for x in rl["keep_top_by_score"]] == [0.25, 0.5, 0.75]  # fmt: skip
+    saved = json.loads((val / "validate.json").read_text())["rows"]
+    p = np.array(saved["pass_rate"])
+    assert np.all((p >= 0) & (p <= 1)) and len(p) == 8
+    assert rl["pass_rate_mean"] == pytest.approx(p.mean())
+    assert (
+        rl["spearman_gain_score_vs_pass_rate"]
+        == pytest.approx(stats.spearmanr(saved["gain_score"], p).statistic, abs=1e-12)
+        if len(set(p)) > 1
+        else rl["spearman_gain_score_vs_pass_rate"] is None
+    )
+    zero = np.array(saved["zero_variance"])
+    assert np.all(np.array(saved["grpo_grad_norm"])[zero] == 0)
+    assert np.all(np.array(saved["grpo_grad_norm"])[~zero] > 0)
+    records = [json.loads(line) for line in (val / "rollouts" / "completions.jsonl").read_text().splitlines()]  # fmt: skip
+    assert len(records) == 8 and all(len(x["completions"]) == 4 for x in records)
+    assert [np.mean(x["rewards"]) for x in records] == pytest.approx(p.tolist())
+    text = CliRunner().invoke(main, argv).output  # again: the rollouts are read back, same table
+    assert "the RL side: K = 4 rollouts" in text and "zero-variance groups" in text
+    assert (
+        json.loads((val / "validate.json").read_text())["rows"]["pass_rate"] == saved["pass_rate"]
+    )
