@@ -329,6 +329,8 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature (also of the GRPO log-probs).")  # fmt: skip
 @click.option("--reward", help="module:function (completion, answer) -> float. Default: math-verify on the final answer.")  # fmt: skip
 @click.option("--rollout-batch", type=click.IntRange(min=1), default=64, show_default=True, help="Sequences generated at once.")  # fmt: skip
+@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              help="Generation: transformers generate (CPU or GPU), or vLLM (GPU, pip install vllm).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @template_options
 def validate(**kw: Any) -> None:
@@ -360,7 +362,7 @@ def validate(**kw: Any) -> None:
             from gain_curate.rollouts import RolloutSettings
 
             rollouts = RolloutSettings(k=kw["rollouts"], max_new_tokens=kw["max_new_tokens"], temperature=kw["temperature"],
-                                       seed=kw["seed"], batch_rows=kw["rollout_batch"])  # fmt: skip
+                                       seed=kw["seed"], batch_rows=kw["rollout_batch"], engine=kw["engine"])  # fmt: skip
         with phases(quiet=kw["as_json"]) as hooks:
             result = run_validate(**settings, sample=kw["sample"], out=kw["out"], dtype=kw["dtype"], device=kw["device"],
                                   seed=kw["seed"], rollouts=rollouts, reward=kw["reward"], hooks=hooks)  # fmt: skip

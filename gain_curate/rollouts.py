@@ -42,6 +42,7 @@ class RolloutSettings:
     temperature: float = 1.0
     seed: int = 0
     batch_rows: int = 64  # sequences generated at once (prompts per batch = batch_rows // k)
+    engine: str = "hf"  # "hf": transformers generate; "vllm": vLLM on a GPU (optional)
 
 
 def group_advantages(rewards: np.ndarray) -> np.ndarray:
@@ -56,15 +57,21 @@ def generate(
     model: Any, prompts: list[list[int]], s: RolloutSettings, *, pad_id: int, eos_ids: list[int],
     folder: Path | None = None, key: str = "", on_batch: Callable[[int], None] | None = None,
 ) -> list[list[list[int]]]:  # fmt: skip
-    """K completions per prompt, as token ids through the first end-of-sequence token."""
+    """K completions per prompt, as token ids through the first end-of-sequence token.
+    `model` is a transformers model, or for engine "vllm" a `vllm.LLM`."""
     import torch
 
     per = max(1, s.batch_rows // s.k)
     batches = [list(range(a, min(a + per, len(prompts)))) for a in range(0, len(prompts), per)]
     out: list[list[list[int]]] = [[] for _ in prompts]
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if s.engine == "hf" else None
     for b, rows in enumerate(batches):
         saved = _load_batch(folder, b, key)
+        if saved is None and s.engine == "vllm":
+            saved = _vllm_batch(
+                model, [prompts[i] for i in rows], s, s.seed * 1_000_003 + b, eos_ids
+            )
+            _save_batch(folder, b, key, saved)
         if saved is None:
             torch.manual_seed(s.seed * 1_000_003 + b)
             width = max(len(prompts[i]) for i in rows)
@@ -86,6 +93,29 @@ def generate(
         if on_batch is not None:
             on_batch(len(rows))
     return out
+
+
+def _vllm_batch(llm: Any, prompts: list[list[int]], s: RolloutSettings, seed: int,
+                eos_ids: list[int]) -> list[list[int]]:  # fmt: skip
+    """One batch through vLLM: K samples per prompt from the full distribution (vLLM's
+    default top_k and top_p), seeded per batch, in the order HF generate returns them."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(
+        n=s.k, temperature=s.temperature, max_tokens=s.max_new_tokens, seed=seed
+    )
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    return [_until_eos(list(o.token_ids), eos_ids) for request in outputs for o in request.outputs]
+
+
+def load_vllm(path: str, dtype: str, seed: int) -> Any:
+    """A vLLM engine for generation beside the transformers model that takes the
+    gradients: it gets half of the GPU's memory."""
+    try:
+        from vllm import LLM
+    except ImportError:
+        raise InputError("--engine vllm needs vLLM on a CUDA machine: pip install vllm") from None
+    return LLM(model=path, dtype=dtype, seed=seed, gpu_memory_utilization=0.5)
 
 
 def _until_eos(tokens: list[int], eos_ids: list[int]) -> list[int]:
@@ -268,7 +298,15 @@ def run_rollouts(
     eos = _eos_ids(model, tok)
     key = rollout_key(settings, model_revision, prompts)
     gen_done = hooks.add("generating", len(prompts)) if hooks else None
-    completions = generate(model, prompts, settings, pad_id=pad, eos_ids=eos, folder=folder, key=key, on_batch=gen_done)  # fmt: skip
+    engine = model
+    if settings.engine == "vllm":
+        import torch
+
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        engine = load_vllm(model.name_or_path, dtype, settings.seed) if torch.cuda.is_available() else None  # fmt: skip
+        if engine is None:
+            raise InputError("--engine vllm needs a CUDA GPU; use --engine hf on this machine")
+    completions = generate(engine, prompts, settings, pad_id=pad, eos_ids=eos, folder=folder, key=key, on_batch=gen_done)  # fmt: skip
     texts = [[tok.decode(c, skip_special_tokens=True) for c in group] for group in completions]
     rewards = [np.array([score_completion(fn, name, t, a) for t in group]) for group, a in zip(texts, answers)]  # fmt: skip
     advantages = [group_advantages(r) for r in rewards]

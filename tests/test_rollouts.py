@@ -238,3 +238,34 @@ def test_validate_rollouts_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path, monk
     assert (
         json.loads((val / "validate.json").read_text())["rows"]["pass_rate"] == saved["pass_rate"]
     )
+
+
+def test_vllm_engine_calling_contract(tmp_path: Path, monkeypatch) -> None:
+    """No GPU here: a stand-in `vllm` module records what the vLLM path asks for (token-id
+    prompts, n = K, a seed per batch) and returns what vLLM returns (RequestOutput-shaped)."""
+    import sys
+    import types
+
+    calls = []
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class Engine:
+        def generate(self, prompts, params, use_tqdm=False):
+            calls.append(([p["prompt_token_ids"] for p in prompts], params.kw))
+            seed = params.kw["seed"]
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=[seed % 97, k, 2, 9])
+                                                   for k in range(params.kw["n"])]) for _ in prompts]  # fmt: skip
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=SamplingParams))
+    s = RolloutSettings(k=2, max_new_tokens=4, temperature=0.8, seed=1, batch_rows=4, engine="vllm")
+    prompts = [[5, 6], [7], [8, 9, 10]]
+    out = generate(Engine(), prompts, s, pad_id=0, eos_ids=[2], folder=tmp_path, key="k")
+    seeds = [1_000_003, 1_000_004]
+    assert calls == [([[5, 6], [7]], {"n": 2, "temperature": 0.8, "max_tokens": 4, "seed": seeds[0]}),
+                     ([[8, 9, 10]], {"n": 2, "temperature": 0.8, "max_tokens": 4, "seed": seeds[1]})]  # fmt: skip
+    assert out == [[[seeds[0] % 97, 0, 2], [seeds[0] % 97, 1, 2]]] * 2 + [[[seeds[1] % 97, 0, 2], [seeds[1] % 97, 1, 2]]]  # fmt: skip
+    assert generate(Engine(), prompts, s, pad_id=0, eos_ids=[2], folder=tmp_path, key="k") == out
+    assert len(calls) == 2  # the saved batches are reused
