@@ -258,3 +258,37 @@ def test_embedded_smollm2_loads(smollm2_dir):
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits
     assert torch.isfinite(logits).all()
+
+
+def test_model_revision_is_the_hub_commit_or_the_folder_hash(tiny_qwen2_dir, tmp_path, monkeypatch):
+    """What the manifest records: the commit of the hub snapshot the files came from (here
+    a cache laid out as huggingface_hub writes it, offline), or sha256 of a folder's files,
+    which changes when any file does."""
+    import hashlib
+    import shutil
+
+    from huggingface_hub import constants
+
+    from gain_curate.models import folder_sha256, model_revision, resolve_model
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someorg--tiny"
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert model_revision(resolve_model("someorg/tiny")) == sha
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_qwen2_dir, folder)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes())
+    cache = tmp_path / "cache"
+    first = model_revision(resolve_model(str(folder)), cache_dir=cache)
+    assert first == "sha256:" + digest.hexdigest()
+    assert folder_sha256(folder, cache) == digest.hexdigest()  # now from the cache
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    assert model_revision(resolve_model(str(folder)), cache_dir=cache) != first

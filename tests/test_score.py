@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,7 @@ def test_run_writes_ranked_verl_shards_and_manifest(tiny_qwen2_dir: Path, tmp_pa
         "duplicates": 1,
     }
     assert m["model"]["layer"] == 3 and m["model"]["chat_template_sha256"]
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", m["model"]["revision"])  # a local folder's files
     assert m["input"]["rows"] == 11 and len(m["input"]["content_hash"]) == 64
     from scipy import stats
 
