@@ -215,7 +215,7 @@ def test_validate_rollouts_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path, monk
     assert r.exit_code == 0, r.output
     result = json.loads(r.output[r.output.index("{") :])
     rl = result["rollouts"]
-    assert rl["settings"] == {"k": 4, "max_new_tokens": 5, "temperature": 1.0, "seed": 0, "batch_rows": 8}  # fmt: skip
+    assert rl["settings"] == {"k": 4, "max_new_tokens": 5, "temperature": 1.0, "seed": 0, "batch_rows": 8, "engine": "hf"}  # fmt: skip
     assert rl["reward"] == "parity:odd" and [x["keep"] for x in rl["keep_top_by_score"]] == [0.25, 0.5, 0.75]  # fmt: skip
     saved = json.loads((val / "validate.json").read_text())["rows"]
     p = np.array(saved["pass_rate"])
