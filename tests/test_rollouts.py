@@ -136,10 +136,10 @@ def test_math_verify_reward_on_real_math_answers() -> None:
     right = [math_reward(f"So the answer is $\\boxed{{{a}}}$.", a) for a in answers]
     assert sum(right) == len(answers)
     tagged = [math_reward(f"<think>...</think> <answer>{a}</answer>", a) for a in answers]
-    assert sum(tagged) >= 0.97 * len(answers)
+    assert sum(tagged) == len(answers)  # bare LaTeX in <answer> tags: (3, -1), x^4-16, [0,3)
     shifted = [math_reward(f"$\\boxed{{{a}}}$", b) for a, b in zip(answers, answers[1:])]
     same = sum(a == b for a, b in zip(answers, answers[1:]))
-    assert sum(shifted) <= same + 0.03 * len(shifted)  # another problem's answer rarely passes
+    assert sum(shifted) == same  # another problem's answer passes only when it is equal
     assert math_reward("<answer>\\dfrac12</answer>", "\\frac{1}{2}") == 1.0
 
 
