@@ -164,56 +164,38 @@ def grpo_grad_norms(
     import torch
 
     from gain_curate.prefill import right_pad
-    from gain_curate.validate import up_proj
+    from gain_curate.validate import up_proj_row_grads
 
     norms = np.zeros(len(prompts))
     todo = [i for i in range(len(prompts)) if np.any(advantages[i] != 0) and completions[i]]
     if on_group is not None:
         on_group(len(prompts) - len(todo))  # zero-variance groups: gradient exactly 0
-    model.requires_grad_(False)
-    lin = up_proj(model, layer)
-    lin.weight.requires_grad_(True)
-    grabbed: dict[str, torch.Tensor] = {}
-
-    def fwd(_m: Any, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        grabbed["x"] = args[0].detach()
-        output.register_hook(lambda g: grabbed.__setitem__("g", g.detach()))
-
-    handle = lin.register_forward_hook(fwd)
     device = next(model.parameters()).device
     base, head = model.base_model, model.get_output_embeddings()
-    try:
+    with up_proj_row_grads(model, layer) as row_grads:
         for batch in _group_batches(prompts, completions, todo, token_budget):
-            rows = [(i, c) for i in batch for c in completions[i]]
-            seqs = [prompts[i] + c for i, c in rows]
-            ids, mask = right_pad(seqs, pad_id)
+            rows = [(i, k) for i in batch for k in range(len(completions[i]))]
+            ids, mask = right_pad([prompts[i] + completions[i][k] for i, k in rows], pad_id)
             hidden = base(
                 input_ids=ids.to(device), attention_mask=mask.to(device)
             ).last_hidden_state
             # row r's completion tokens sit at [n_p, n_p + n_c); position t - 1 predicts t
-            pos = [(r, t) for r, (i, c) in enumerate(rows) for t in range(len(prompts[i]), len(prompts[i]) + len(c))]  # fmt: skip
+            pos = [(r, t) for r, (i, k) in enumerate(rows) for t in range(len(prompts[i]), len(prompts[i]) + len(completions[i][k]))]  # fmt: skip
             rr = torch.tensor([r for r, _ in pos], device=device)
             tt = torch.tensor([t for _, t in pos], device=device)
             logits = head(hidden[rr, tt - 1]).float() / temperature
             logp = torch.log_softmax(logits, dim=-1).gather(1, ids.to(device)[rr, tt][:, None])[:, 0]  # fmt: skip
+            # GRPO's token mean over the group: each token weighs -A_k / (the group's tokens)
             group_tokens = {i: sum(len(c) for c in completions[i]) for i in batch}
-            k_of = [k for i in batch for k in range(len(completions[i]))]
-            weight = torch.tensor(
-                [-advantages[i][k_of[r]] / group_tokens[i] for r, _ in pos for i in [rows[r][0]]],
-                dtype=torch.float32, device=device,
-            )  # fmt: skip
-            (weight * logp).sum().backward()
-            g, x = grabbed["g"].float(), grabbed["x"].float()
-            per_row = torch.einsum("bti,btd->bid", g, x)  # exact per-row gradients
+            weight = [
+                -advantages[rows[r][0]][rows[r][1]] / group_tokens[rows[r][0]] for r, _ in pos
+            ]
+            (torch.tensor(weight, dtype=torch.float32, device=device) * logp).sum().backward()
+            per_row = row_grads()
             for i in batch:
-                members = [r for r, (j, _) in enumerate(rows) if j == i]
-                norms[i] = per_row[members].sum(0).norm().item()
-            lin.weight.grad = None
+                norms[i] = per_row[[r for r, (j, _) in enumerate(rows) if j == i]].sum(0).norm().item()  # fmt: skip
             if on_group is not None:
                 on_group(len(batch))
-    finally:
-        handle.remove()
-        lin.weight.requires_grad_(False)
     return norms
 
 

@@ -14,7 +14,9 @@ padding, per-sample losses summed), so G_b equals a one-prompt loss.backward() e
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,13 +57,13 @@ def up_proj(model: Any, layer: int) -> Any:
     return decoder_layers(model)[layer].mlp.up_proj
 
 
-def grad_norms(
-    model: Any, examples: list[Example], layer: int, *, token_budget: int = 4096, pad_id: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example ||dL/dW_up||_F and loss L (mean CE over the solution tokens)."""
+@contextlib.contextmanager
+def up_proj_row_grads(model: Any, layer: int) -> Iterator[Callable[[], Any]]:
+    """While open, only layer `layer`'s up_proj weight takes gradients; after a backward,
+    the function it yields returns every batch row's exact gradient of that weight, (B, I,
+    d): for y = x W^T, G_b = sum_t g_bt x_bt^T, with x the inputs and g the gradients at the
+    outputs. Exact per row because rows never interact (causal attention, right padding)."""
     import torch
-
-    from gain_curate.prefill import length_sorted_batches, right_pad
 
     model.requires_grad_(False)
     lin = up_proj(model, layer)
@@ -72,10 +74,29 @@ def grad_norms(
         grabbed["x"] = args[0].detach()
         output.register_hook(lambda g: grabbed.__setitem__("g", g.detach()))
 
+    def row_grads() -> torch.Tensor:
+        lin.weight.grad = None
+        return torch.einsum("bti,btd->bid", grabbed["g"].float(), grabbed["x"].float())
+
     handle = lin.register_forward_hook(fwd)
+    try:
+        yield row_grads
+    finally:
+        handle.remove()
+        lin.weight.requires_grad_(False)
+
+
+def grad_norms(
+    model: Any, examples: list[Example], layer: int, *, token_budget: int = 4096, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example ||dL/dW_up||_F and loss L (mean CE over the solution tokens)."""
+    import torch
+
+    from gain_curate.prefill import length_sorted_batches, right_pad
+
     device = next(model.parameters()).device
     norms, losses = np.zeros(len(examples)), np.zeros(len(examples))
-    try:
+    with up_proj_row_grads(model, layer) as row_grads:
         for batch in length_sorted_batches([len(e.ids) for e in examples], token_budget):
             ids, mask = right_pad([examples[i].ids for i in batch], pad_id)
             labels = torch.full_like(ids, -100)
@@ -93,14 +114,8 @@ def grad_norms(
             counts = (labels[:, 1:] != -100).sum(1).to(device).clamp_min(1)
             per_sample = ce.sum(1) / counts
             per_sample.sum().backward()
-            g, x = grabbed["g"].float(), grabbed["x"].float()
-            per_grad = torch.einsum("bti,btd->bid", g, x)  # (B, I, d): exact per-sample gradients
-            norms[batch] = per_grad.flatten(1).norm(dim=1).cpu().numpy()
+            norms[batch] = row_grads().flatten(1).norm(dim=1).cpu().numpy()
             losses[batch] = per_sample.detach().cpu().numpy()
-            lin.weight.grad = None
-    finally:
-        handle.remove()
-        lin.weight.requires_grad_(False)
     return norms, losses
 
 
