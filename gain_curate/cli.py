@@ -334,12 +334,14 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @template_options
 def validate(**kw: Any) -> None:
-    """Check the signal on your model: gradient norm of the layer's mlp.up_proj vs score.
+    """Check the signal on your model: gradient norm of the layer's mlp.up_proj vs score,
+    and with --rollouts the RL side (pass rate, zero-variance groups, GRPO gradient).
 
     \b
     Example:
       gain-curate validate --model smollm2 --data ../shared/data/gsm8k/train.jsonl --sample 256
       gain-curate validate --run runs/gsm8k --sample 256   # the run's model, data and template
+      gain-curate validate --run runs/gsm8k --sample 64 --rollouts 8   # + pass rates, GRPO gradient
     """
     from gain_curate.validate import RUN_SETTINGS, run_settings, run_validate
 
