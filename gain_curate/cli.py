@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from gain_curate import __version__
+from gain_curate import __version__, options
 from gain_curate.errors import GainCurateError
 from gain_curate.options import (
     TEMPLATE_FLAGS,
@@ -300,12 +300,12 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
     "data",
     help="As for score; needs an answer column (the reference solution). Required without --run.",
 )
-@click.option("--split", default="train", show_default=True, help="As for score.")
-@click.option("--chat-template", type=click.Path(dir_okay=False, path_type=Path), help="As for score.")  # fmt: skip
+@options.split_option
+@options.chat_template_option
 @click.option(
     "--sample", type=click.IntRange(min=3), default=256, show_default=True, help="Prompts to check."
 )
-@click.option("--layer", type=int, help="Decoder layer (default: last), as for score.")
+@options.layer_option
 @click.option(
     "--out",
     "out",
@@ -313,17 +313,17 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
     default=Path("runs/validate"),
     show_default=True,
 )
-@click.option("--question-key", help="Question column, as for score.")
-@click.option("--answer-key", help="Reference-solution column, as for score.")
+@options.question_key_option
+@options.answer_key_option
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
     default="float32",
     show_default=True,
 )
-@click.option("--device", default="auto", show_default=True)
+@options.device_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Which prompts are sampled.")
-@click.option("--inter-weight", type=float, default=1.0, show_default=True, help="As for score.")
+@options.inter_weight_option
 @click.option("--rollouts", type=click.IntRange(min=2), help="K completions per prompt: pass rate, zero-variance groups, GRPO gradient.")  # fmt: skip
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Longest completion.")  # fmt: skip
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature (also of the GRPO log-probs).")  # fmt: skip

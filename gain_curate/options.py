@@ -92,6 +92,41 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+# Flags that score and validate share (validate checks what score ranked): one definition each.
+question_key_option = click.option(
+    "--question-key", help="Question column (dotted for nested fields). Default: detected."
+)
+answer_key_option = click.option(
+    "--answer-key", help="Answer column (dotted for nested fields). Default: detected."
+)
+split_option = click.option(
+    "--split",
+    default="train",
+    show_default=True,
+    help="Split for hub datasets and save_to_disk folders.",
+)
+chat_template_option = click.option(
+    "--chat-template",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Jinja chat template for a model that ships none.",
+)
+layer_option = click.option(
+    "--layer",
+    type=int,
+    help="Decoder layer whose MLP input is used (negative counts from the end). Default: last.",
+)
+inter_weight_option = click.option(
+    "--inter-weight",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="w in score = C_intra + w C_inter (8 reproduces the reference code).",
+)
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."
+)
+
+
 score_options = _stack(
     click.option(
         "--model",
@@ -110,35 +145,12 @@ score_options = _stack(
     click.option(
         "--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder."
     ),
-    click.option(
-        "--question-key", help="Question column (dotted for nested fields). Default: detected."
-    ),
-    click.option(
-        "--answer-key", help="Answer column (dotted for nested fields). Default: detected."
-    ),
-    click.option(
-        "--split",
-        default="train",
-        show_default=True,
-        help="Split for hub datasets and save_to_disk folders.",
-    ),
-    click.option(
-        "--chat-template",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Jinja chat template for a model that ships none.",
-    ),
-    click.option(
-        "--layer",
-        type=int,
-        help="Decoder layer whose MLP input is used (negative counts from the end). Default: last.",
-    ),
-    click.option(
-        "--inter-weight",
-        type=float,
-        default=1.0,
-        show_default=True,
-        help="w in score = C_intra + w C_inter (8 reproduces the reference code).",
-    ),
+    question_key_option,
+    answer_key_option,
+    split_option,
+    chat_template_option,
+    layer_option,
+    inter_weight_option,
     click.option(
         "--max-tokens",
         type=click.IntRange(min=1),
@@ -153,9 +165,7 @@ score_options = _stack(
         show_default=True,
         help="auto: bfloat16 on GPUs and on CPUs with bf16 matrix units (AMX, AVX512-BF16), else float32.",
     ),
-    click.option(
-        "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."
-    ),
+    device_option,
     click.option(
         "--token-budget",
         type=click.IntRange(min=1),

@@ -131,13 +131,7 @@ def plot(out: Path, path: Path) -> tuple[int, int]:
         f"{manifest['model']['name']} on {manifest['input']['source']}: {int(ok.sum()):,} scored prompts"
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        tmp.replace(path)  # a PNG appears whole or not at all
-    finally:
-        tmp.unlink(missing_ok=True)
+    store.write_png(fig, path)
     size = fig.canvas.get_width_height()
     plt.close(fig)
     return size

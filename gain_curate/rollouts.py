@@ -140,12 +140,10 @@ def _load_batch(folder: Path | None, b: int, key: str) -> list[list[int]] | None
 
 
 def _save_batch(folder: Path | None, b: int, key: str, completions: list[list[int]]) -> None:
-    if folder is None:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = _batch_file(folder, b).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "completions": completions}))
-    tmp.replace(_batch_file(folder, b))  # a batch is saved whole or not at all
+    from gain_curate.store import write_bytes_atomic
+
+    if folder is not None:  # a batch is saved whole or not at all
+        write_bytes_atomic(_batch_file(folder, b), json.dumps({"key": key, "completions": completions}).encode())  # fmt: skip
 
 
 def rollout_key(s: RolloutSettings, model_revision: str | None, prompts: list[list[int]]) -> str:

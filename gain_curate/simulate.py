@@ -118,8 +118,9 @@ def plot(plans: list[np.ndarray], history: list[dict[str, Any]], n: int, path: P
     b.set(title="where the draws fall (rank 0 = highest score)", xlabel="step", ylabel="rank position")  # fmt: skip
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    from gain_curate import store
+
+    store.write_png(fig, path)
     plt.close(fig)
 
 

@@ -332,7 +332,18 @@ PART_SCHEMA = pa.schema(
 )  # fmt: skip
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
+def write_png(fig: Any, path: Path) -> Path:
+    """A matplotlib figure as a PNG that appears whole or not at all."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """tmp + rename in the same folder (created if missing); one line on failure."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -377,7 +388,7 @@ class WorkDir:
                 f"{self.out} already holds a scored run ({MANIFEST}): pass --overwrite or choose another --out"
             )
         if overwrite or info is None:
-            _atomic_bytes(
+            write_bytes_atomic(
                 self.root / "run.json",
                 json.dumps({"config_hash": config_hash, **run}, indent=2).encode(),
             )
@@ -404,14 +415,14 @@ class WorkDir:
                 f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
             ) from None
         data = sink.getvalue().to_pybytes()
-        _atomic_bytes(path, data)
+        write_bytes_atomic(path, data)
         marker = {
             "config_hash": config_hash,
             "rows": table.num_rows,
             "sha256": hashlib.sha256(data).hexdigest(),
             "prefill": stats,
         }
-        _atomic_bytes(self.parts / f"part-{part:05d}.done", json.dumps(marker).encode())
+        write_bytes_atomic(self.parts / f"part-{part:05d}.done", json.dumps(marker).encode())
 
     def read_parts(self, n_parts: int, config_hash: str) -> tuple[pa.Table, list[dict[str, Any]]]:
         missing = [p for p in range(n_parts) if not self.done(p, config_hash)]

@@ -336,7 +336,7 @@ def _scatter(
     axes[1].set(xlabel="question tokens", ylabel="||grad up_proj||_F")
     fig.suptitle(f"{summary['model']} on {Path(summary['data']).name}: {summary['sample']} prompts")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    from gain_curate.store import write_png
+
+    write_png(fig, path)
     plt.close(fig)
