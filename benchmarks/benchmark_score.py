@@ -32,8 +32,9 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SHARED = ROOT.parent / "shared" / "data"
 
 from gain_curate.angles import naive_angle_concentration  # noqa: E402
+from gain_curate.launch import run_score  # noqa: E402
 from gain_curate.models import load_tokenizer, resolve_model  # noqa: E402
-from gain_curate.score import ScoreConfig, run_score  # noqa: E402
+from gain_curate.score import ScoreConfig  # noqa: E402
 from gain_curate.stats import spearman  # noqa: E402
 from gain_curate.template import ScoringTemplate, render  # noqa: E402
 

@@ -121,21 +121,26 @@ def score(**kw: Any) -> None:
         )  # fmt: skip
         with progress(quiet=kw["as_json"]) as hooks:
             if kw["backend"] == "ray":
-                from gain_curate.distributed import run_score_ray
+                from gain_curate.launch import run_score_ray
 
                 result = run_score_ray(
                     cfg, hooks, address=kw["ray_address"], num_gpus=kw["num_gpus"]
                 )
             else:
-                from gain_curate.distributed import run_score_local
+                from gain_curate.launch import run_score
 
-                result = run_score_local(cfg, hooks, shard=kw["shard"])
+                result = run_score(cfg, hooks, shard=kw["shard"])
     except GainCurateError as e:
         raise _fail(e) from None
-    if result is None:
-        i, n = kw["shard"]
-        click.echo(f"shard {i}/{n} done: its parts are in {kw['out'] / '.gain-curate' / 'parts'}; "
-                   f"run `gain-curate merge {kw['out']}` once every shard is done")  # fmt: skip
+    if not hasattr(result, "manifest"):  # a shard or a torchrun rank that does not merge
+        what = "shard" if result.kind == "shard" else "rank"
+        then = (f"run `gain-curate merge {result.out}` once every shard is done" if result.kind == "shard"
+                else "rank 0 merges once every rank is done")  # fmt: skip
+        if kw["as_json"]:
+            click.echo(json.dumps({"out": str(result.out), what: [result.index, result.count], "device": result.device}))  # fmt: skip
+        else:
+            click.echo(f"{what} {result.index}/{result.count} done on {result.device}: its parts are in "
+                       f"{result.out / '.gain-curate' / 'parts'}; {then}")  # fmt: skip
         return
     if kw["as_json"]:
         click.echo(json.dumps(_summary_json(result), indent=2))
@@ -349,7 +354,7 @@ def validate(**kw: Any) -> None:
     given = [p for p in ctx.command.params if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]  # fmt: skip
     try:
         if kw["run"] is not None:
-            clash = [p.opts[0] for p in given if p.name in (*RUN_SETTINGS, *TEMPLATE_FLAGS)]
+            clash = [p.opts[0] for p in given if p.name in (*RUN_SETTINGS, *TEMPLATE_FLAGS, "dtype")]
             if clash:
                 raise click.UsageError(f"--run takes the model, data and template from the run: drop {', '.join(clash)}")  # fmt: skip
             settings = run_settings(kw["run"])
@@ -366,7 +371,8 @@ def validate(**kw: Any) -> None:
             rollouts = RolloutSettings(k=kw["rollouts"], max_new_tokens=kw["max_new_tokens"], temperature=kw["temperature"],
                                        seed=kw["seed"], batch_rows=kw["rollout_batch"], engine=kw["engine"])  # fmt: skip
         with phases(quiet=kw["as_json"]) as hooks:
-            result = run_validate(**settings, sample=kw["sample"], out=kw["out"], dtype=kw["dtype"], device=kw["device"],
+            dtype = settings.pop("dtype", kw["dtype"])  # --run: the run's own dtype
+            result = run_validate(**settings, sample=kw["sample"], out=kw["out"], dtype=dtype, device=kw["device"],
                                   seed=kw["seed"], rollouts=rollouts, reward=kw["reward"], hooks=hooks)  # fmt: skip
     except GainCurateError as e:
         raise _fail(e) from None

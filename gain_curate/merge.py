@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,83 +14,83 @@ import numpy as np
 
 from gain_curate import __version__, store
 from gain_curate.angles import FORMULA
-from gain_curate.errors import OutputError
-from gain_curate.score import Hooks, Prepared, ScoreConfig, ScoreResult, config_from_dict, prepare
+from gain_curate.config import Hooks, ScoreConfig, ScoreResult
+from gain_curate.prepare import Prepared, load_prepared
 from gain_curate.stats import spearman, summary
 
 
 def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
-    """Rank every part together and write the public shards, then the manifest."""
-    cfg, src = prep.cfg, prep.src
-    parts, part_stats = store.WorkDir(cfg.out).read_parts(len(prep.parts), prep.config_hash)
-    n = src.table.num_rows
+    """Rank every part together and write the public shards, then the manifest. Reads only
+    the run's own files: the prepared rows and input, the parts and their markers."""
+    cfg, n = prep.cfg, prep.n_rows
+    keys = [prep.part_key(p) for p in range(len(prep.parts))]
+    parts, part_stats = store.WorkDir(cfg.out).read_parts(keys, prep.config_hash)
+    rows = prep.rows.to_pydict()
+    reasons: list[str | None] = list(rows["reason"])
+    ids, ps = rows["input_ids"], rows["p"]
+    values = {name: np.full(n, np.nan) for name in ("score", "c_intra", "c_inter")}
+    values["tokens_prefix"] = np.array([-1 if p is None else p for p in ps], dtype=np.int64)
+    values["tokens_question"] = np.array(
+        [-1 if p is None else len(i) - p for i, p in zip(ids, ps)], dtype=np.int64
+    )
     cols = parts.to_pydict()
-
-    def arr(name: str) -> np.ndarray:
-        out = np.empty(
-            n, dtype=np.float64 if name not in ("tokens_prefix", "tokens_question") else np.int64
-        )
-        out[np.asarray(cols["row"])] = cols[name]
-        return out
-
-    reasons: list[str | None] = [None] * n
+    at = np.asarray(cols["row"], dtype=np.int64)
+    for name in ("score", "c_intra", "c_inter"):
+        values[name][at] = np.asarray(cols[name], dtype=np.float64)
     for r, why in zip(cols["row"], cols["reason"]):
         reasons[r] = why
-    names = ("score", "c_intra", "c_inter", "tokens_prefix", "tokens_question")
-    values = {name: arr(name) for name in names}
-    for i, first in enumerate(prep.duplicate_of):  # a duplicate is what its first occurrence is
+    duplicate_of = [None if d is None else int(d) for d in rows["duplicate_of"]]
+    for i, first in enumerate(duplicate_of):  # a duplicate is what its first occurrence is
         if first is not None:
             reasons[i] = reasons[first]
             for v in values.values():
                 v[i] = v[first]
+    uids, questions, answers = rows["uid"], rows["question"], rows["answer"]
     ranked = store.RankedRows(
-        uids=prep.uids, answers=src.answers, **values, reasons=reasons,
-        order=store.rank_order(values["score"], prep.uids, prep.duplicate_of), duplicate_of=prep.duplicate_of,
+        uids=uids, answers=answers, **values, reasons=reasons,
+        order=store.rank_order(values["score"], uids, duplicate_of), duplicate_of=duplicate_of,
     )  # fmt: skip
-    trainer_prompts = [cfg.template.user_content(q) if q is not None else "" for q in src.questions]
+    trainer_prompts = [cfg.template.user_content(q) if q is not None else "" for q in questions]
+    spec = prep.spec
     table = store.build_table(
-        src.table, ranked, question_key=src.spec.question_key, answer_key=src.spec.answer_key,
-        data_source=src.spec.data_source, split=cfg.split, trainer_prompts=trainer_prompts,
+        prep.table, ranked, question_key=spec["question_key"], answer_key=spec["answer_key"],
+        data_source=spec["data_source"], split=cfg.split, trainer_prompts=trainer_prompts,
     )  # fmt: skip
     hooks.status(f"writing {cfg.out}")
     (cfg.out / store.MANIFEST).unlink(missing_ok=True)  # never a manifest beside other shards
     shards = store.write_shards(table, cfg.out, rows_per_shard=cfg.rows_per_shard)
     totals: dict[str, Any] = {
-        "kernel": prep.kernel,
-        "token_budget": part_stats[0]["token_budget"] if part_stats else None,
+        "kernel": prep.runtime.kernel,
+        "token_budget": prep.runtime.token_budget,
+        "token_budget_from": prep.runtime.budget_from,
     }
     for key in ("prompts", "tokens_run", "tokens_padded", "prompts_sharing_prefix", "oom_retries"):
         totals[key] = sum(s[key] for s in part_stats)
-    totals["shared_prefix_tokens"] = max((s["shared_prefix_tokens"] for s in part_stats), default=0)
+    totals["shared_prefix_tokens"] = len(prep.prefix_ids) if prep.prefix_ids else 0
     totals["forward_seconds"] = round(sum(s.get("seconds", 0.0) for s in part_stats), 3)
     totals["parts"] = len(prep.parts)
+    totals["batches"] = len(prep.batches)
     manifest = build_manifest(
-        cfg, prep.src.spec, prep.model_info, ranked, shards, seconds, totals, prep.config_hash
+        cfg, spec, prep.model_info, ranked, shards, seconds, totals, prep.config_hash
     )
+    manifest["runtime"] = prep.runtime.to_dict()
     store.write_manifest(cfg.out, manifest)
     return ScoreResult(cfg.out, manifest, seconds)
 
 
 def merge_run(out: Path, hooks: Hooks | None = None) -> ScoreResult:
-    """`gain-curate merge OUT`: rank-merge the parts that --shard workers wrote."""
+    """`gain-curate merge OUT`: rank-merge the parts that --shard workers wrote. Nothing is
+    resolved or read again here: the run's runtime, config hash and prepared rows come from
+    OUT/.gain-curate, so a CPU login node merges what GPU nodes scored."""
     hooks = hooks or Hooks()
     t0 = time.perf_counter()
-    info = store.WorkDir(out).run_info()
-    if info is None:
-        raise OutputError(
-            f"{out} holds no scoring work ({store.WORK_DIR}/run.json missing): run `gain-curate score --out {out}` first"
-        )
-    cfg = replace(config_from_dict(info["config"]), out=out)
-    prep = prepare(cfg, hooks)
-    if prep.config_hash != info["config_hash"]:
-        raise OutputError(f"{out}: the input or model changed since its parts were scored (config hash {info['config_hash']}, "
-                          f"now {prep.config_hash}): score again with --overwrite")  # fmt: skip
+    prep = load_prepared(out, for_merge=True)
     return merge(prep, hooks, time.perf_counter() - t0)
 
 
 def build_manifest(
     cfg: ScoreConfig,
-    spec: Any,
+    spec: dict[str, Any],
     model_info: dict[str, Any],
     rows: store.RankedRows,
     shards: list[dict[str, Any]],
@@ -107,7 +106,7 @@ def build_manifest(
         "version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_hash": config_hash_,
-        "input": asdict(spec),
+        "input": spec,
         "model": model_info,
         "signal": {
             "formula": FORMULA,

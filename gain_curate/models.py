@@ -341,3 +341,16 @@ def folder_sha256(folder: Path, cache_dir: Path) -> str:
         tmp.write_text(json.dumps({**cache, key: {"files": stamp, "sha256": value}}), encoding="utf-8")  # fmt: skip
         tmp.replace(cache_file)
     return value
+
+
+def decoder_layers(model: Any) -> Any:
+    """The decoder's ModuleList, wherever the architecture keeps it."""
+    import torch
+
+    for path in ("layers", "model.layers", "language_model.layers", "decoder.layers"):
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise ModelError(f"cannot find the decoder layers of {type(model).__name__}")

@@ -36,7 +36,7 @@ def split_across_gpus(config: Any, *, layer: int, dtype: torch.dtype, max_memory
     from accelerate import infer_auto_device_map
 
     from gain_curate.errors import ModelError
-    from gain_curate.prefill import decoder_layers
+    from gain_curate.models import decoder_layers
 
     model = truncated_meta_model(config, layer)
     layer_cls = type(decoder_layers(model)[0]).__name__

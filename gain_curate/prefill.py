@@ -18,14 +18,20 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from gain_curate.errors import ModelError
-from gain_curate.models import ModelRef, cache_kwargs, from_pretrained_kwargs, quiet_transformers
+from gain_curate.models import (
+    ModelRef,
+    cache_kwargs,
+    decoder_layers,
+    from_pretrained_kwargs,
+    quiet_transformers,
+)
 from gain_curate.reduction import reduce_rows
 from gain_curate.template import Segments
 
@@ -43,6 +49,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     captured: list[torch.Tensor]  # filled by the hook, emptied by mlp_inputs
+    prefixes: dict[tuple[int, ...], Any] = field(default_factory=dict)  # run once per process
 
 
 def resolve_layer(layer: int | None, num_layers: int) -> int:
@@ -55,16 +62,6 @@ def resolve_layer(layer: int | None, num_layers: int) -> int:
             f"--layer {layer} is out of range: the model has {num_layers} layers (0..{num_layers - 1})"
         )
     return idx
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    for path in ("layers", "model.layers", "language_model.layers", "decoder.layers"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise ModelError(f"cannot find the decoder layers of {type(model).__name__}")
 
 
 @dataclass(frozen=True)
@@ -94,8 +91,11 @@ def model_shape(ref: ModelRef, layer: int | None) -> ModelShape:
 
 
 def load_model(
-    ref: ModelRef, *, dtype: torch.dtype, device: torch.device, layer: int | None
-) -> LoadedModel:
+    ref: ModelRef, *, dtype: torch.dtype, device: torch.device, layer: int | None,
+    split: bool = False,
+) -> LoadedModel:  # fmt: skip
+    """The base model truncated after `layer` on `device`; `split` (the runtime's placement,
+    decided once) places one replica over the node's GPUs with accelerate's device map."""
     from transformers import AutoModel
 
     config = read_config(ref)
@@ -106,13 +106,10 @@ def load_model(
     if isinstance(getattr(text_config, "layer_types", None), list):
         text_config.layer_types = text_config.layer_types[: idx + 1]
     device_map = None
-    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
-        from gain_curate.placement import fits_one_gpu, node_max_memory, split_across_gpus
+    if split and device.type == "cuda":
+        from gain_curate.placement import node_max_memory, split_across_gpus
 
-        if not fits_one_gpu(config, idx, dtype):  # one replica over the node's GPUs
-            device_map = split_across_gpus(
-                config, layer=idx, dtype=dtype, max_memory=node_max_memory()
-            )
+        device_map = split_across_gpus(config, layer=idx, dtype=dtype, max_memory=node_max_memory())
     extra = {"device_map": device_map} if device_map else {}
     with quiet_transformers():
         try:
@@ -217,9 +214,21 @@ def shared_prefix(segments: list[Segments]) -> list[int] | None:
 
 
 def _new_cache(lm: LoadedModel) -> Any:
+    """A cache of plain full-length layers, whatever the model's attention pattern.
+
+    Not `DynamicCache(config=...)`: for sliding-window layers (Mistral, Gemma 2/3, ...) that
+    keeps only the last window - 1 tokens and counts its length from what it was given, so
+    a cache pre-filled with the prefix KV reports window - 1 tokens on sliding layers and p
+    on full ones. Transformers 4.56 then numbers the question tokens from layer 0's length
+    and gets the full-attention layers of hybrid models wrong (measured: Gemma 2/3 with
+    p = 156, window 16: s_Q off by 4.5 in fp32). Keeping all p prefix tokens on every layer
+    makes the cache length p everywhere; the model still applies each layer's window
+    through the mask it builds from the config (absolute positions), as in the unshared
+    run. Costs the full prefix KV on sliding layers, which the token budget counts anyway.
+    """
     from transformers import DynamicCache
 
-    return DynamicCache(config=lm.model.config)
+    return DynamicCache()
 
 
 def run_prefix(lm: LoadedModel, ids: list[int], kernel: str) -> PrefixState:
@@ -297,39 +306,143 @@ def _timed(stats: PrefillStats) -> Iterator[None]:
     stats.seconds += start.elapsed_time(end) / 1e3
 
 
-def _batches_with_retry(
-    lengths: list[int], budget: int, stats: PrefillStats, run: Callable[[list[int]], BatchSums],
-    per_row: int = 0, recover_after: int = 8,
-) -> Iterator[BatchSums]:  # fmt: skip
-    """Run length-sorted batches under the token budget. Out of memory: halve the budget and
-    re-plan everything not yet run at it (not just the failed batch, so later batches do not
-    each fail first); after `recover_after` batches in a row succeed, double it again (up to
-    the start) and re-plan, so one transient spike does not leave the run on tiny batches."""
-    start = budget
+@dataclass(frozen=True)
+class Batch:
+    """One forward batch: keys into the caller's segments, and whether its rows run only
+    their question tokens after the shared prefix (`shared`) or whole (P and Q)."""
 
-    def plan(indices: list[int]) -> list[list[int]]:
-        parts = length_sorted_batches([lengths[i] for i in indices], budget, per_row=per_row)
-        return [[indices[j] for j in part] for part in parts]
+    rows: list[int]
+    shared: bool
 
-    pending, streak = plan(list(range(len(lengths)))), 0
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Every batch of a run, made ONCE from the whole input: parts are groups of whole
+    batches, so the scores (and their bytes) never depend on how the work is split."""
+
+    prefix_ids: list[int] | None
+    batches: list[Batch]
+
+
+class RowTooLarge(Exception):
+    """One row alone does not fit the device's memory (the caller names it to the user)."""
+
+    def __init__(self, key: int, tokens: int) -> None:
+        super().__init__(f"row {key} ({tokens} tokens) does not fit even alone")
+        self.key, self.tokens = key, tokens
+
+
+def _row_tokens(seg: Segments, shared: bool, prefix_len: int) -> int:
+    return seg.q if shared and prefix_len else len(seg.input_ids)
+
+
+def _group(segments: Mapping[int, Segments], keys: list[int], shared: bool, budget: int,
+           prefix_len: int, device_type: str) -> list[Batch]:  # fmt: skip
+    lengths = [_row_tokens(segments[k], shared, prefix_len) for k in keys]
+    # On a GPU the budget is memory, and each row carries its own copy of the prefix KV:
+    # count it. On a CPU memory is plentiful and the budget tunes GEMM sizes; counting the
+    # KV there shrank default-template batches ~4x (measured on the AVX2 EPYC, 500 GSM8K
+    # prompts: 66.1 s with it, 53.4 s without).
+    per_row = prefix_len if shared and device_type == "cuda" else 0
+    groups = length_sorted_batches(lengths, budget, per_row=per_row)
+    return [Batch([keys[j] for j in g], shared) for g in groups]
+
+
+def plan_batches(segments: Mapping[int, Segments], *, token_budget: int, share_prefix: bool = True,
+                 device_type: str = "cpu") -> BatchPlan:  # fmt: skip
+    """Length-sorted batches under the token budget over ALL rows: first the rows that start
+    with the shared prefix (question tokens only), then the rest (whole)."""
+    keys = sorted(segments)
+    prefix_ids = shared_prefix([segments[k] for k in keys]) if share_prefix else None
+    p = len(prefix_ids) if prefix_ids else 0
+    shared = [k for k in keys if p and segments[k].input_ids[: segments[k].p] == prefix_ids]
+    is_shared = set(shared)
+    alone = [k for k in keys if k not in is_shared]
+    batches = _group(segments, shared, True, token_budget, p, device_type)
+    batches += _group(segments, alone, False, token_budget, p, device_type)
+    return BatchPlan(prefix_ids if shared else None, batches)
+
+
+def run_plan(lm: LoadedModel, segments: Mapping[int, Segments], prefix_ids: list[int] | None,
+             batches: list[Batch], *, token_budget: int, pad_id: int = 0, kernel: str = "torch",
+             on_batch: Callable[[int, int], None] | None = None, stats: PrefillStats | None = None,
+             recover_after: int = 8) -> Iterator[BatchSums]:  # fmt: skip
+    """Run planned batches and yield their P and Q unit-vector sums (BatchSums.indices are
+    the segments' keys). Out of memory: halve the budget and re-plan everything not yet run
+    at it (not just the failed batch, so later batches do not each fail first); after
+    `recover_after` batches in a row succeed, double it again (up to the start) and re-plan.
+    A row that does not fit even alone raises RowTooLarge."""
+    stats = stats if stats is not None else PrefillStats()
+    p = len(prefix_ids) if prefix_ids else 0
+    prefix: PrefixState | None = None
+    budget, pending, streak = token_budget, list(batches), 0
+
+    def replan(todo: list[Batch]) -> list[Batch]:
+        out = []
+        for shared in (True, False):
+            keys = [k for b in todo if b.shared == shared for k in b.rows]
+            out += _group(segments, keys, shared, budget, p, lm.device.type)
+        return out
+
     while pending:
         batch = pending.pop(0)
+        if batch.shared and prefix is None:
+            prefix = lm.prefixes.get(tuple(prefix_ids))
+            if prefix is None:  # once per loaded model: every part of this process reuses it
+                prefix = lm.prefixes[tuple(prefix_ids)] = run_prefix(lm, prefix_ids, kernel)
+                stats.tokens_run += p
+            stats.shared_prefix_tokens = p
+        oom = False
         try:
             with _timed(stats):
-                result = run(batch)
+                result = _run_shared(lm, prefix, segments, batch, pad_id, kernel, stats, on_batch) \
+                    if batch.shared else _run_alone(lm, segments, batch, pad_id, kernel, stats, on_batch)  # fmt: skip
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-            if not _is_oom(e) or len(batch) == 1:
+            if not _is_oom(e):
                 raise
+            if len(batch.rows) == 1:
+                key = batch.rows[0]
+                raise RowTooLarge(key, len(segments[key].input_ids)) from None
+            oom = True
+        if oom:  # outside the except block: the failed batch's tensors are released by now
+            torch.cuda.empty_cache()
             stats.oom_retries += 1
             budget, streak = max(1, budget // 2), 0
-            torch.cuda.empty_cache()
-            pending = plan(batch + [i for b in pending for i in b])
+            pending = replan([batch, *pending])
             continue
         yield result
         streak += 1
-        if budget < start and streak >= recover_after and pending:
-            budget, streak = min(start, budget * 2), 0
-            pending = plan([i for b in pending for i in b])
+        if budget < token_budget and streak >= recover_after and pending:
+            budget, streak = min(token_budget, budget * 2), 0
+            pending = replan(pending)
+
+
+def _run_shared(lm: LoadedModel, prefix: PrefixState, segments: Mapping[int, Segments],
+                batch: Batch, pad_id: int, kernel: str, stats: PrefillStats,
+                on_batch: Callable[[int, int], None] | None) -> BatchSums:  # fmt: skip
+    p = len(prefix.ids)
+    qs = [segments[k].input_ids[p:] for k in batch.rows]
+    lengths = [len(q) for q in qs]
+    h = _question_batch(lm, prefix, qs, pad_id)
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    s_q = reduce_rows(_packed(h, lengths), offsets, kernel).cpu()
+    _count(stats, len(qs), sum(lengths), h.shape[0] * h.shape[1], on_batch)
+    stats.prompts_sharing_prefix += len(qs)
+    return BatchSums(list(batch.rows), prefix.s_p.expand(len(qs), -1), s_q)
+
+
+def _run_alone(lm: LoadedModel, segments: Mapping[int, Segments], batch: Batch, pad_id: int,
+               kernel: str, stats: PrefillStats,
+               on_batch: Callable[[int, int], None] | None) -> BatchSums:  # fmt: skip
+    segs = [segments[k] for k in batch.rows]
+    lengths = [len(s.input_ids) for s in segs]
+    h = _full_batch(lm, [s.input_ids for s in segs], pad_id)
+    bounds = [0]
+    for s in segs:  # P then Q of each prompt, consecutive in the packed rows
+        bounds += [bounds[-1] + s.p, bounds[-1] + len(s.input_ids)]
+    sums = reduce_rows(_packed(h, lengths), torch.tensor(bounds), kernel).cpu().view(len(segs), 2, -1)  # fmt: skip
+    _count(stats, len(segs), sum(lengths), h.shape[0] * h.shape[1], on_batch)
+    return BatchSums(list(batch.rows), sums[:, 0], sums[:, 1])
 
 
 def segment_sums(
@@ -343,54 +456,13 @@ def segment_sums(
     on_batch: Callable[[int, int], None] | None = None,
     stats: PrefillStats | None = None,
 ) -> Iterator[BatchSums]:
-    """Yield the P and Q unit-vector sums of every segment, a batch at a time."""
-    stats = stats if stats is not None else PrefillStats()
-    prefix_ids = shared_prefix(segments) if share_prefix else None
-    shared = [i for i, s in enumerate(segments) if prefix_ids and s.input_ids[: s.p] == prefix_ids]
-    is_shared = set(shared)
-    alone = [i for i in range(len(segments)) if i not in is_shared]
-
-    if shared:
-        prefix = run_prefix(lm, prefix_ids, kernel)
-        stats.shared_prefix_tokens, stats.prompts_sharing_prefix = len(prefix_ids), len(shared)
-        stats.tokens_run += len(prefix_ids)
-        p = len(prefix_ids)
-
-        def run_shared(batch: list[int]) -> BatchSums:
-            qs = [segments[shared[j]].input_ids[p:] for j in batch]
-            lengths = [len(q) for q in qs]
-            h = _question_batch(lm, prefix, qs, pad_id)
-            offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
-            s_q = reduce_rows(_packed(h, lengths), offsets, kernel).cpu()
-            _count(stats, len(batch), sum(lengths), h.shape[0] * h.shape[1], on_batch)
-            return BatchSums([shared[j] for j in batch], prefix.s_p.expand(len(batch), -1), s_q)
-
-        q_lengths = [segments[i].q for i in shared]
-        # On a GPU the budget is memory, and each row carries its own copy of the prefix KV:
-        # count it. On a CPU memory is plentiful and the budget tunes GEMM sizes; counting the
-        # KV there shrank default-template batches ~4x (measured on the AVX2 EPYC, 500 GSM8K
-        # prompts: 66.1 s with it, 53.4 s without).
-        per_row = p if lm.device.type == "cuda" else 0
-        yield from _batches_with_retry(q_lengths, token_budget, stats, run_shared, per_row=per_row)
-
-    def run_alone(batch: list[int]) -> BatchSums:
-        segs = [segments[alone[j]] for j in batch]
-        lengths = [len(s.input_ids) for s in segs]
-        h = _full_batch(lm, [s.input_ids for s in segs], pad_id)
-        bounds = [0]
-        for s in segs:  # P then Q of each prompt, consecutive in the packed rows
-            bounds += [bounds[-1] + s.p, bounds[-1] + len(s.input_ids)]
-        sums = (
-            reduce_rows(_packed(h, lengths), torch.tensor(bounds), kernel)
-            .cpu()
-            .view(len(segs), 2, -1)
-        )
-        _count(stats, len(batch), sum(lengths), h.shape[0] * h.shape[1], on_batch)
-        return BatchSums([alone[j] for j in batch], sums[:, 0], sums[:, 1])
-
-    yield from _batches_with_retry(
-        [len(segments[i].input_ids) for i in alone], token_budget, stats, run_alone
-    )
+    """Plan and run: the P and Q unit-vector sums of every segment, a batch at a time
+    (indices into `segments`)."""
+    keyed = dict(enumerate(segments))
+    plan = plan_batches(keyed, token_budget=token_budget, share_prefix=share_prefix,
+                        device_type=lm.device.type)  # fmt: skip
+    yield from run_plan(lm, keyed, plan.prefix_ids, plan.batches, token_budget=token_budget,
+                        pad_id=pad_id, kernel=kernel, on_batch=on_batch, stats=stats)  # fmt: skip
 
 
 def _count(

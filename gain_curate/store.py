@@ -13,10 +13,13 @@ of one table, so the shards always concatenate.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,7 +236,8 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
         tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e} (check free space and permissions)") from None  # fmt: skip
     return path
 
 
@@ -315,7 +319,8 @@ def write_table_atomic(table: pa.Table, out: Path, rel: Path) -> Path:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
     except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e} (check free space and permissions)") from None  # fmt: skip
     return path
 
 
@@ -357,55 +362,75 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 class WorkDir:
-    """The resumable state of one run under OUT/.gain-curate."""
+    """The resumable state of one run under OUT/.gain-curate: run.json (what the run is),
+    prepared/ (prepare.py), parts/ (finished work and markers), ranks/ (who is alive)."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.root = out / WORK_DIR
         self.parts = self.root / "parts"
+        self.ranks = self.root / "ranks"
 
     def run_info(self) -> dict[str, Any] | None:
         path = self.root / "run.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
 
-    def claim(self, config_hash: str, run: dict[str, Any], *, overwrite: bool) -> None:
-        """Start or resume: same config hash resumes, another is refused without overwrite."""
+    def write_run(self, info: dict[str, Any]) -> None:
+        write_bytes_atomic(self.root / "run.json", json.dumps(info, indent=1).encode())
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One process at a time decides what OUT holds (prepares, cleans, resumes). The lock
+        file stays when --overwrite clears the rest, so waiters keep holding the same file."""
+        import fcntl
+
         if self.out.exists() and not self.out.is_dir():
-            raise OutputError(
-                f"output path {self.out} is a file, not a folder: choose another --out"
-            )
-        info = self.run_info()
-        if overwrite:
-            (self.out / MANIFEST).unlink(missing_ok=True)
-            shutil.rmtree(self.root, ignore_errors=True)
-        elif info is not None and info["config_hash"] != config_hash:
-            raise OutputError(
-                f"{self.out} holds a run made with another config (hash {info['config_hash']}, this one {config_hash}): "
-                "pass --overwrite to start over, or choose another --out"
-            )
-        elif info is None and (self.out / MANIFEST).exists():
-            raise OutputError(
-                f"{self.out} already holds a scored run ({MANIFEST}): pass --overwrite or choose another --out"
-            )
-        if overwrite or info is None:
-            write_bytes_atomic(
-                self.root / "run.json",
-                json.dumps({"config_hash": config_hash, **run}, indent=2).encode(),
-            )
+            raise OutputError(f"output path {self.out} is a file, not a folder: choose another --out")  # fmt: skip
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            f = open(self.root / "lock", "a+")  # noqa: SIM115
+        except OSError as e:
+            raise OutputError(f"cannot write {self.root}: {e.strerror or e} (check permissions)") from None  # fmt: skip
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
 
-    def done(self, part: int, config_hash: str) -> bool:
+    def clear(self) -> None:
+        """--overwrite: the manifest and all work, but not the lock file."""
+        (self.out / MANIFEST).unlink(missing_ok=True)
+        if self.root.is_dir():
+            for child in self.root.iterdir():
+                if child.name == "lock":
+                    continue
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+    def done(self, part: int, config_hash: str, part_key: str | None = None) -> bool:
         marker = self.parts / f"part-{part:05d}.done"
         if not marker.is_file():
             return False
-        m = json.loads(marker.read_text(encoding="utf-8"))
+        try:
+            m = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
         path = self.parts / f"part-{part:05d}.parquet"
         return (
-            m["config_hash"] == config_hash and path.is_file() and file_sha256(path) == m["sha256"]
+            m["config_hash"] == config_hash
+            and (part_key is None or m.get("part_key") == part_key)
+            and path.is_file()
+            and file_sha256(path) == m["sha256"]
         )
 
-    def write_part(
-        self, part: int, table: pa.Table, config_hash: str, stats: dict[str, Any]
-    ) -> None:
+    def write_part(self, part: int, table: pa.Table, config_hash: str, stats: dict[str, Any],
+                   part_key: str | None = None) -> None:  # fmt: skip
         path = self.parts / f"part-{part:05d}.parquet"
         sink = pa.BufferOutputStream()
         try:
@@ -418,14 +443,16 @@ class WorkDir:
         write_bytes_atomic(path, data)
         marker = {
             "config_hash": config_hash,
+            "part_key": part_key,
             "rows": table.num_rows,
             "sha256": hashlib.sha256(data).hexdigest(),
             "prefill": stats,
         }
         write_bytes_atomic(self.parts / f"part-{part:05d}.done", json.dumps(marker).encode())
 
-    def read_parts(self, n_parts: int, config_hash: str) -> tuple[pa.Table, list[dict[str, Any]]]:
-        missing = [p for p in range(n_parts) if not self.done(p, config_hash)]
+    def read_parts(self, part_keys: list[str], config_hash: str) -> tuple[pa.Table, list[dict[str, Any]]]:  # fmt: skip
+        n_parts = len(part_keys)
+        missing = [p for p in range(n_parts) if not self.done(p, config_hash, part_keys[p])]
         if missing:
             shown = ", ".join(str(p) for p in missing[:8]) + (" ..." if len(missing) > 8 else "")
             raise OutputError(f"{self.out}: {len(missing)} of {n_parts} parts are not finished (parts {shown}): "
@@ -436,3 +463,14 @@ class WorkDir:
             for p in range(n_parts)
         ]
         return pa.concat_tables(tables), stats
+
+    # --- who is alive: each rank's state, refreshed while it works -------------------
+    def beat(self, rank: int, state: str, **fields: Any) -> None:
+        record = {"rank": rank, "state": state, "time": time.time(), "pid": os.getpid(), **fields}
+        write_bytes_atomic(self.ranks / f"rank-{rank:05d}.json", json.dumps(record).encode())
+
+    def rank_state(self, rank: int) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.ranks / f"rank-{rank:05d}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None

@@ -142,8 +142,9 @@ LOCAL_KINDS = ("jsonl", "json", "parquet", "csv", "arrow_dir")
 
 
 def run_settings(out: Path) -> dict[str, Any]:
-    """The model, data and scoring template a scored run used, from its manifest, as
-    run_validate's keyword arguments: validate then checks the signal the run ranked by."""
+    """The model, data, scoring template and runtime dtype a scored run used, from its
+    manifest, as run_validate's keyword arguments: validate then checks the signal the run
+    ranked by, with the run's own scores (nothing is scored or resolved again)."""
     from gain_curate import store
 
     m = store.read_manifest(out)
@@ -154,7 +155,7 @@ def run_settings(out: Path) -> dict[str, Any]:
         "split": inp["split"], "question_key": inp["question_key"], "answer_key": inp["answer_key"],
         "layer": model["layer"], "inter_weight": signal["inter_weight"],
         "template": ScoringTemplate.from_dict(signal["template"]),
-        "chat_template": model.get("chat_template_file"),
+        "chat_template": model.get("chat_template_file"), "dtype": model["dtype"], "run": out,
     }  # fmt: skip
 
 
@@ -162,7 +163,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
                  answer_key: str | None = None, question_key: str | None = None, dtype: str = "float32",
                  device: str = "auto", seed: int = 0, inter_weight: float = 1.0, split: str = "train",
                  chat_template: str | None = None, rollouts: Any = None, reward: str | None = None,
-                 hooks: Any = None) -> dict[str, Any]:  # fmt: skip
+                 hooks: Any = None, run: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """The supervised-gradient check, and with `rollouts` (a RolloutSettings) the RL side:
     pass rate, learnability, zero-variance groups and the GRPO gradient (rollouts.py)."""
     import pyarrow as pa
@@ -171,6 +172,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     from transformers import AutoModelForCausalLM
 
     from gain_curate.errors import InputError
+    from gain_curate.launch import run_score
     from gain_curate.models import (
         from_pretrained_kwargs,
         load_tokenizer,
@@ -179,7 +181,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         resolve_model,
     )
     from gain_curate.prefill import model_shape
-    from gain_curate.score import ScoreConfig, run_score
+    from gain_curate.score import ScoreConfig
     from gain_curate.sources import column_values, load_source
 
     src = load_source(data, question_key=question_key, answer_key=answer_key, split=split)
@@ -195,6 +197,14 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         for i in range(src.table.num_rows)
         if src.problems[i] is None and isinstance(raw_answers[i], (str, int, float))
     ]
+    by_input = None
+    if run is not None:  # only rows the run scored (it may have used --limit)
+        from gain_curate import store
+
+        manifest = store.read_manifest(run)
+        ranked = pa.concat_tables([pq.read_table(run / s["path"]) for s in manifest["shards"]]).to_pylist()  # fmt: skip
+        by_input = {r["extra_info"]["index"]: r for r in ranked}
+        ok = [i for i in ok if i in by_input]
     if not ok:
         raise InputError(f"{data}: no row has both a question and an answer")
     rng = np.random.default_rng(seed)
@@ -215,23 +225,17 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
             json.dumps({"question": q, "answer": a}) + "\n" for q, a in zip(questions, solutions)
         )
     )
-    cfg = ScoreConfig(
-        data=str(sample_file),
-        model=model,
-        out=out / "score",
-        template=template,
-        layer=layer,
-        inter_weight=inter_weight,
-        dtype=dtype,
-        device=device,
-        chat_template=chat_template,
-        overwrite=True,
-    )
-    res = run_score(cfg)
-    table = pa.concat_tables(
-        [pq.read_table(out / "score" / s["path"]) for s in res.manifest["shards"]]
-    ).to_pylist()
-    by_row = {r["extra_info"]["index"]: r for r in table}
+    if by_input is not None:  # the run's own scores of these rows: nothing is scored again
+        by_row = {k: by_input[i] for k, i in enumerate(picked)}
+    else:
+        cfg = ScoreConfig(data=str(sample_file), model=model, out=out / "score", template=template,
+                          layer=layer, inter_weight=inter_weight, dtype=dtype, device=device,
+                          chat_template=chat_template, overwrite=True)  # fmt: skip
+        manifest = run_score(cfg).manifest
+        table = pa.concat_tables(
+            [pq.read_table(out / "score" / s["path"]) for s in manifest["shards"]]
+        ).to_pylist()
+        by_row = {r["extra_info"]["index"]: r for r in table}
 
     ref = resolve_model(model)
     tok = load_tokenizer(ref, chat_template=Path(chat_template).read_text(encoding="utf-8") if chat_template else None)  # fmt: skip
@@ -262,7 +266,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     result = {
         "model": ref.name, "data": data, "sample": len(picked), "layer": shape.layer, "seed": seed, "dtype": dtype,
         "device": dev.type, "weight": f"layers[{shape.layer}].mlp.up_proj.weight",
-        "model_revision": res.manifest["model"]["revision"], "inter_weight": inter_weight,
+        "model_revision": manifest["model"]["revision"], "inter_weight": inter_weight,
         "template": template.to_dict(),
         "loss": "mean cross-entropy of the reference solution as the assistant turn",
         **correlations(norms, score, c_intra, c_inter, q_len),

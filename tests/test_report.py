@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from gain_curate.cli import main
+from gain_curate.launch import run_score
 from gain_curate.report import difficulty, one_line
-from gain_curate.score import ScoreConfig, run_score
+from gain_curate.score import ScoreConfig
 
 
 @pytest.fixture(scope="module")

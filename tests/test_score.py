@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from gain_curate.angles import naive_angle_concentration
-from gain_curate.score import ScoreConfig, run_score
+from gain_curate.launch import run_score
+from gain_curate.score import ScoreConfig
 from gain_curate.template import ScoringTemplate
 
 QUESTIONS = [

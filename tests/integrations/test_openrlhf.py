@@ -67,7 +67,8 @@ def test_export_reads_through_openrlhf_0_11s_own_prompt_dataset(tiny_qwen2_dir: 
     from openrlhf.datasets.utils import blending_datasets
 
     from gain_curate.integrations.openrlhf import export_epoch
-    from gain_curate.score import ScoreConfig, run_score
+    from gain_curate.launch import run_score
+    from gain_curate.score import ScoreConfig
 
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(10)))  # fmt: skip

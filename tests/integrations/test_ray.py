@@ -11,8 +11,8 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="ray not installed: run `make test-integrations`")
 
-from gain_curate.distributed import run_score_ray  # noqa: E402
-from gain_curate.score import ScoreConfig, run_score  # noqa: E402
+from gain_curate.launch import run_score, run_score_ray  # noqa: E402
+from gain_curate.score import ScoreConfig  # noqa: E402
 
 
 def test_ray_two_cpu_actors_equal_local_backend(tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch) -> None:  # fmt: skip

@@ -15,8 +15,9 @@ from datasets import load_dataset  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
 from gain_curate.integrations.trl import GainGRPOTrainer, GainRepeatSampler  # noqa: E402
+from gain_curate.launch import run_score  # noqa: E402
 from gain_curate.schedule import mu_update  # noqa: E402
-from gain_curate.score import ScoreConfig, run_score  # noqa: E402
+from gain_curate.score import ScoreConfig  # noqa: E402
 
 
 def test_grpo_steps_move_mu_by_the_rule(

@@ -22,7 +22,8 @@ from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler  # noqa:
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn  # noqa: E402
 
 from gain_curate.integrations.verl import GainRLHFDataset  # noqa: E402
-from gain_curate.score import ScoreConfig, run_score  # noqa: E402
+from gain_curate.launch import run_score  # noqa: E402
+from gain_curate.score import ScoreConfig  # noqa: E402
 
 B = 8
 
