@@ -354,7 +354,9 @@ def validate(**kw: Any) -> None:
     given = [p for p in ctx.command.params if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]  # fmt: skip
     try:
         if kw["run"] is not None:
-            clash = [p.opts[0] for p in given if p.name in (*RUN_SETTINGS, *TEMPLATE_FLAGS, "dtype")]
+            clash = [
+                p.opts[0] for p in given if p.name in (*RUN_SETTINGS, *TEMPLATE_FLAGS, "dtype")
+            ]
             if clash:
                 raise click.UsageError(f"--run takes the model, data and template from the run: drop {', '.join(clash)}")  # fmt: skip
             settings = run_settings(kw["run"])

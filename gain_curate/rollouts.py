@@ -161,8 +161,8 @@ def grpo_grad_norms(
     go into a batch together, up to `token_budget` padded tokens (at least one group)."""
     import torch
 
+    from gain_curate.gradients import up_proj_row_grads
     from gain_curate.prefill import right_pad
-    from gain_curate.validate import up_proj_row_grads
 
     norms = np.zeros(len(prompts))
     todo = [i for i in range(len(prompts)) if np.any(advantages[i] != 0) and completions[i]]
