@@ -75,16 +75,20 @@ def resolve_runtime(cfg: Any, model_config: Any, layer: int, *, device: str | No
         dev = torch.device("cuda", torch.cuda.current_device())
     dtype = resolve_dtype(cfg.dtype, dev)
     kernel = resolve_kernel(cfg.kernel, dev)
+    weights = None
+    if dev.type == "cuda":  # one meta model, for the placement and the budget both
+        from gain_curate.placement import truncated_bytes
+
+        weights = truncated_bytes(model_config, layer, dtype)
     placement = "replica"
     if dev.type == "cuda" and cfg.device == "auto" and torch.cuda.device_count() > 1:
-        from gain_curate.placement import fits_one_gpu
-
-        if not fits_one_gpu(model_config, layer, dtype):
+        free, _ = torch.cuda.mem_get_info(dev)
+        if weights > 0.8 * free:  # one replica split over the node's GPUs (placement.py)
             placement = "split"
     if cfg.token_budget is not None:
         budget, source = cfg.token_budget, "--token-budget"
     else:
-        budget, source = auto_token_budget(model_config, layer, dtype, dev)
+        budget, source = auto_token_budget(model_config, layer, dtype, dev, weights=weights)
     return Runtime(
         device=dev.type, dtype=str(dtype).removeprefix("torch."), kernel=kernel,
         token_budget=budget, placement=placement, hardware=device_label(dev),
@@ -111,7 +115,8 @@ def activation_bytes_per_token(model_config: Any, layer: int, dtype: Any) -> int
     return 2 * size * (layer_peak + cache)
 
 
-def auto_token_budget(model_config: Any, layer: int, dtype: Any, device: Any) -> tuple[int, str]:
+def auto_token_budget(model_config: Any, layer: int, dtype: Any, device: Any, *,
+                      weights: int | None = None) -> tuple[int, str]:  # fmt: skip
     """Tokens per batch from the model's shapes and the device's free memory, rounded down
     to a power of two (so GPUs of one kind with slightly different free memory agree)."""
     import torch
@@ -121,7 +126,8 @@ def auto_token_budget(model_config: Any, layer: int, dtype: Any, device: Any) ->
     from gain_curate.placement import truncated_bytes
 
     free, total = torch.cuda.mem_get_info(device)
-    weights = truncated_bytes(model_config, layer, dtype)
+    if weights is None:
+        weights = truncated_bytes(model_config, layer, dtype)
     per_token = activation_bytes_per_token(model_config, layer, dtype)
     room = 0.85 * min(free, 0.95 * total) - weights
     raw = max(int(room // per_token), 1)
