@@ -82,17 +82,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/benchmark_score.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/benchmark_segment_sum.py
 
-# On a CUDA machine: the kernel tests and the exactness tests on the GPU (fp32 and bf16), the
-# kernel's bandwidth, and the score bench with random-init Qwen2.5-0.5B and -7B (published
-# shapes, the real tokenizer), every row appended to benchmarks/RESULTS.md with the GPU named.
-GPU_MODELS ?= /tmp/gain-curate-models
-gpu-check: $(STAMP)
-	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || \
-		{ echo "make gpu-check needs a CUDA GPU: torch sees none on this machine"; exit 2; }
-	$(BIN)/pytest -q tests/test_kernels.py
-	GAIN_CURATE_TEST_DEVICE=cuda $(BIN)/pytest -q tests/test_prefill.py -k "shared_prefix or bf16"
-	$(BIN)/python benchmarks/benchmark_segment_sum.py
-	test -d $(GPU_MODELS)/qwen2.5-0.5b || $(BIN)/python benchmarks/qwen25.py --arch 0.5b --out $(GPU_MODELS)/qwen2.5-0.5b
-	test -d $(GPU_MODELS)/qwen2.5-7b || $(BIN)/python benchmarks/qwen25.py --arch 7b --out $(GPU_MODELS)/qwen2.5-7b
-	$(BIN)/python benchmarks/benchmark_score.py --model $(GPU_MODELS)/qwen2.5-0.5b --dtype bfloat16
-	$(BIN)/python benchmarks/benchmark_score.py --model $(GPU_MODELS)/qwen2.5-7b --dtype bfloat16
+# On a bare GPU machine, with its own python (no venv, no install, nothing from ../shared):
+# the kernel against its torch reference, `score` on the GPU against a float64 reference
+# (plain and sliding-window models), and the speed rows of random-init Qwen2.5-0.5B and -7B
+# shapes. Writes benchmarks/gpu-check/gpu_check.{json,md}; the .md rows go into RESULTS.md.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --out benchmarks/gpu-check
