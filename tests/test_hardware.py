@@ -55,3 +55,14 @@ def test_this_machines_flags_are_read() -> None:
 def test_gpu_peaks_by_exact_model(name: str, flops: float, hbm: float) -> None:
     assert hardware.gpu_peaks(name) == (flops, hbm)
     assert hardware.gpu_peaks("NVIDIA GeForce RTX 4090") is None  # unknown: no guessed MFU
+
+
+def test_the_flags_can_be_stood_in_for(monkeypatch) -> None:
+    """GAIN_CURATE_CPU_FLAGS runs the whole suite as on the other CPU kind (AVX2-only)."""
+    monkeypatch.setenv("GAIN_CURATE_CPU_FLAGS", "avx2 fma")
+    hardware.cpu_flags.cache_clear()
+    try:
+        assert hardware.cpu_flags() == frozenset({"avx2", "fma"})
+        assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    finally:
+        hardware.cpu_flags.cache_clear()
