@@ -70,7 +70,7 @@ def test_resolve_model_revision_on_local_folder(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "spec", ["./no/such/model", "/no/such/model", "~/no-such-model", "a/b/c", "../x"]
+    "spec", ["./no/such/model", "/no/such/model", "~/no-such-model", "a/b/c", "../no-such-model-x"]
 )
 def test_resolve_model_missing_path(spec):
     with pytest.raises(ModelError) as info:
