@@ -73,7 +73,7 @@ $(V09_STAMP): pyproject.toml Makefile .ci/constraints.txt
 
 test-integrations: $(INT_STAMP) $(V09_STAMP)
 	$(INT_VENV)/bin/pytest -q tests/integrations $(PYTEST_ARGS)
-	$(V09_VENV)/bin/pytest -q tests/integrations/test_verl09.py $(PYTEST_ARGS)
+	$(V09_VENV)/bin/pytest -q tests/integrations/test_verl09.py tests/integrations/test_verl_rewards.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(INT_VENV) $(V09_VENV) runs build *.egg-info

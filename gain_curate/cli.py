@@ -118,6 +118,8 @@ def score(**kw: Any) -> None:
             token_budget=kw["token_budget"], kernel=kw["kernel"], share_prefix=not kw["no_prefix_sharing"],
             part_rows=kw["part_rows"], chat_template=str(kw["chat_template"]) if kw["chat_template"] else None,
             rows_per_shard=kw["rows_per_shard"], overwrite=kw["overwrite"],
+            data_source=kw["data_source"], train_prompt=kw["train_prompt"],
+            template_flags=options.template_flags_given(kw),
         )  # fmt: skip
         with progress(quiet=kw["as_json"]) as hooks:
             if kw["backend"] == "ray":
@@ -332,7 +334,7 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
 @click.option("--rollouts", type=click.IntRange(min=2), help="K completions per prompt: pass rate, zero-variance groups, GRPO gradient.")  # fmt: skip
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Longest completion.")  # fmt: skip
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature (also of the GRPO log-probs).")  # fmt: skip
-@click.option("--reward", help="module:function (completion, answer) -> float. Default: math-verify on the final answer.")  # fmt: skip
+@click.option("--reward", help="verl (verl's default_compute_score per row's data_source), trl:module:function (a TRL reward function), or module:function (completion, answer) -> float. Default: math-verify on the marked final answer (####, \\boxed{}, <answer>); none marked earns 0.")  # fmt: skip
 @click.option("--rollout-batch", type=click.IntRange(min=1), default=64, show_default=True, help="Sequences generated at once.")  # fmt: skip
 @click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
               help="Generation: transformers generate (CPU or GPU), or vLLM (GPU, pip install vllm).")  # fmt: skip
@@ -365,6 +367,9 @@ def validate(**kw: Any) -> None:
         else:
             settings = {k: kw[k] for k in RUN_SETTINGS if k != "template"}
             settings["template"] = template_from_flags(kw)
+            settings["template_flags"] = options.template_flags_given(
+                kw
+            )  # the rest: per data source
             settings["chat_template"] = kw["chat_template"] and str(kw["chat_template"])
         rollouts = None
         if kw["rollouts"] is not None:

@@ -44,6 +44,11 @@ class ScoreConfig:
     chat_template: str | None = None  # a Jinja file for models that ship none
     rows_per_shard: int = 50_000
     overwrite: bool = False
+    data_source: str | None = None  # verl data_source for every row; None: named from the input
+    train_prompt: str = "conversation"  # `prompt` holds the scored conversation | "question"
+    # Template fields given as flags; the others follow the data source's defaults
+    # (template.resolve_template). None: `template` exactly as given (library callers).
+    template_flags: tuple[str, ...] | None = None
 
 
 # How the work is split never changes the scores: these flags are not part of a run's identity.

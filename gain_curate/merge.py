@@ -15,7 +15,7 @@ import numpy as np
 from gain_curate import __version__, store
 from gain_curate.angles import FORMULA
 from gain_curate.config import Hooks, ScoreConfig, ScoreResult
-from gain_curate.prepare import Prepared, load_prepared
+from gain_curate.prepare import Prepared, conversation_note, load_prepared, run_conversations
 from gain_curate.stats import spearman, summary
 
 
@@ -50,11 +50,14 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
         uids=uids, answers=answers, **values, reasons=reasons,
         order=store.rank_order(values["score"], uids, duplicate_of), duplicate_of=duplicate_of,
     )  # fmt: skip
-    trainer_prompts = [cfg.template.user_content(q) if q is not None else "" for q in questions]
     spec = prep.spec
+    template, convs = run_conversations(cfg, prep.table, spec, questions)
     table = store.build_table(
         prep.table, ranked, question_key=spec["question_key"], answer_key=spec["answer_key"],
-        data_source=spec["data_source"], split=cfg.split, trainer_prompts=trainer_prompts,
+        data_source=spec["data_source"], split=cfg.split,
+        prompts=[c.trained if c is not None else None for c in convs],
+        questions=[c.question if c is not None and c.from_input else None for c in convs],
+        replace_data_source=cfg.data_source is not None,
     )  # fmt: skip
     hooks.status(f"writing {cfg.out}")
     (cfg.out / store.MANIFEST).unlink(missing_ok=True)  # never a manifest beside other shards
@@ -73,6 +76,13 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
     manifest = build_manifest(
         cfg, spec, prep.model_info, ranked, shards, seconds, totals, prep.config_hash
     )
+    manifest["signal"]["template"] = recorded_template(cfg, template, convs).to_dict()
+    manifest["signal"]["conversation"] = conversation_record(cfg, template, convs)
+    longest = max((t for t in rows["total_tokens"] if t is not None), default=0)
+    if longest and not manifest["signal"]["conversation"]["trained_differs"]:
+        # the longest rendered `prompt`, at least verl's default 512: a longer prompt is cut
+        # (verl 0.9's agent loop caps it) or overflows the padded prompt batch (0.7 has no cap)
+        manifest["trainer_flags"]["verl"].append(f"data.max_prompt_length={max(512, longest)}")
     manifest["runtime"] = prep.runtime.to_dict()
     store.write_manifest(cfg.out, manifest)
     return ScoreResult(cfg.out, manifest, seconds)
@@ -86,6 +96,39 @@ def merge_run(out: Path, hooks: Hooks | None = None) -> ScoreResult:
     t0 = time.perf_counter()
     prep = load_prepared(out, for_merge=True)
     return merge(prep, hooks, time.perf_counter() - t0)
+
+
+def recorded_template(cfg: ScoreConfig, template: Any, convs: list[Any]) -> Any:
+    """signal.template: what surrounded each question when it was scored. An input's own chat
+    scored as it is has nothing around it: an empty template named "input" (its question
+    then is the whole last user turn, which is what `validate --run` rebuilds from it)."""
+    from gain_curate.template import ScoringTemplate
+
+    if cfg.train_prompt == "conversation" and any(c is not None and c.from_input for c in convs):
+        return ScoringTemplate(system_prompt=None, few_shot=(), instruction=None, few_shot_name="input")  # fmt: skip
+    return template
+
+
+def conversation_record(cfg: ScoreConfig, template: Any, convs: list[Any]) -> dict[str, Any]:
+    """signal.conversation: whether the trainer's `prompt` is the conversation that was scored
+    (DESIGN.md 4, one conversation), how the template was chosen, and one line saying so."""
+    from gain_curate.template import TEMPLATE_FIELDS
+
+    rows = [c for c in convs if c is not None]
+    own = any(c.from_input for c in rows)
+    flags = cfg.template_flags
+    return {
+        "train_prompt": cfg.train_prompt,
+        "scored": "the input's own chat prompt" if own and cfg.train_prompt == "conversation" else "template",
+        "trained": "the input's own chat prompt" if own else ("template" if cfg.train_prompt == "conversation" else "question + instruction"),
+        "trained_differs": any(c.differs for c in rows),
+        "rows_differing": sum(c.differs for c in rows),
+        "template_from": "as given (library call)" if flags is None else
+                         {f: "flag" if f in flags else "data_source default" for f in TEMPLATE_FIELDS},
+        "question": "the last user turn's text less a trailing instruction (the template's, verl's "
+                    "GSM8K or MATH one)" if own else "the question column; the instruction is in no segment",
+        "note": conversation_note(cfg, template, convs),
+    }  # fmt: skip
 
 
 def build_manifest(

@@ -30,16 +30,29 @@ TEMPLATE_FLAGS = (
 def template_options(f: Any) -> Any:
     """The scoring conversation's options, the same on every command that renders it."""
     opts = [
-        click.option("--system-prompt", help="System prompt of the scoring conversation. Default: an R1-style reasoning prompt."),
+        click.option("--system-prompt", help="System prompt of the scoring conversation. Default: none for data sources "
+                     "verl's default reward knows (openai/gsm8k, MATH), else an R1-style reasoning prompt."),
         click.option("--system-prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Read the system prompt from a file."),
         click.option("--no-system-prompt", is_flag=True, help="No system prompt."),
-        click.option("--few-shot", default="gainrl", show_default=True, help="gainrl (one worked example), none, or a JSON file."),
-        click.option("--instruction", help="Text appended after the question, outside the question segment."),
+        click.option("--few-shot", help="gainrl (one worked example), none, or a JSON file. Default: none for "
+                     "openai/gsm8k and MATH, else gainrl."),
+        click.option("--instruction", help="Text appended after the question, outside the question segment "
+                     "('' for none). Default: verl's own for openai/gsm8k (#### n) and MATH (\\boxed{}), else none."),
     ]  # fmt: skip
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def template_flags_given(kw: dict[str, Any]) -> tuple[str, ...]:
+    """The template fields set on the command line; the others follow the data source."""
+    given = {
+        "system_prompt": kw["system_prompt"] is not None or kw["system_prompt_file"] is not None or kw["no_system_prompt"],
+        "few_shot": kw["few_shot"] is not None,
+        "instruction": kw["instruction"] is not None,
+    }  # fmt: skip
+    return tuple(k for k, v in given.items() if v)
 
 
 def template_from_flags(kw: dict[str, Any]) -> Any:
@@ -207,6 +220,19 @@ score_options = _stack(
         "--num-gpus",
         type=click.IntRange(min=0),
         help="Ray: model replicas (one GPU each); 0 = CPU actors.",
+    ),
+    click.option(
+        "--data-source",
+        help="verl data_source of every row (what verl's reward dispatches on, e.g. openai/gsm8k). "
+        "Default: the input's own column, the preset's hub id, GSM8K/MATH recognised by shape, else the file's name.",
+    ),
+    click.option(
+        "--train-prompt",
+        type=click.Choice(["conversation", "question"]),
+        default="conversation",
+        show_default=True,
+        help="conversation: `prompt` holds the scored conversation (system prompt, few-shot, question, "
+        "instruction); question: one user turn (question + instruction) while the template is scored.",
     ),
     click.option("--rows-per-shard", type=click.IntRange(min=1), default=50_000, show_default=True),
     click.option("--limit", type=click.IntRange(min=1), help="Score only the first N rows."),

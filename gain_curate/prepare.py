@@ -126,13 +126,14 @@ def prepare(cfg: ScoreConfig, runtime: Runtime, hooks: Hooks, *, workers: int = 
     from gain_curate.models import load_tokenizer, model_revision
     from gain_curate.prefill import plan_batches
     from gain_curate.sources import load_source
-    from gain_curate.template import segment_batch, template_hash
+    from gain_curate.template import conversation_segments, template_hash
 
     if cfg.out.exists() and not cfg.out.is_dir():
         raise OutputError(f"output path {cfg.out} is a file, not a folder: choose another --out")
     hooks.status(f"reading {cfg.data}")
     src = load_source(cfg.data, question_key=cfg.question_key, answer_key=cfg.answer_key,
-                      split=cfg.split, limit=cfg.limit)  # fmt: skip
+                      split=cfg.split, limit=cfg.limit, data_source=cfg.data_source)  # fmt: skip
+    hooks.status(f"data_source {src.spec.data_source}: {src.spec.data_source_from}")
     n = src.table.num_rows
     ref, _, shape = model or read_model_config(cfg)
     hooks.status(f"loading tokenizer of {ref.name}")
@@ -154,8 +155,11 @@ def prepare(cfg: ScoreConfig, runtime: Runtime, hooks: Hooks, *, workers: int = 
         raise InputError(f"no row of {where} can be scored ({counts}); check the question column "
                          f"'{src.spec.question_key}' or pass --question-key")  # fmt: skip
     todo = [i for i in range(n) if reasons[i] is None]
-    hooks.status(f"tokenizing {len(todo):,} conversations")
-    segs = segment_batch(tok, cfg.template, [src.questions[i] for i in todo])
+    template, convs = run_conversations(cfg, src.table, asdict(src.spec), src.questions)
+    hooks.status(
+        f"tokenizing {len(todo):,} conversations: {conversation_note(cfg, template, convs)}"
+    )
+    segs = conversation_segments(tok, [convs[i] for i in todo])
     tokens: dict[int, Any] = {}
     segments: dict[int, Any] = {}
     for i, s in zip(todo, segs):
@@ -183,14 +187,49 @@ def prepare(cfg: ScoreConfig, runtime: Runtime, hooks: Hooks, *, workers: int = 
     }  # fmt: skip
     uids = prompt_uids(src.questions, src.answers, src.table.column(0).to_pylist())
     spec = asdict(src.spec)
-    h = config_hash(cfg, spec["content_hash"], model_info, runtime)
+    h = config_hash(cfg, spec["content_hash"], model_info, runtime, template=template,
+                    data_source=spec["data_source"])  # fmt: skip
     rows = _rows_table(uids, src.questions, src.answers, reasons, duplicate_of, tokens)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     return Prepared(cfg, runtime, h, request_key(cfg), model_info, spec, n, segments,
                     plan.prefix_ids, plan.batches, parts, rows, src.table, pad)  # fmt: skip
 
 
-def config_hash(cfg: ScoreConfig, input_hash: str, model_info: dict[str, Any], runtime: Runtime) -> str:  # fmt: skip
+def run_conversations(cfg: ScoreConfig, table: Any, spec: dict[str, Any], questions: list[str | None]) -> tuple[Any, list[Any]]:  # fmt: skip
+    """The run's template (the data source's defaults where no flag was given) and, per input
+    row, the conversation scored and the one trained on (template.conversations). The merge
+    calls it again on the prepared input table: the same rows, the same answer."""
+    from gain_curate.sources import input_chats
+    from gain_curate.template import conversations, resolve_template
+
+    template = resolve_template(cfg.template, cfg.template_flags, spec["data_source"])
+    chats = input_chats(table, spec["question_key"])
+    if chats is not None and cfg.train_prompt == "conversation" and cfg.template_flags:
+        given = ", ".join("--" + f.replace("_", "-") for f in cfg.template_flags)
+        raise InputError(f"{given}: {spec['path'] or spec['source']} already holds the conversation the trainer "
+                         "renders (its chat `prompt`), so `score` scores that very conversation; drop "
+                         f"{given}, or pass --train-prompt question to score this template while the "
+                         "trainer sees the input's own prompt")  # fmt: skip
+    return template, conversations(template, questions, chats, train_prompt=cfg.train_prompt)
+
+
+def conversation_note(cfg: ScoreConfig, template: Any, convs: list[Any]) -> str:
+    """One line for the console, the manifest and `inspect`: what is scored, what is trained."""
+    from gain_curate.template import describe
+
+    rows = [c for c in convs if c is not None]
+    differ = sum(c.differs for c in rows)
+    own = any(c.from_input for c in rows)
+    scored = "each row's own chat `prompt`" if own and cfg.train_prompt == "conversation" else describe(template)  # fmt: skip
+    if not differ:
+        return f"{scored}; the `prompt` column holds this very conversation"
+    trained = "the input's own chat `prompt`" if own else "one user turn: the question" + (" + instruction" if template.instruction else "")  # fmt: skip
+    return (f"scored: {scored}; trained (`prompt`) on a DIFFERENT conversation in {differ:,} of "
+            f"{len(rows):,} rows: {trained} (--train-prompt {cfg.train_prompt})")  # fmt: skip
+
+
+def config_hash(cfg: ScoreConfig, input_hash: str, model_info: dict[str, Any], runtime: Runtime,
+                *, template: Any = None, data_source: str | None = None) -> str:  # fmt: skip
     """What determines the scores and their bytes: input content, model, layer, template,
     formula, and the runtime (device kind, dtype, kernel, token budget: batches are planned
     under it). Not the number of workers, ranks, shards or parts."""
@@ -198,7 +237,8 @@ def config_hash(cfg: ScoreConfig, input_hash: str, model_info: dict[str, Any], r
         "kernel": runtime.kernel, "device": runtime.device, "token_budget": runtime.token_budget,
         "dtype": runtime.dtype, "share_prefix": cfg.share_prefix, "rows_per_shard": cfg.rows_per_shard,
         "input": input_hash, "model": [model_info["path"], model_info["revision"], model_info["chat_template_sha256"]],
-        "layer": model_info["layer"], "template": cfg.template.to_dict(),
+        "layer": model_info["layer"], "template": (template or cfg.template).to_dict(),
+        "data_source": data_source, "train_prompt": cfg.train_prompt,
         "inter_weight": cfg.inter_weight, "max_tokens": cfg.max_tokens, "limit": cfg.limit,
         "question_key": cfg.question_key, "answer_key": cfg.answer_key, "split": cfg.split,
     }  # fmt: skip

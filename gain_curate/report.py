@@ -82,9 +82,17 @@ def summarize(out: Path, top: int = 5) -> dict[str, Any]:
         }
 
     diff = difficulty(table)
+    conv = manifest["signal"].get("conversation") or {}
     return {
         "out": str(out),
         "model": manifest["model"]["name"],
+        "data_source": manifest["input"].get("data_source"),
+        "data_source_from": manifest["input"].get("data_source_from"),
+        # One conversation (DESIGN.md 4): whether `prompt` is what was scored, in one line.
+        "conversation": conv.get(
+            "note", "not recorded (a run made before gain-curate recorded it)"
+        ),
+        "trained_differs": conv.get("trained_differs"),
         "rows": len(rows),
         "scored": len(scored),
         "unscored": manifest["counts"]["unscored"],

@@ -256,20 +256,22 @@ def check_settings(s: RolloutSettings) -> None:
 
 
 SIGNALS = ("gain_score", "c_intra", "c_inter", "question_tokens")
+TRUNCATED_WARN = 0.2  # above this share of cut-off completions, the pass rates say little
 TARGETS = ("pass_rate", "learnability", "grpo_grad_norm")
 
 
 def run_rollouts(
     model: Any, tok: Any, chats: list[list[dict[str, Any]]], answers: list[str], *,
     settings: RolloutSettings, reward: str | None, layer: int, folder: Path,
-    model_revision: str | None, hooks: Any = None,
+    model_revision: str | None, hooks: Any = None, rows: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Sample, reward and take the GRPO gradient for every prompt; per-prompt arrays plus
-    the completions (text and reward) for OUT/rollouts/completions.jsonl."""
-    from gain_curate.rewards import load_reward, score_completion
+    the completions (text, reward, cut off or not) for OUT/rollouts/completions.jsonl.
+    `rows`: what a trainer's reward sees of each prompt's row (rewards.Group.row)."""
+    from gain_curate.rewards import Group, load_reward, score_group
 
     check_settings(settings)
-    name, fn = load_reward(reward)
+    rw = load_reward(reward)
     prompts = [
         tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
         for c in chats
@@ -288,26 +290,30 @@ def run_rollouts(
             raise InputError("--engine vllm needs a CUDA GPU; use --engine hf on this machine")
     completions = generate(engine, prompts, settings, pad_id=pad, eos_ids=eos, folder=folder, key=key, on_batch=gen_done)  # fmt: skip
     texts = [[tok.decode(c, skip_special_tokens=True) for c in group] for group in completions]
-    rewards = [np.array([score_completion(fn, name, t, a) for t in group]) for group, a in zip(texts, answers)]  # fmt: skip
+    # cut off: ran the whole --max-new-tokens without ending its turn
+    cut = [[len(c) >= settings.max_new_tokens and c[-1] not in eos for c in group] for group in completions]  # fmt: skip
+    rows = rows or [{"reward_model": {"ground_truth": a}} for a in answers]
+    rewards, nones = [], 0
+    for chat, group, ids, a, row in zip(chats, texts, completions, answers, rows):
+        values, n = score_group(rw, Group(chat, group, ids, a, row))
+        rewards.append(np.array(values))
+        nones += n
     advantages = [group_advantages(r) for r in rewards]
     grad_done = hooks.add("GRPO gradients", len(prompts)) if hooks else None
     norms = grpo_grad_norms(model, prompts, completions, advantages, layer, temperature=settings.temperature,
                             pad_id=pad, on_group=grad_done)  # fmt: skip
     p = np.array([r.mean() for r in rewards])
-    records = [{"prompt": c, "answer": a, "completions": t, "rewards": r.tolist()}
-               for c, a, t, r in zip(chats, answers, texts, rewards)]  # fmt: skip
+    records = [{"prompt": c, "answer": a, "completions": t, "rewards": r.tolist(), "truncated": x}
+               for c, a, t, r, x in zip(chats, answers, texts, rewards, cut)]  # fmt: skip
     return {
-        "reward": name,
+        "reward": rw.name,
         "pass_rate": p,
         "learnability": p * (1 - p),
         "zero_variance": np.array([bool(np.all(r == r[0])) for r in rewards]),
         "mean_length": np.array([np.mean([len(c) for c in group]) for group in completions]),
-        "truncated": np.array(
-            [
-                np.mean([len(c) == settings.max_new_tokens and c[-1] not in eos for c in group])
-                for group in completions
-            ]
-        ),  # fmt: skip
+        "truncated": np.array([np.mean(x) for x in cut]),  # per prompt: the share cut off
+        "none_rewards": nones,
+        "max_new_tokens": settings.max_new_tokens,
         "grpo_grad_norm": norms,
         "records": records,
     }
@@ -346,7 +352,23 @@ def rollout_statistics(signals: dict[str, np.ndarray], rl: dict[str, Any]) -> di
         "all_wrong": int(np.sum(zv & (rl["pass_rate"] != 1))),
         "mean_completion_tokens": float(np.mean(rl["mean_length"])),
         "truncated_share": float(np.mean(rl["truncated"])),
+        "none_rewards": int(rl.get("none_rewards", 0)),
+        "warnings": rollout_warnings(rl),
         **corr,
         "keep_top_by_score": [zero_variance_drop(score, zv, x) for x in (0.25, 0.5, 0.75)],
         "auroc_score_predicts_zero_variance": auroc(score, zv),
     }
+
+
+def rollout_warnings(rl: dict[str, Any]) -> list[str]:
+    """One line each: too many completions cut off; rewards that were None."""
+    out = []
+    share = float(np.mean(rl["truncated"]))
+    if share > TRUNCATED_WARN:
+        out.append(f"{100 * share:.0f}% of the completions were cut off at --max-new-tokens {rl['max_new_tokens']} "
+                   "before they ended, so the pass rates measure the length limit as much as the model; "
+                   "raise --max-new-tokens")  # fmt: skip
+    if rl.get("none_rewards"):
+        out.append(f"--reward {rl['reward']} returned None for {rl['none_rewards']} completions; "
+                   "they were scored 0 (TRL's weighted nansum counts a None as 0)")  # fmt: skip
+    return out

@@ -8,6 +8,11 @@ manifest needs. Bad input raises a one-line `InputError`.
 
     src = load_source("../shared/data/verl/gsm8k_train.parquet", limit=100)
     src.questions[0], src.answers[0], src.spec.question_key   # ..., "72", "prompt"
+
+data_source (what verl's reward router dispatches on) is `data_source=` (--data-source) when
+given, else the input's own data_source column, the preset's or hub dataset's id, a known
+dataset recognised by its shape (GSM8K, MATH: the names verl's default reward knows), else
+the file's name; `InputSpec.data_source_from` says which.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import importlib
 import importlib.util
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +62,9 @@ class InputSpec:
     content_hash: str  # sha256 of the file bytes, or of the table's Arrow IPC stream
     rows: int  # after --limit
     rows_total: int  # before --limit
-    data_source: str  # default verl data_source for rows lacking one
+    data_source: str  # the verl data_source written for rows lacking one (all rows: --data-source)
     is_verl_schema: bool
+    data_source_from: str = ""  # how data_source was chosen, in words
 
 
 @dataclass
@@ -76,8 +83,10 @@ def load_source(
     answer_key: str | None = None,
     split: str = "train",
     limit: int | None = None,
+    data_source: str | None = None,
 ) -> SourceData:
-    """Read `data` (path, preset or hub id) and pick its question and answer columns."""
+    """Read `data` (path, preset or hub id), pick its question and answer columns and name
+    its data_source (`data_source` when given)."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
     raw = _read(data, split)
@@ -116,12 +125,49 @@ def load_source(
         answers = [_last_boxed(a) if a is not None else None for a in answers]
     elif (numbers := _gsm8k_numbers(answers)) is not None:
         answers, extraction = numbers, "gsm8k_hashes"
+    elif not is_verl and (boxed := _boxed_answers(answers)) is not None:
+        answers, extraction = boxed, "last_boxed"  # solutions: the reward compares the final answer
 
+    name, how = _data_source(data_source, raw, table, q_key, extraction)
     spec = InputSpec(
         data, raw.kind, raw.path, raw.hub_id, raw.revision, split, q_key, a_key, extraction,
-        raw.content_hash, table.num_rows, rows_total, raw.data_source, is_verl,
+        raw.content_hash, table.num_rows, rows_total, name, is_verl, how,
     )  # fmt: skip
     return SourceData(table, list(questions), answers, problems, spec)
+
+
+GSM8K_SOURCE = "openai/gsm8k"
+MATH_SOURCE = "DigitalLearningGmbH/MATH-lighteval"
+MATH_COLUMNS = ("level", "type")
+
+
+def _data_source(flag: str | None, raw: _Raw, table: pa.Table, q_key: str, extraction: str | None) -> tuple[str, str]:  # fmt: skip
+    """(data_source, how it was chosen): the flag; the input's own column; the preset's or
+    hub dataset's id; GSM8K or MATH recognised by their shape; else the file's name."""
+    if flag is not None:
+        if not flag.strip():
+            raise InputError("--data-source is empty: give the name your trainer's reward dispatches on, e.g. openai/gsm8k")  # fmt: skip
+        return flag, "--data-source"
+    if "data_source" in table.column_names:
+        names = Counter(
+            v for v in table.column("data_source").to_pylist() if isinstance(v, str) and v
+        )
+        if names:
+            (top, _), n = names.most_common(1)[0], len(names)
+            return top, "the input's data_source column" + (f" ({n} names; rows without one get {top})" if n > 1 else "")  # fmt: skip
+    if raw.kind == "preset":
+        if raw.preset is PRESETS["champ"]:
+            return raw.data_source, "the champ preset (free-form answers: verl has no default reward for them)"  # fmt: skip
+        return raw.data_source, "the preset's hub id"
+    if raw.kind == "hub":
+        return raw.data_source, "the hub dataset's id"
+    if extraction == "gsm8k_hashes":
+        return GSM8K_SOURCE, "recognised as GSM8K: every answer ends in `#### <number>`"
+    if extraction == "last_boxed":
+        return MATH_SOURCE, "recognised as MATH: every answer holds a \\boxed{} final answer"
+    if q_key == "problem" and any(c in table.column_names for c in MATH_COLUMNS):
+        return MATH_SOURCE, f"recognised as MATH: a problem column and {'/'.join(c for c in MATH_COLUMNS if c in table.column_names)}"  # fmt: skip
+    return raw.data_source, "the file's name (no dataset verl's default reward knows was recognised; --data-source sets it)"  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -134,7 +180,7 @@ class _Preset:
     extraction: str | None  # "last_boxed" reduces a solution to its final \boxed{...}
 
 
-_MATH_HUB = "DigitalLearningGmbH/MATH-lighteval"
+_MATH_HUB = MATH_SOURCE
 PRESETS = {
     "gsm8k": _Preset("openai/gsm8k", "main", "740312add88f781978c0658806c59bc2815b9866",
                      "question", "answer", None),
@@ -422,11 +468,35 @@ def _question(value: Any) -> tuple[str | None, str | None]:
 
 
 def _gsm8k_numbers(answers: list[str | None]) -> list[str | None] | None:
-    """'... #### 1,234' -> '1234', or None unless EVERY present answer ends that way."""
+    """'... #### 1,234' -> '1234' (verl's GSM8K ground truth: no commas, no plus sign), or
+    None unless EVERY present answer ends that way."""
     found = [(a, _GSM8K_ANSWER.search(a) if a is not None else None) for a in answers]
     if all(a is None for a, _ in found) or any(a is not None and m is None for a, m in found):
         return None
-    return [m.group(1).replace(",", "") if m else None for _, m in found]
+    return [m.group(1).replace(",", "").lstrip("+") if m else None for _, m in found]  # as verl's
+
+
+def _boxed_answers(answers: list[str | None]) -> list[str | None] | None:
+    """Each answer's last \\boxed{...}, or None unless EVERY present answer has one."""
+    found = [a for a in answers if a is not None]
+    if not found or not all("\\boxed" in a for a in found):
+        return None
+    return [_last_boxed(a) if a is not None else None for a in answers]
+
+
+def input_chats(table: pa.Table, question_key: str) -> list[Any] | None:
+    """Per row, the conversation the input already holds for the trainer: its chat `prompt`
+    column, else a chat question column; None when it holds none (rows: None where missing)."""
+    if "prompt" in table.column_names and _is_chat_type(table.schema.field("prompt").type):
+        return table.column("prompt").to_pylist()
+    values = column_values(table, question_key)
+    if any(isinstance(v, list) for v in values):
+        return [v if isinstance(v, list) else None for v in values]
+    return None
+
+
+def _is_chat_type(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) and pa.types.is_struct(t.value_type)
 
 
 def _last_boxed(text: str) -> str | None:

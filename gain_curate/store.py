@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gain_curate.errors import OutputError
@@ -98,9 +99,17 @@ def build_table(
     answer_key: str | None,
     data_source: str,
     split: str,
-    trainer_prompts: list[str],
+    prompts: list[list[dict[str, Any]] | None],
+    questions: list[str | None] | None = None,
+    replace_data_source: bool = False,
 ) -> pa.Table:
-    """Input table + scores -> the output table in rank order, with its explicit schema."""
+    """Input table + scores -> the output table in rank order, with its explicit schema.
+
+    Per input row, `prompts` is the conversation the trainer renders (template.conversations;
+    None: no question, one empty user turn); an input's own chat `prompt` column is kept as
+    it is. `questions`: the question text found in an input's own chat, written to
+    extra_info.question where the input has none (what online measurement looks for).
+    data_source: the input's own column (nulls filled) unless `replace_data_source`."""
     order = pa.array(rows.order)
     n = len(rows.uids)
     rank_of = np.empty(n, dtype=np.int64)
@@ -109,13 +118,16 @@ def build_table(
     names = set(table.column_names)
 
     cols: dict[str, pa.Array | pa.ChunkedArray] = {}
-    cols["data_source"] = (
-        taken["data_source"] if "data_source" in names else pa.array([data_source] * n, pa.string())
-    )
+    if "data_source" in names and not replace_data_source:
+        own = pc.cast(taken["data_source"], pa.string())
+        cols["data_source"] = pc.fill_null(own, pa.scalar(data_source, pa.string()))
+    else:
+        cols["data_source"] = pa.array([data_source] * n, pa.string())
     if "prompt" in names and _is_chat(table.schema.field("prompt").type):
         cols["prompt"] = taken["prompt"]
     else:
-        msgs = [[{"content": trainer_prompts[i], "role": "user"}] for i in rows.order]
+        empty = [{"content": "", "role": "user"}]
+        msgs = [[{"content": m.get("content"), "role": m.get("role")} for m in (prompts[i] or empty)] for i in rows.order]  # fmt: skip
         cols["prompt"] = pa.array(msgs, PROMPT_TYPE)
     cols["ability"] = (
         taken["ability"] if "ability" in names else pa.array(["math"] * n, pa.string())
@@ -142,6 +154,8 @@ def build_table(
             extra.setdefault("question" if name == top else "answer", taken[name])
         elif name in VERL_RESERVED:
             extra[f"input_{name}"] = taken[name]
+    if questions is not None and any(q is not None for q in questions):
+        extra.setdefault("question", pa.array([questions[i] for i in rows.order], pa.string()))
     extra["index"] = pa.array(rows.order, pa.int64())
     extra.setdefault("split", pa.array([split] * n, pa.string()))
     extra["gain_uid"] = pa.array([rows.uids[i] for i in rows.order], pa.string())

@@ -9,13 +9,16 @@ Segments come from character offsets, never hard-coded token counts:
     Q = the tokens whose character span overlaps the question text,
     the rest (instruction, end of turn, generation prompt) is in no segment.
 Causal attention means tokens after Q never influence P or Q, so they are never run.
+
+One conversation (DESIGN.md 4): by default the conversation scored is the one the trainer
+renders from the output's `prompt` column. `conversations()` decides both, per row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,24 @@ GAINRL_FEW_SHOT: tuple[tuple[str, str], ...] = (
 )
 
 
+# verl's own preprocessing (examples/data_preprocess/gsm8k.py, math_dataset.py): one user
+# turn, the question, ONE SPACE, then this instruction. verl's default rewards read exactly
+# these formats: gsm8k.compute_score the last `#### <number>` (strict), math_reward the
+# last \boxed{...}.
+GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+BOXED_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
+VERL_SEPARATOR = " "
+# verl's default_compute_score (0.7.1 and 0.9.1) dispatches on these exact data_source names.
+REWARD_INSTRUCTIONS = {
+    "openai/gsm8k": GSM8K_INSTRUCTION,
+    "lighteval/MATH": BOXED_INSTRUCTION,
+    "DigitalLearningGmbH/MATH-lighteval": BOXED_INSTRUCTION,
+    "HuggingFaceH4/MATH-500": BOXED_INSTRUCTION,
+}
+TEMPLATE_FIELDS = ("system_prompt", "few_shot", "instruction")
+TRAIN_PROMPTS = ("conversation", "question")
+
+
 @dataclass(frozen=True)
 class ScoringTemplate:
     """What surrounds each question in the scoring pass; recorded in the manifest."""
@@ -48,9 +69,10 @@ class ScoringTemplate:
     few_shot: tuple[tuple[str, str], ...] = GAINRL_FEW_SHOT
     instruction: str | None = None
     few_shot_name: str = field(default="gainrl", compare=False)
+    separator: str = "\n\n"  # between the question and the instruction (verl's own: " ")
 
     def user_content(self, question: str) -> str:
-        return question + ("\n\n" + self.instruction if self.instruction else "")
+        return question + (self.separator + self.instruction if self.instruction else "")
 
     def messages(self, question: str) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -67,15 +89,105 @@ class ScoringTemplate:
     def from_dict(cls, d: dict[str, Any]) -> ScoringTemplate:
         """The inverse of to_dict (a manifest's signal.template, a run's config)."""
         return cls(system_prompt=d["system_prompt"], few_shot=tuple(tuple(x) for x in d["few_shot"]),
-                   instruction=d["instruction"], few_shot_name=d["few_shot_name"])  # fmt: skip
+                   instruction=d["instruction"], few_shot_name=d["few_shot_name"],
+                   separator=d.get("separator", "\n\n"))  # fmt: skip
+
+
+def data_source_template(data_source: str | None) -> ScoringTemplate:
+    """The default conversation for a data_source. Where verl's default reward knows the name,
+    verl's own preprocessing: no system prompt (the chat template's own default, if any), no
+    few-shot, the question, a space and the instruction that asks for the reward's format
+    (`#### n`, `\\boxed{}`); the R1-style <answer> default would earn 0 there. Else the
+    R1-style system prompt and one worked example (for a reward that reads <answer>)."""
+    instruction = REWARD_INSTRUCTIONS.get(data_source or "")
+    if instruction is None:
+        return ScoringTemplate()
+    return ScoringTemplate(system_prompt=None, few_shot=(), instruction=instruction,
+                           few_shot_name="none", separator=VERL_SEPARATOR)  # fmt: skip
+
+
+def resolve_template(template: ScoringTemplate, flags: Any, data_source: str | None) -> ScoringTemplate:  # fmt: skip
+    """The template a run scores with. `flags` None: `template` as given (library callers);
+    else the fields named in `flags` (set on the command line) as given and the others from
+    the data source's defaults. An explicit instruction keeps its own separator."""
+    if flags is None:
+        return template
+    d = data_source_template(data_source)
+    own = set(flags)
+    return replace(
+        d,
+        system_prompt=template.system_prompt if "system_prompt" in own else d.system_prompt,
+        few_shot=template.few_shot if "few_shot" in own else d.few_shot,
+        few_shot_name=template.few_shot_name if "few_shot" in own else d.few_shot_name,
+        instruction=template.instruction if "instruction" in own else d.instruction,
+        separator=template.separator if "instruction" in own else d.separator,
+    )
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One row: the messages scored, the question text inside their last user turn, and the
+    messages the trainer renders from the output's `prompt` column."""
+
+    scored: list[dict[str, Any]]
+    question: str
+    trained: list[dict[str, Any]]
+    from_input: bool = False  # `trained` is the input's own chat
+
+    @property
+    def differs(self) -> bool:
+        turns = [
+            [(m.get("role"), m.get("content")) for m in c] for c in (self.scored, self.trained)
+        ]
+        return turns[0] != turns[1]
+
+
+def conversations(template: ScoringTemplate, questions: list[str | None], chats: list[Any] | None,
+                  *, train_prompt: str = "conversation") -> list[Conversation | None]:  # fmt: skip
+    """Per row, what is scored and what the trainer sees; None where there is no question.
+
+    A row that comes with its own chat (`chats[i]`: the input's `prompt` column, or a chat
+    question column) trains on that chat as it is. "conversation" (the default) scores that
+    very chat; its question is the last user turn's text less a trailing instruction the run
+    knows (the template's, verl's GSM8K and MATH ones), so the instruction is in no segment,
+    as for any other input. "question" scores the template around that question instead.
+    A row without a chat: "conversation" scores and trains on template.messages(question);
+    "question" scores that and trains on one user turn, the question plus the instruction
+    (the paper's split: its scoring template, a bare training prompt)."""
+    if train_prompt not in TRAIN_PROMPTS:
+        raise InputError(f"--train-prompt {train_prompt!r}: use one of {', '.join(TRAIN_PROMPTS)}")
+    known = [i for i in (template.instruction, GSM8K_INSTRUCTION, BOXED_INSTRUCTION) if i]
+    out: list[Conversation | None] = []
+    for i, q in enumerate(questions):
+        chat = chats[i] if chats is not None else None
+        if q is None:
+            out.append(None)
+        elif isinstance(chat, list) and chat:
+            q = split_instruction(q, known)
+            scored = chat if train_prompt == "conversation" else template.messages(q)
+            out.append(Conversation(scored, q, chat, from_input=True))
+        else:
+            scored = template.messages(q)
+            trained = scored if train_prompt == "conversation" else [{"role": "user", "content": template.user_content(q)}]  # fmt: skip
+            out.append(Conversation(scored, q, trained))
+    return out
+
+
+def split_instruction(text: str, instructions: list[str]) -> str:
+    """`text` less a trailing instruction (and the whitespace before it), if it ends with one."""
+    for instruction in instructions:
+        if text.endswith(instruction) and (question := text[: -len(instruction)].rstrip()):
+            return question
+    return text
 
 
 def template_from_options(
     *, system_prompt: str | None = None, system_prompt_file: str | Path | None = None,
-    no_system_prompt: bool = False, few_shot: str = "gainrl", instruction: str | None = None,
+    no_system_prompt: bool = False, few_shot: str | None = None, instruction: str | None = None,
 ) -> ScoringTemplate:  # fmt: skip
     """The one constructor behind every command's template flags: the system prompt is
-    --system-prompt, else the file, else the default; --no-system-prompt drops it."""
+    --system-prompt, else the file, else the default; --no-system-prompt drops it; an empty
+    --instruction is none."""
     system = DEFAULT_SYSTEM_PROMPT
     if system_prompt_file is not None:
         try:
@@ -84,9 +196,9 @@ def template_from_options(
             raise InputError(f"--system-prompt-file {system_prompt_file}: {getattr(e, 'strerror', None) or e}") from None  # fmt: skip
     if system_prompt is not None:
         system = system_prompt
-    name, pairs = load_few_shot(few_shot)
+    name, pairs = load_few_shot(few_shot or "gainrl")
     return ScoringTemplate(system_prompt=None if no_system_prompt else system, few_shot=pairs,
-                           instruction=instruction, few_shot_name=name)  # fmt: skip
+                           instruction=instruction or None, few_shot_name=name)  # fmt: skip
 
 
 def load_few_shot(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -204,6 +316,26 @@ def segment_batch(
 ) -> list[Segments | None]:
     """Tokenize each scoring conversation and cut it into P and Q; None where Q is not found."""
     return token_segments(tokenizer, [render(tokenizer, template, q) for q in questions])
+
+
+def conversation_segments(tokenizer: Any, convs: list[Conversation]) -> list[Segments | None]:
+    """Each row's scored conversation tokenized and cut into P and Q (None: Q not found)."""
+    return token_segments(tokenizer, [render_chat(tokenizer, c.scored, c.question) for c in convs])
+
+
+def describe(template: ScoringTemplate) -> str:
+    """One line: what surrounds the question, e.g. `no system prompt, no few-shot, question +
+    instruction "Let's think step by step and output the final answer after "####"."`."""
+    if template.system_prompt is None:
+        system = "no system prompt (the chat template's default, if any)"
+    else:
+        system = "the R1-style system prompt" if template.system_prompt == DEFAULT_SYSTEM_PROMPT else "a system prompt"  # fmt: skip
+    n = len(template.few_shot)
+    shots = f"{n} few-shot example{'s' if n != 1 else ''} ({template.few_shot_name})" if n else "no few-shot"  # fmt: skip
+    tail = (
+        f'question + instruction "{template.instruction}"' if template.instruction else "question"
+    )
+    return f"{system}, {shots}, {tail}"
 
 
 def template_hash(tokenizer: Any) -> str:

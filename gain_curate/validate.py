@@ -127,7 +127,8 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
                  answer_key: str | None = None, question_key: str | None = None, dtype: str = "float32",
                  device: str = "auto", seed: int = 0, inter_weight: float = 1.0, split: str = "train",
                  chat_template: str | None = None, rollouts: Any = None, reward: str | None = None,
-                 hooks: Any = None, run: Path | None = None) -> dict[str, Any]:  # fmt: skip
+                 hooks: Any = None, run: Path | None = None,
+                 template_flags: tuple[str, ...] | None = None) -> dict[str, Any]:  # fmt: skip
     """The supervised-gradient check, and with `rollouts` (a RolloutSettings) the RL side:
     pass rate, learnability, zero-variance groups and the GRPO gradient (rollouts.py)."""
     import pyarrow as pa
@@ -176,11 +177,13 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     questions = [src.questions[i] for i in picked]
     solutions = [str(raw_answers[i]) for i in picked]
     if rollouts is not None:  # fail on a bad --reward before any model runs
-        from gain_curate.rewards import load_reward
+        from gain_curate.rewards import check_reward
         from gain_curate.rollouts import check_settings
 
         check_settings(rollouts)
-        load_reward(reward)
+        golds = [src.answers[i] if src.answers[i] is not None else solutions[k] for k, i in enumerate(picked)]  # fmt: skip
+        reward_rows = _reward_rows(src, picked, golds, by_input)
+        check_reward(reward, reward_rows, golds)
 
     out.mkdir(parents=True, exist_ok=True)
     sample_file = out / "sample.jsonl"
@@ -194,8 +197,11 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     else:
         cfg = ScoreConfig(data=str(sample_file), model=model, out=out / "score", template=template,
                           layer=layer, inter_weight=inter_weight, dtype=dtype, device=device,
-                          chat_template=chat_template, overwrite=True)  # fmt: skip
+                          chat_template=chat_template, overwrite=True, template_flags=template_flags,
+                          data_source=src.spec.data_source)  # fmt: skip
         manifest = run_score(cfg).manifest
+        # the conversation it scored (flags given, the rest per data source, as `score`)
+        template = ScoringTemplate.from_dict(manifest["signal"]["template"])
         table = pa.concat_tables(
             [pq.read_table(out / "score" / s["path"]) for s in manifest["shards"]]
         ).to_pylist()
@@ -243,15 +249,19 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         raw_q = column_values(src.table, src.spec.question_key)
         chats = [raw_q[i] if isinstance(raw_q[i], list) else [{"role": "user", "content": template.user_content(q)}]
                  for i, q in zip(picked, questions)]  # fmt: skip
-        golds = [src.answers[i] if src.answers[i] is not None else solutions[k] for k, i in enumerate(picked)]  # fmt: skip
+        # the rest of each row as the trainer's reward gets it (TRL passes every column)
+        reward_rows = [{**{c: v for c, v in by_row[k].items() if c != "prompt"}, **reward_rows[k]} for k in range(len(picked))]  # fmt: skip
         rl = run_rollouts(lm, tok, chats, golds, settings=rollouts, reward=reward, layer=shape.layer,
-                          folder=out / "rollouts", model_revision=result["model_revision"], hooks=hooks)  # fmt: skip
+                          folder=out / "rollouts", model_revision=result["model_revision"], hooks=hooks,
+                          rows=reward_rows)  # fmt: skip
         signals = dict(zip(SIGNALS, (score, c_intra, c_inter, q_len)))
         result["rollouts"] = {"settings": asdict(rollouts), **rollout_statistics(signals, rl)}
         rows.update({t: rl[t] for t in TARGETS})
         rows.update(
-            {"zero_variance": rl["zero_variance"], "mean_completion_tokens": rl["mean_length"]}
-        )
+            {"zero_variance": rl["zero_variance"], "mean_completion_tokens": rl["mean_length"],
+             "truncated_share": rl["truncated"]}
+        )  # fmt: skip
+        (out / "rollouts").mkdir(parents=True, exist_ok=True)
         with (out / "rollouts" / "completions.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rl["records"])
     pq.write_table(pa.table(rows), out / "validate.parquet")
@@ -265,6 +275,26 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         out / "validate.png", norms, score, q_len, result, rows if rollouts is not None else None
     )
     return result
+
+
+def _reward_rows(src: Any, picked: list[int], golds: list[str],
+                 by_input: dict[int, dict[str, Any]] | None) -> list[dict[str, Any]]:  # fmt: skip
+    """What a trainer's reward reads of each sampled row: `data_source` and `reward_model`
+    from a scored run's own rows; else the input's own columns when it has them, else what
+    `score` writes (the input's data_source name; the extracted answer as ground truth)."""
+    from gain_curate.sources import column_values
+
+    if by_input is not None:
+        return [{"data_source": by_input[i]["data_source"], "reward_model": by_input[i]["reward_model"]} for i in picked]  # fmt: skip
+    names = src.table.column_names
+    sources = column_values(src.table, "data_source") if "data_source" in names else None
+    models = column_values(src.table, "reward_model") if "reward_model" in names else None
+    return [
+        {"data_source": (sources[i] if sources and isinstance(sources[i], str) else src.spec.data_source),
+         "reward_model": (models[i] if models and isinstance(models[i], dict) and "ground_truth" in models[i]
+                          else {"ground_truth": gold, "style": "rule"})}
+        for i, gold in zip(picked, golds)
+    ]  # fmt: skip
 
 
 def _jsonable(v: Any) -> Any:

@@ -60,6 +60,10 @@ def print_validate(result: dict[str, Any]) -> None:
     auc = rl["auroc_score_predicts_zero_variance"]
     click.echo("AUROC of gain_score for predicting a zero-variance group: "
                + ("n/a (one class only)" if auc is None else f"{auc:.3f} (0.5 = no better than chance; below 0.5 = high scores are less often zero-variance)"))  # fmt: skip
+    click.echo(f"completions: {rl['mean_completion_tokens']:.0f} tokens on average; "
+               f"{100 * rl['truncated_share']:.0f}% cut off at {st['max_new_tokens']} tokens before ending")  # fmt: skip
+    for line in rl.get("warnings", []):
+        click.echo(f"warning: {line}")
 
 
 class phases:
@@ -99,6 +103,11 @@ def print_inspect(info: dict[str, Any]) -> None:
 
     console = Console()
     t = Table(title=f"{info['out']}  ({info['model']})", show_header=False)
+    if info.get("data_source"):
+        t.add_row(
+            "data_source",
+            f"{info['data_source']} ({info['data_source_from'] or 'how: not recorded'})",
+        )
     t.add_row("rows", f"{info['rows']:,}")
     t.add_row("scored", f"{info['scored']:,}")
     for reason, k in info["unscored"].items():
@@ -119,6 +128,8 @@ def print_inspect(info: dict[str, Any]) -> None:
             f"spearman(score, {info['difficulty_column']})", "n/a" if rho is None else f"{rho:+.3f}"
         )
     console.print(t)
+    # one line, never wrapped into a table cell: what was scored, and whether `prompt` is it
+    click.echo(f"conversation: {info['conversation']}")
     for title, rows in (("top (sampled first)", info["top"]), ("bottom", info["bottom"])):
         tb = Table(title=title)
         tb.add_column("rank", no_wrap=True, min_width=5, justify="right")
@@ -213,6 +224,9 @@ def print_summary(result: Any) -> None:
 
     m = result.manifest
     t = Table(title="gain-curate score", show_header=False)
+    t.add_row(
+        "data_source", f"{m['input']['data_source']} ({m['input'].get('data_source_from', '')})"
+    )
     t.add_row("rows", f"{m['counts']['rows']:,}")
     t.add_row("scored", f"{m['counts']['scored']:,}")
     for reason, k in m["counts"]["unscored"].items():
@@ -225,5 +239,7 @@ def print_summary(result: Any) -> None:
     t.add_row("shards", f"{result.out / 'data'} ({len(m['shards'])} file(s))")
     t.add_row("manifest", str(result.out / "gain_manifest.json"))
     Console().print(t)
+    if conv := m["signal"].get("conversation"):
+        click.echo(f"conversation: {conv['note']}")
     click.echo(f"ranked shards: {result.out / 'data'}")
     click.echo("verl: " + " ".join(m["trainer_flags"]["verl"]))

@@ -79,3 +79,23 @@ def test_difficulty_parsing_and_one_line() -> None:
     assert key == "level" and vals[:2].tolist() == [1.0, 5.0] and vals[3] == 3.0
     assert difficulty(pa.table({"x": [1, 2, 3]})) is None
     assert one_line("a\n b   c", 80) == "a b c" and len(one_line("x" * 200, 50)) == 50
+
+
+def test_inspect_says_what_was_scored_and_trained_in_one_line(run_dir: Path, tiny_qwen2_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+    r = CliRunner().invoke(main, ["inspect", str(run_dir)])
+    [line] = [x for x in r.output.splitlines() if x.startswith("conversation: ")]
+    assert "the `prompt` column holds this very conversation" in line
+    assert "data_source" in r.output
+    info = json.loads(CliRunner().invoke(main, ["inspect", str(run_dir), "--json"]).output)
+    assert info["trained_differs"] is False and info["data_source_from"].startswith(
+        "the file's name"
+    )
+    # the paper's split: the template scored, a bare training prompt: inspect says so
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"How many wheels do {i} bikes have?"}) + "\n" for i in range(2, 6)))  # fmt: skip
+    run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp_path / "q", device="cpu",
+                          train_prompt="question"))  # fmt: skip
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "q")])
+    [line] = [x for x in r.output.splitlines() if x.startswith("conversation: ")]
+    assert "DIFFERENT conversation in 4 of 4 rows: one user turn: the question (--train-prompt question)" in line  # fmt: skip
+    assert json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "q"), "--json"]).output)["trained_differs"] is True  # fmt: skip

@@ -122,7 +122,8 @@ def test_math_verify_reward_on_real_gsm8k_answers() -> None:
     ]
     assert sum(wrong) == 0
     assert math_reward("<think>9 * 8</think> <answer> 72 </answer>", "72") == 1.0
-    assert math_reward("The total is $72.00.", "72") == 1.0
+    assert math_reward("The total is 72.\n#### $72.00", "72") == 1.0
+    assert math_reward("The total is $72.00.", "72") == 0.0  # right, but never marked final
 
 
 @needs_data
@@ -143,26 +144,193 @@ def test_math_verify_reward_on_real_math_answers() -> None:
     assert math_reward("<answer>\\dfrac12</answer>", "\\frac{1}{2}") == 1.0
 
 
+# the completion of issue 18, cut off at --max-new-tokens: its last number (20) is the gold
+CUT_OFF = (
+    "Sanjay ate 10 pies on Monday. On Tuesday he ate twice as many, so he ate 10 x 2 = 20 pies."
+    "\nSanjay at the"
+)
+
+
+def test_default_reward_counts_only_a_marked_final_answer() -> None:
+    from gain_curate.rewards import final_answer, math_reward
+
+    assert final_answer(CUT_OFF) is None and math_reward(CUT_OFF, "20") == 0.0
+    for unfinished in ("The answer is <answer> 20", "so it is \\boxed{20", "20 pies. ###"):
+        assert math_reward(unfinished, "20") == 0.0, unfinished  # a marker begun, never closed
+    marked = {  # completion -> (gold it earns 1.0 for, a gold it earns 0.0 for)
+        CUT_OFF + " store.\n#### 20": ("20", "21"),
+        "He ate 10 x 2 = 20 pies.\n#### 25": ("25", "20"),  # a wrong final answer, not 20
+        "First \\boxed{3}; no, recounting: $\\boxed{4}$.": ("4", "3"),  # the LAST \\boxed{}
+        "x = \\boxed{\\frac{1}{2}} since 2x = 1": ("0.5", "2"),
+        "<think>20 or 30?</think> <answer>30</answer>": ("30", "20"),
+        "<answer>7</answer> and #### 8": ("7", "8"),  # the tag first, then ####
+        "#### 1,234": ("1234", "1,235"),
+    }
+    for completion, (right, wrong) in marked.items():
+        assert math_reward(completion, right) == 1.0, completion
+        assert math_reward(completion, wrong) == 0.0, completion
+
+
 def test_reward_spec_errors_are_one_line(tmp_path: Path, monkeypatch) -> None:
     from gain_curate.errors import InputError
-    from gain_curate.rewards import load_reward
+    from gain_curate.rewards import Group, load_reward, score_group
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "my_rewards.py").write_text("def exact(c, a):\n    return float(c.strip() == a)\n")
-    name, fn = load_reward("my_rewards:exact")
-    assert name == "my_rewards:exact" and fn(" 4 ", "4") == 1.0
+    (tmp_path / "my_rewards.py").write_text(
+        "def exact(c, a):\n    return float(c.strip() == a)\n"
+        "def nothing(c, a):\n    return None\n"
+        "def short(prompts, completions, **kw):\n    return [1.0]\n"
+    )
+    reward = load_reward("my_rewards:exact")
+    group = Group([{"role": "user", "content": "2+2?"}], [" 4 ", "5"], [[1, 2], [3, 2]], "4", {})
+    assert reward.name == "my_rewards:exact" and score_group(reward, group) == ([1.0, 0.0], 0)
     for spec, message in (
-        (
-            "my_rewards",
-            "--reward my_rewards: expected module:function, e.g. my_rewards:exact_match",
-        ),
+        ("my_rewards", "--reward my_rewards: expected module:function, e.g. my_rewards:exact_match, or verl"),
+        ("trl:my_rewards", "--reward trl:my_rewards: expected trl:module:function, e.g. trl:my_rewards:accuracy, or verl"),
         ("my_rewards:nope", "--reward my_rewards:nope: my_rewards has no function nope"),
-    ):
+    ):  # fmt: skip
         with pytest.raises(InputError) as err:
             load_reward(spec)
         assert str(err.value) == message
     with pytest.raises(InputError, match=r"^--reward nosuch:f: cannot import nosuch"):
         load_reward("nosuch:f")
+    with pytest.raises(InputError, match=r"^--reward my_rewards:nothing returned None; return a number$"):  # fmt: skip
+        score_group(load_reward("my_rewards:nothing"), group)
+    with pytest.raises(InputError, match=r"returned 1 rewards for 2 completions"):
+        score_group(load_reward("trl:my_rewards:short"), group)
+
+
+def test_trl_reward_is_called_as_grpo_trainer_calls_it(tmp_path: Path, monkeypatch) -> None:
+    """TRL 1.16's _calculate_rewards: keyword arguments prompts, completions (conversational:
+    one assistant message each), completion_ids, every other column as a list of K values,
+    trainer_state, log_extra, log_metric; a None reward is 0 and counted."""
+    from gain_curate.rewards import Group, load_reward, score_group
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "trl_rewards.py").write_text(
+        "CALLS = []\n"
+        "def accuracy(prompts, completions, completion_ids, reward_model, **kwargs):\n"
+        "    CALLS.append(dict(prompts=prompts, completions=completions, completion_ids=completion_ids,\n"
+        "                      reward_model=reward_model, **kwargs))\n"
+        "    out = []\n"
+        "    for c, rm in zip(completions, reward_model):\n"
+        "        head, hashes, said = c[0]['content'].rpartition('####')\n"
+        "        out.append(float(said.strip() == rm['ground_truth']) if hashes else None)\n"
+        "    return out\n"
+    )
+    reward = load_reward("trl:trl_rewards:accuracy")
+    chat = [{"role": "user", "content": "Sanjay's pies?"}]
+    row = {"data_source": "openai/gsm8k", "reward_model": {"ground_truth": "20", "style": "rule"},
+           "extra_info": {"index": 3}, "gain_score": 0.5}  # fmt: skip
+    texts = ["... #### 20", "... #### 21", CUT_OFF]
+    ids = [[5, 6, 2], [5, 7, 2], [5, 8, 9]]
+    assert score_group(reward, Group(chat, texts, ids, "20", row)) == ([1.0, 0.0, 0.0], 1)
+    import trl_rewards
+
+    (call,) = trl_rewards.CALLS
+    assert call["prompts"] == [chat] * 3
+    assert call["completions"] == [[{"role": "assistant", "content": t}] for t in texts]
+    assert call["completion_ids"] == ids
+    for column in ("data_source", "reward_model", "extra_info", "gain_score"):
+        assert call[column] == [row[column]] * 3
+    assert call["reward_model"][0] is not call["reward_model"][1]  # a copy per completion
+    assert call["trainer_state"] is None and callable(call["log_metric"])
+    assert set(call) == {"prompts", "completions", "completion_ids", "data_source", "reward_model",
+                         "extra_info", "gain_score", "trainer_state", "log_extra", "log_metric"}  # fmt: skip
+
+
+def test_verl_reward_calls_default_compute_score_per_row(monkeypatch) -> None:
+    """A stand-in of verl.utils.reward_score (the real one: tests/integrations/
+    test_rewards_real.py): each row's data_source, reward_model.ground_truth, extra_info;
+    a dict result's "score"; an unknown data_source and a missing verl are one line each."""
+    import sys
+    import types
+
+    from gain_curate.errors import InputError
+    from gain_curate.rewards import Group, check_reward, load_reward, score_group
+
+    calls = []
+
+    def default_compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw):
+        calls.append((data_source, solution_str, ground_truth, extra_info))
+        if data_source != "openai/gsm8k":
+            raise NotImplementedError(f"Reward function is not implemented for {data_source=}")
+        return {"score": float(solution_str.endswith(f"#### {ground_truth}")), "acc": True}
+
+    module = types.ModuleType("verl.utils.reward_score")
+    module.default_compute_score = default_compute_score
+    for name in ("verl", "verl.utils"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "verl.utils.reward_score", module)
+    row = {"data_source": "openai/gsm8k", "reward_model": {"ground_truth": "20"}, "extra_info": {"index": 7}}  # fmt: skip
+    reward = load_reward("verl")
+    group = Group([], ["so #### 20", "so #### 21", CUT_OFF], [[1], [2], [3]], "unused", row)
+    assert reward.name == "verl" and score_group(reward, group) == ([1.0, 0.0, 0.0], 0)
+    assert calls == [("openai/gsm8k", t, "20", {"index": 7}) for t in group.completions]
+    local = {**row, "data_source": "gsm8k/train"}  # what `score` names a local gsm8k/train.jsonl
+    with pytest.raises(InputError, match=r"^--reward verl: verl's default_compute_score has no reward for data_source 'gsm8k/train' \("):  # fmt: skip
+        check_reward("verl", [row, local], ["20", "20"])  # before any model runs
+    with pytest.raises(InputError, match=r"data_source 'gsm8k/train'"):
+        score_group(reward, Group([], ["#### 20"], [[1]], "20", local))
+    monkeypatch.setitem(sys.modules, "verl.utils.reward_score", None)  # not installed
+    with pytest.raises(InputError, match=r"^--reward verl needs verl importable here"):
+        load_reward("verl")
+
+
+def test_cut_off_completions_earn_nothing_and_are_counted(monkeypatch, capsys) -> None:
+    """run_rollouts with generation and the GRPO pass stood in: the cut-off completion of
+    issue 18 earns 0 under the default reward, is marked truncated, and a truncated share
+    above 20 % is one warning line in validate.json's summary and on the console."""
+    import types
+
+    from gain_curate import rollouts
+    from gain_curate.views import print_validate
+
+    eos, limit = 2, 6
+    texts = {10: CUT_OFF, 11: CUT_OFF + " store.\n#### 20", 12: "He ate 20 pies.\n#### 20", 13: "#### 21"}  # fmt: skip
+    completions = [
+        [[10, 3, 3, 3, 3, 3], [11, 2], [12, 2], [13, 2]],  # one of four cut off
+        [[10, 3, 3, 3, 3, 3], [10, 3, 3, 3, 3, 3], [12, 3, 2], [13, 2]],  # two cut off
+    ]
+    monkeypatch.setattr(rollouts, "generate", lambda *a, **kw: completions)
+    monkeypatch.setattr(rollouts, "grpo_grad_norms", lambda model, prompts, *a, **kw: np.zeros(len(prompts)))  # fmt: skip
+
+    class Tok:  # what run_rollouts asks of a tokenizer
+        pad_token_id, eos_token_id = 0, eos
+
+        def apply_chat_template(self, chat, **kw):
+            return chat[0]["content"]
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1, 4]}
+
+        def decode(self, ids, skip_special_tokens=False):
+            return texts[ids[0]]
+
+    model = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=eos))
+    chats = [[{"role": "user", "content": "Sanjay's pies?"}]] * 2
+    s = rollouts.RolloutSettings(k=4, max_new_tokens=limit)
+    rl = rollouts.run_rollouts(model, Tok(), chats, ["20", "20"], settings=s, reward=None,
+                               layer=0, folder=Path("unused"), model_revision=None)  # fmt: skip
+    assert [r["rewards"] for r in rl["records"]] == [[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+    assert [r["truncated"] for r in rl["records"]] == [[True, False, False, False], [True, True, False, False]]  # fmt: skip
+    assert rl["truncated"].tolist() == [0.25, 0.5] and rl["none_rewards"] == 0
+    signals = {name: np.array([0.1, 0.2]) for name in rollouts.SIGNALS}
+    stats_ = rollouts.rollout_statistics(signals, rl)
+    assert stats_["truncated_share"] == 0.375
+    (warning,) = stats_["warnings"]
+    assert warning.startswith("38% of the completions were cut off at --max-new-tokens 6 before they ended")  # fmt: skip
+    assert rollouts.rollout_warnings({**rl, "truncated": np.array([0.25, 0.125])}) == []  # 19 %
+    result = {"model": "m", "sample": 2, "weight": "w", "rollouts": {"settings": vars(s) | {"temperature": 1.0}, **stats_}}  # fmt: skip
+    for key in ("spearman_grad_vs_score", "spearman_grad_vs_c_intra", "spearman_grad_vs_c_inter",
+                "spearman_grad_vs_question_tokens", "partial_spearman_grad_vs_score_given_length"):  # fmt: skip
+        result[key] = None
+    print_validate(result)
+    out = capsys.readouterr().out
+    assert "38% cut off at 6 tokens before ending" in out
+    assert [line for line in out.splitlines() if line.startswith("warning:")] == [
+        f"warning: {warning}"
+    ]
 
 
 # --- generation ------------------------------------------------------------------------------
@@ -233,8 +401,14 @@ def test_validate_rollouts_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path, monk
     records = [json.loads(line) for line in (val / "rollouts" / "completions.jsonl").read_text().splitlines()]  # fmt: skip
     assert len(records) == 8 and all(len(x["completions"]) == 4 for x in records)
     assert [np.mean(x["rewards"]) for x in records] == pytest.approx(p.tolist())
+    cut = [x["truncated"] for x in records]
+    assert rl["truncated_share"] == pytest.approx(np.mean(cut)) and rl["none_rewards"] == 0
+    assert saved["truncated_share"] == pytest.approx(np.mean(cut, axis=1).tolist())
+    assert len(rl["warnings"]) == (rl["truncated_share"] > 0.2)  # 5 tokens: a random model rambles
     text = CliRunner().invoke(main, argv).output  # again: the rollouts are read back, same table
     assert "the RL side: K = 4 rollouts" in text and "zero-variance groups" in text
+    assert f"{100 * rl['truncated_share']:.0f}% cut off at 5 tokens before ending" in text
+    assert ("warning: " in text) == (rl["truncated_share"] > 0.2)
     assert (
         json.loads((val / "validate.json").read_text())["rows"]["pass_rate"] == saved["pass_rate"]
     )

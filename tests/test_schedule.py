@@ -192,8 +192,8 @@ def test_state_of_gain_curate_0_1_loads_and_a_newer_one_is_refused() -> None:
     assert len(s.remaining()) == 11 and s.angle_term() is None
     rec = s.end_epoch()
     assert rec["acc"] == pytest.approx(2 / 3) and rec["ang"] is None
-    newer = {**s.state_dict(), "version": 3}
-    with pytest.raises(ValueError, match="version 3 is newer"):
+    newer = {**s.state_dict(), "version": 4}
+    with pytest.raises(ValueError, match="version 4 is newer"):
         GainSchedule(500, ScheduleParams(batch_size=16)).load_state_dict(newer)
 
 
@@ -210,6 +210,84 @@ def test_state_dict_round_trips_every_field() -> None:
     b.load_state_dict(a.state_dict())
     assert b.state_dict() == a.state_dict()
     assert np.array_equal(a.remaining(), b.remaining())
+
+
+def naive_draw_order(s: GainSchedule, k: int, epoch: int) -> np.ndarray:
+    """The draw order by its definition: the exponential race's keys over all N, sorted."""
+    u = np.random.default_rng([s.params.seed, epoch]).random(s.n_prompts)
+    if s.uniform:
+        return np.argsort(u, kind="stable")[:k]
+    r = np.arange(s.n_prompts)
+    keys = np.log(-np.log1p(-u)) + (r - s.mu) ** 2 / (2 * s.sigma**2)
+    return np.argsort(keys, kind="stable")[:k]
+
+
+@pytest.mark.parametrize(
+    ("n", "b", "mu", "sigma"),
+    [(100, 60, 99, 0.5), (100, 60, 0, 1.0), (1000, 32, 100, 50), (5000, 8, 2500, 3),
+     (50, 50, 10, 2), (1000, 10, 5000, 10), (200_003, 500, 1000, 30)],
+)  # fmt: skip
+def test_windowed_draw_order_is_the_full_race(n: int, b: int, mu: float, sigma: float) -> None:
+    """The cached plan (keys only near mu, plus the tail positions that can compete) is the
+    race over all N, also continued past B (mu past the end: at_end = "past")."""
+    s = frozen(n, b, mu=0, sigma=sigma, seed=3)
+    s.mu = float(mu)
+    for epoch in range(4):
+        s.epoch, s.consumed = epoch, 0
+        assert np.array_equal(s.plan_epoch(), naive_draw_order(s, b, epoch))
+        assert np.array_equal(s.take(3 * b, extend=True), naive_draw_order(s, 3 * b, epoch))
+    s.uniform = True
+    assert np.array_equal(s.plan_epoch(), naive_draw_order(s, b, s.epoch))
+
+
+def test_an_epoch_is_planned_once_and_draws_do_not_replan(monkeypatch) -> None:
+    s = frozen(10_000, 64, mu=500, sigma=100)
+    calls = []
+    plan = GainSchedule._smallest_keys
+    monkeypatch.setattr(GainSchedule, "_smallest_keys", lambda self, k: calls.append(k) or plan(self, k))  # fmt: skip
+    whole = s.plan_epoch()
+    drawn = np.concatenate([s.take(1) for _ in range(64)])
+    assert np.array_equal(drawn, whole) and calls == [64] and len(s.take(1)) == 0
+    extra = s.take(10, extend=True)  # past B: the same order continued, planned once more
+    assert calls == [64, 128] and len(set(np.r_[drawn, extra].tolist())) == 74
+    s.end_epoch()  # a new epoch (and a new mu) plans again
+    s.take(1)
+    assert calls == [64, 128, 64]
+
+
+def test_a_step_at_a_million_prompts_is_fast() -> None:
+    """N = 1,000,000, B = 1,024 (benchmarks/benchmark_schedule.py measures it): plan an
+    epoch, hand out its B draws one by one, observe them, end the epoch. Loose bound: 1 s."""
+    import time
+
+    n, b = 1_000_000, 1_024
+    uids = [f"u{i}" for i in range(n)]
+    s = GainSchedule(n, ScheduleParams(batch_size=b), uids=uids)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        drawn = [int(s.take(1)[0]) for _ in range(b)]
+        s.observe([uids[r] for r in drawn], [1.0] * b)
+        s.end_epoch()
+        best = min(best, time.perf_counter() - t0)
+    assert best < 1.0, f"{best * 1e3:.0f} ms per step"
+    assert s.mu > 0 and len(set(drawn)) == b
+
+
+def test_state_dict_mid_epoch_resumes_identical_next_draws() -> None:
+    params = ScheduleParams(batch_size=32, sigma=200, seed=11)
+    a = GainSchedule(50_000, params)
+    a.observe_accuracy([1.0])
+    a.end_epoch()
+    a.take(7)
+    a.take(40, extend=True)  # past B: draws replacing filtered prompts
+    b = GainSchedule(50_000, params)
+    b.load_state_dict(a.state_dict())
+    assert b.consumed == 47 and np.array_equal(a.take(20, extend=True), b.take(20, extend=True))
+    for s in (a, b):
+        s.observe_accuracy([0.9])
+        s.end_epoch()
+    assert np.array_equal(a.take(32), b.take(32))
 
 
 # --- the dynamics over whole runs (N = 7,473 GSM8K prompts, B = 256, paper defaults) ----

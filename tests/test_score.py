@@ -280,3 +280,73 @@ def test_batched_equals_one_at_a_time(tiny_qwen2_dir: Path, tmp_path: Path) -> N
     np.testing.assert_allclose(
         big["gain_score"].to_numpy(), one["gain_score"].to_numpy(), atol=1e-5
     )
+
+
+# --- data_source and one conversation ------------------------------------------------------
+
+
+def test_gsm8k_lines_become_verls_own_rows(tiny_qwen2_dir: Path, shared_data: Path, tmp_path: Path) -> None:  # fmt: skip
+    """Raw GSM8K lines with the CLI's defaults (template_flags=()): data_source openai/gsm8k,
+    the prompt verl's own preprocessing writes (the shared verl Parquet IS that), the number
+    after #### as ground truth, and the `prompt` is the conversation that was scored."""
+    out = tmp_path / "o"
+    run_score(ScoreConfig(data=str(shared_data / "gsm8k" / "train.jsonl"), model=str(tiny_qwen2_dir),
+                          out=out, limit=6, device="cpu", template_flags=()))  # fmt: skip
+    table, m = read_run(out)
+    verl_rows = pq.read_table(shared_data / "verl" / "gsm8k_train.parquet").slice(0, 6).to_pylist()
+    for row in table.to_pylist():
+        want = verl_rows[row["extra_info"]["index"]]
+        assert (row["data_source"], row["prompt"], row["reward_model"]) == (want["data_source"], want["prompt"], want["reward_model"])  # fmt: skip
+    assert m["input"]["data_source"] == "openai/gsm8k"
+    assert m["input"]["data_source_from"].startswith("recognised as GSM8K")
+    conv = m["signal"]["conversation"]
+    assert conv["trained_differs"] is False and conv["train_prompt"] == "conversation"
+    assert conv["template_from"] == dict.fromkeys(("system_prompt", "few_shot", "instruction"), "data_source default")  # fmt: skip
+    assert m["signal"]["template"]["separator"] == " " and m["signal"]["template"]["system_prompt"] is None  # fmt: skip
+
+
+def test_verl_input_scored_as_its_own_chat_and_data_source_flag(tiny_qwen2_dir: Path, shared_data: Path, tmp_path: Path) -> None:  # fmt: skip
+    src = shared_data / "verl" / "math_train.parquet"
+    out = tmp_path / "o"
+    run_score(ScoreConfig(data=str(src), model=str(tiny_qwen2_dir), out=out, limit=4, device="cpu",
+                          data_source="lighteval/MATH", template_flags=()))  # fmt: skip
+    table, m = read_run(out)
+    original = pq.read_table(src).slice(0, 4).to_pylist()
+    for row in table.to_pylist():
+        want = original[row["extra_info"]["index"]]
+        assert row["data_source"] == "lighteval/MATH"  # the flag replaces the input's column
+        assert row["prompt"] == want["prompt"]
+        # the question found in the chat, less verl's instruction: what online measurement finds
+        assert want["prompt"][-1]["content"].startswith(row["extra_info"]["question"] + " Let's think step by step")  # fmt: skip
+    assert m["input"]["data_source_from"] == "--data-source"
+    assert m["signal"]["conversation"]["scored"] == "the input's own chat prompt"
+    assert m["signal"]["template"]["few_shot_name"] == "input"
+
+
+def test_chat_input_with_template_flags_is_one_line(tiny_qwen2_dir: Path, shared_data: Path, tmp_path: Path) -> None:  # fmt: skip
+    from gain_curate.errors import InputError
+
+    cfg = ScoreConfig(data=str(shared_data / "verl" / "gsm8k_train.parquet"), model=str(tiny_qwen2_dir),
+                      out=tmp_path / "o", limit=3, device="cpu", template_flags=("few_shot",))  # fmt: skip
+    with pytest.raises(InputError, match=r"^--few-shot: .* already holds the conversation the trainer renders .* --train-prompt question"):  # fmt: skip
+        run_score(cfg)
+    # --train-prompt question: the template is scored, the input's own prompt is trained on
+    run_score(ScoreConfig(**{**cfg.__dict__, "train_prompt": "question"}))
+    table, m = read_run(tmp_path / "o")
+    conv = m["signal"]["conversation"]
+    assert conv["trained_differs"] is True and conv["rows_differing"] == 3
+    assert conv["trained"] == "the input's own chat prompt" and conv["scored"] == "template"
+    assert "DIFFERENT" in conv["note"] and m["signal"]["template"]["few_shot_name"] == "gainrl"
+
+
+def test_question_mode_trains_on_one_user_turn(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [{"question": q} for q in QUESTIONS[:3]])
+    template = ScoringTemplate(instruction="Answer with a number.")
+    run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp_path / "o", device="cpu",
+                          template=template, train_prompt="question"))  # fmt: skip
+    table, m = read_run(tmp_path / "o")
+    for row in table.to_pylist():
+        q = QUESTIONS[row["extra_info"]["index"]]
+        assert row["prompt"] == [{"content": q + "\n\nAnswer with a number.", "role": "user"}]
+    conv = m["signal"]["conversation"]
+    assert (conv["trained_differs"], conv["rows_differing"], conv["template_from"]) == (True, 3, "as given (library call)")  # fmt: skip

@@ -40,7 +40,8 @@ def test_gsm8k_jsonl_answers_reduced_to_numbers():
     assert (spec.kind, spec.rows, spec.rows_total) == ("jsonl", 7473, 7473)
     assert (spec.question_key, spec.answer_key) == ("question", "answer")
     assert spec.answer_extraction == "gsm8k_hashes"
-    assert spec.data_source == "gsm8k/train" and not spec.is_verl_schema
+    assert spec.data_source == "openai/gsm8k" and not spec.is_verl_schema  # recognised: verl's name
+    assert spec.data_source_from.startswith("recognised as GSM8K")
     assert src.questions[0].startswith("Natalia sold clips to 48 of her friends in April")
     assert src.answers[:3] == ["72", "10", "5"]
     assert all(a is not None and "####" not in a and "," not in a for a in src.answers)
@@ -473,3 +474,74 @@ def test_hub_id_records_the_commit_the_hub_resolved(monkeypatch):
     src = load_source("owner/name@v1.0", split="test")
     assert calls == [("owner/name", None, "v1.0")] and src.questions == ["q from test"]
     assert (src.spec.kind, src.spec.hub_id, src.spec.revision, src.spec.data_source) == ("hub", "owner/name", commit, "owner/name")  # fmt: skip
+
+
+# --- data_source: what verl's reward router dispatches on ---------------------------------
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("rel", "name", "how"),
+    [
+        ("gsm8k/train.jsonl", "openai/gsm8k", "recognised as GSM8K"),
+        ("verl/gsm8k_train.parquet", "openai/gsm8k", "the input's data_source column"),
+        ("verl/math_train.parquet", "DigitalLearningGmbH/MATH-lighteval", "the input's data_source column"),
+        ("math/train.json", "DigitalLearningGmbH/MATH-lighteval", "recognised as MATH: a problem column and type"),
+    ],
+)  # fmt: skip
+def test_data_source_of_the_shared_shapes(rel, name, how):
+    spec = load_source(str(DATA / rel), limit=4).spec
+    assert spec.data_source == name and spec.data_source_from.startswith(how)
+
+
+def test_data_source_flag_wins_and_empty_is_one_line(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"question": "q?", "answer": "#### 1"}])
+    spec = load_source(str(path), data_source="my/reward").spec
+    assert (spec.data_source, spec.data_source_from) == ("my/reward", "--data-source")
+    with pytest.raises(InputError, match="^--data-source is empty"):
+        load_source(str(path), data_source=" ")
+
+
+def test_data_source_recognised_from_boxed_solutions_else_the_file_name(tmp_path):
+    rows = [{"question": "Add 1 and 2.", "solution": "1 + 2 = 3, so \\boxed{3}."},
+            {"question": "Halve 1.", "solution": "It is $\\boxed{\\frac{1}{2}}$."}]  # fmt: skip
+    src = load_source(str(write_jsonl(tmp_path / "sols.jsonl", rows)))
+    assert src.spec.data_source == "DigitalLearningGmbH/MATH-lighteval"
+    assert src.spec.answer_extraction == "last_boxed" and src.answers == ["3", "\\frac{1}{2}"]
+    plain = load_source(
+        str(write_jsonl(tmp_path / "train.jsonl", [{"question": "Hi?", "answer": "4"}]))
+    )
+    assert plain.spec.data_source.endswith("/train")  # parent/stem: the stem is a split name
+    assert plain.spec.data_source_from.startswith("the file's name")
+
+
+def test_data_source_column_of_a_plain_file_is_kept_and_named(tmp_path):
+    rows = [{"question": "a?", "answer": "1", "data_source": "openai/gsm8k"},
+            {"question": "b?", "answer": "2", "data_source": "openai/gsm8k"},
+            {"question": "c?", "answer": "3", "data_source": "lighteval/MATH"}]  # fmt: skip
+    spec = load_source(str(write_jsonl(tmp_path / "mixed.jsonl", rows))).spec
+    assert spec.data_source == "openai/gsm8k"
+    assert (
+        spec.data_source_from
+        == "the input's data_source column (2 names; rows without one get openai/gsm8k)"
+    )
+
+
+def test_gsm8k_ground_truth_as_verl_writes_it(tmp_path):
+    rows = [{"question": "q1?", "answer": "so #### 1,234"}, {"question": "q2?", "answer": "#### +5"},
+            {"question": "q3?", "answer": "#### -0.5"}]  # fmt: skip
+    assert load_source(str(write_jsonl(tmp_path / "g.jsonl", rows))).answers == [
+        "1234",
+        "5",
+        "-0.5",
+    ]
+
+
+def test_input_chats(tmp_path):
+    from gain_curate.sources import input_chats
+
+    chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "What is 2+2?"}]
+    src = load_source(str(write_jsonl(tmp_path / "c.jsonl", [{"prompt": chat}, {"prompt": None}])))
+    assert input_chats(src.table, src.spec.question_key) == [chat, None]
+    plain = load_source(str(write_jsonl(tmp_path / "p.jsonl", [{"question": "a?"}])))
+    assert input_chats(plain.table, plain.spec.question_key) is None

@@ -191,3 +191,82 @@ def test_non_finite_hidden_states(tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     reasons = score_rows_of(tmp_path, model, ["How many stripes has a zebra?", "What is 2 + 2?"])
     assert reasons == {"How many stripes has a zebra?": "non_finite_hidden_states", "What is 2 + 2?": None}  # fmt: skip
+
+
+# --- one conversation: what is scored is what the trainer renders from `prompt` ------------
+
+
+def test_data_source_defaults_are_verls_own_preprocessing() -> None:
+    from gain_curate.template import (
+        BOXED_INSTRUCTION,
+        GSM8K_INSTRUCTION,
+        data_source_template,
+        resolve_template,
+    )
+
+    gsm8k = data_source_template("openai/gsm8k")
+    q = "Natalia sold clips to 48 of her friends in April. How many?"
+    # examples/data_preprocess/gsm8k.py: question + " " + instruction, one user turn
+    assert gsm8k.messages(q) == [{"role": "user", "content": q + " " + GSM8K_INSTRUCTION}]
+    for name in ("DigitalLearningGmbH/MATH-lighteval", "lighteval/MATH", "HuggingFaceH4/MATH-500"):
+        assert data_source_template(name).instruction == BOXED_INSTRUCTION
+    assert data_source_template("my/own") == ScoringTemplate()  # R1-style + one worked example
+    # flags win field by field; an explicit instruction keeps the "\n\n" separator
+    given = ScoringTemplate(system_prompt="Be brief.", instruction="Answer with a number.")
+    t = resolve_template(given, ("system_prompt",), "openai/gsm8k")
+    assert (t.system_prompt, t.few_shot, t.instruction) == ("Be brief.", (), GSM8K_INSTRUCTION)
+    t = resolve_template(given, ("instruction",), "openai/gsm8k")
+    assert t.user_content("Q?") == "Q?\n\nAnswer with a number." and t.system_prompt is None
+    assert resolve_template(given, None, "openai/gsm8k") is given  # library callers: as given
+
+
+def test_conversations_per_mode() -> None:
+    from gain_curate.template import GSM8K_INSTRUCTION, conversations, split_instruction
+
+    t = ScoringTemplate(instruction="Answer briefly.")
+    plain = conversations(t, ["What is 2+2?", None], None)
+    assert plain[1] is None and plain[0].scored == plain[0].trained == t.messages("What is 2+2?")
+    assert not plain[0].differs and not plain[0].from_input
+    bare = conversations(t, ["What is 2+2?"], None, train_prompt="question")[0]
+    assert bare.scored == t.messages("What is 2+2?") and bare.differs
+    assert bare.trained == [{"role": "user", "content": "What is 2+2?\n\nAnswer briefly."}]
+    chat = [{"role": "user", "content": "What is 2+2? " + GSM8K_INSTRUCTION}]
+    own = conversations(t, [chat[0]["content"]], [chat])[0]
+    assert own.scored is chat and own.trained is chat and own.from_input and not own.differs
+    assert own.question == "What is 2+2?"  # the instruction is in no segment
+    other = conversations(t, [chat[0]["content"]], [chat], train_prompt="question")[0]
+    assert other.scored == t.messages("What is 2+2?") and other.trained is chat and other.differs
+    assert split_instruction("Why? Answer briefly.", ["Answer briefly."]) == "Why?"
+    assert (
+        split_instruction("Answer briefly.", ["Answer briefly."]) == "Answer briefly."
+    )  # nothing before it
+    from gain_curate.errors import InputError
+
+    with pytest.raises(InputError, match="--train-prompt 'bare'"):
+        conversations(t, ["q"], None, train_prompt="bare")
+
+
+def test_scored_ids_equal_apply_chat_template_of_prompt(tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path) -> None:  # fmt: skip
+    """The one-conversation rule at the token level, Qwen2.5 template: the ids the scorer ran
+    are the start of `apply_chat_template(prompt, add_generation_prompt=True)` (what verl's
+    RLHFDataset and agent loop render), and the whole conversations are as long."""
+    questions = ["A crate holds 4 rows of 7 jars. How many jars?", "Tom has 3 apples and eats one. How many are left?"]  # fmt: skip
+    for flags in ([], ["--instruction", "Show your work."], ["--data-source", "openai/gsm8k"]):
+        score_rows_of(tmp_path, tiny_qwen2_dir, questions, *flags)
+        out = tmp_path / "out"
+        manifest = json.loads((out / "gain_manifest.json").read_text())
+        assert manifest["signal"]["conversation"]["trained_differs"] is False
+        prepared = pq.read_table(out / ".gain-curate" / "prepared" / "rows.parquet").to_pylist()
+        for row in pq.read_table(out / "data").to_pylist():
+            ids = qwen_tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)  # fmt: skip
+            ids = list(
+                ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
+            )
+            ran = prepared[row["extra_info"]["index"]]
+            assert (
+                ids[: len(ran["input_ids"])] == ran["input_ids"] and len(ids) == ran["total_tokens"]
+            )
+        if flags == ["--data-source", "openai/gsm8k"]:
+            assert all(len(r["prompt"]) == 1 for r in pq.read_table(out / "data").to_pylist())
+        else:
+            assert [m["role"] for m in row["prompt"]] == ["system", "user", "assistant", "user"]

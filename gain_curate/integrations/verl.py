@@ -21,14 +21,16 @@ prompts drawn at the current mu; after the step, accuracy (the reward's `acc`, e
 token_level_scores.sum(-1) > 0) moves mu. No angle term: verl's actor runs in Ray workers
 this process cannot hook, so none is measured and the offline score is never used in its
 place. Each step is logged as one `gain-curate step ...` line, and as gain/* metrics in
-verl's logger on the sampler path. Rows are identified by extra_info["gain_uid"],
-the one per-row field that reaches the trainer's batch in every verl version.
+verl's logger on the sampler path (through the one shim below: verl 0.5-0.7 offer a
+sampler no way to report metrics). Rows are identified by extra_info["gain_uid"], the one
+per-row field that reaches the trainer's batch in every verl version.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Mapping
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -73,12 +75,13 @@ def _gain_cfg(data_config: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return g
 
 
-# The training dataset's schedule, for verl 0.9's V1 replay buffer in the same process.
-ACTIVE: list[_Follower | None] = [None]
-
-
 class _Follower:
-    """The state both adapters share: the schedule, row mapping, and lazy drawing."""
+    """The state both adapters share: the schedule, row mapping, and lazy drawing.
+
+    Open loop by default: after B draws the next draw starts a new epoch, so a step whose
+    results never came still advances. verl 0.9's V1 replay buffer closes the loop
+    (`close_loop`): then the step's results end the epoch, and draws past B (prompts that
+    replace groups DAPO filtered out) continue the same epoch's order."""
 
     def __init__(self, frame: Any, data_config: Mapping[str, Any]) -> None:
         b = _batch_size(data_config)
@@ -88,12 +91,17 @@ class _Follower:
         self.schedule, self.rows = build_schedule(frame["extra_info"], scores, params)
         self.batch_size = b
         self.length = (len(self.rows) // b) * b  # constant: verl derives its step count from it
+        self.closed_loop = False
+
+    def close_loop(self) -> None:
+        self.closed_loop = True
 
     def next_row(self) -> int:
-        """The dataset row of the next draw; a step whose results never came still advances."""
-        if self.schedule.consumed >= self.batch_size:
-            self.schedule.end_epoch()
-        return self.rows[int(self.schedule.take(1)[0])]
+        """The dataset row of the next draw: O(1), the epoch's order is planned once."""
+        s = self.schedule
+        if (s.consumed >= self.batch_size and not self.closed_loop) or s.consumed >= s.n_prompts:
+            s.end_epoch(move=False)  # the step's results never came: mu stays
+        return self.rows[int(s.take(1, extend=True)[0])]
 
     def update(self, batch: Any) -> dict[str, float]:
         return self.results(*batch_results(batch))
@@ -102,6 +110,27 @@ class _Follower:
         """One step's per-prompt results -> the rule; gain/* metrics of the step."""
         self.schedule.observe(uids, correct)
         return step_metrics(self.schedule.end_epoch())
+
+    def skip(self) -> None:
+        """End a step whose results never came: mu stays, next epoch."""
+        self.schedule.end_epoch(move=False)
+
+
+def _add_to_fit_metrics(metrics: dict[str, float], caller: FrameType | None) -> bool:
+    """THE SHIM (verl 0.5-0.7): `AbstractCurriculumSampler.update(batch)` is verl's only call
+    into a sampler and has no way to return metrics. Its one caller, `RayPPOTrainer.fit`,
+    calls it and then `logger.log(data=metrics, ...)` on its local dict `metrics` (the
+    experimental separation trainer: `self.metrics`), so gain/* joins that dict.
+    tests/integrations/test_verl.py reads verl's source and fails when this stops being so."""
+    if caller is None:
+        return False
+    target = caller.f_locals.get("metrics")
+    if not isinstance(target, dict):
+        target = getattr(caller.f_locals.get("self"), "metrics", None)
+    if isinstance(target, dict):
+        target.update(metrics)
+        return True
+    return False
 
 
 if AbstractCurriculumSampler is not None:
@@ -124,13 +153,8 @@ if AbstractCurriculumSampler is not None:
                 yield self._f.next_row()
 
         def update(self, batch: Any) -> None:
-            metrics = self._f.update(batch)
-            # verl 0.5-0.7 call update() just before `logger.log(data=metrics, ...)` and
-            # hand it no metrics: add gain/* to the step's dict in the caller's frame.
-            caller = inspect.currentframe()
-            target = caller.f_back.f_locals.get("metrics") if caller and caller.f_back else None
-            if isinstance(target, dict):
-                target.update(metrics)
+            frame = inspect.currentframe()
+            _add_to_fit_metrics(self._f.update(batch), frame.f_back if frame else None)
 
         def state_dict(self) -> dict[str, Any]:
             return self._f.schedule.state_dict()
@@ -172,11 +196,16 @@ class GainRLHFDataset(RLHFDataset):
                     f"data.dataloader_num_workers={workers} would give each worker its own copy: "
                     "set data.dataloader_num_workers=0"
                 )
-            ACTIVE[0] = self._f  # the V1 replay buffer (verl_v1.py) reports results here
 
     @property
     def schedule(self) -> GainSchedule | None:
         return None if self._f is None else self._f.schedule
+
+    @property
+    def follower(self) -> _Follower | None:
+        """What verl 0.9's V1 replay buffer (verl_v1.py) reports each step's results to; it
+        reaches this dataset as its trainer's `train_dataset`."""
+        return self._f
 
     def __len__(self) -> int:
         return super().__len__() if self._f is None else self._f.length

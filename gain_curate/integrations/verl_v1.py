@@ -1,7 +1,7 @@
 """verl 0.9+ V1 trainer (the default, `trainer.use_v1=true`): the closed loop.
 
 The V1 trainer never calls a dataset's `on_batch_end`; its plug-in point is the replay
-buffer that hands each step its finished trajectories. GainReplayBuffer is verl's own
+buffer that hands each step its finished trajectories. GainReplayBuffer is verl's own sync
 ReplayBuffer, plus one thing: after `sample()` picks the step's trajectories it reads their
 `extra_info.gain_uid` and `rm_scores` from TransferQueue (a read; the trainer reads them again)
 and reports per-prompt accuracy (score > 0) to the schedule that GainRLHFDataset draws from,
@@ -16,36 +16,74 @@ in the same process (the TaskRunner actor), so the next step's prompts move with
         trainer.v1.sampler.custom_sampler.name=GainReplayBuffer \\
         +data.gain.sigma=1000 ...
 
+What verl hands a custom sampler (0.9.1, `PPOTrainer._build_replay_buffer`): the sampler
+settings and `refill_fn`, the trainer's own `_add_prompts_to_generate`. Through that bound
+method the buffer reaches its trainer: the config, and (from the first `sample()` on, once
+the trainer has built it) `train_dataset`, the GainRLHFDataset whose schedule it moves. No
+module globals.
+
+DAPO dynamic sampling (`algorithm.filter_groups.enable=True`): verl gives its built-in buffer
+the filter settings and batch sizes but a custom one none of them ("custom implementations
+own their filtering"), which would silently turn filtering off. GainReplayBuffer resolves them
+from the trainer exactly as verl does for its own buffer (`builtin_kwargs`), so verl's own
+filtering code runs: zero-variance groups are evicted and replaced (2 per eviction), and the
+same trajectories are kept. The replacement prompts continue the step's draw order (the same
+Gaussian, without replacement). The step's accuracy counts every group rolled out for it,
+kept or filtered out (or discarded as surplus): the filtered all-right groups are exactly
+what tells the rule the model has outgrown these prompts, and counting only the kept
+(mixed) groups would hold acc near 0.5 and mu still.
+
 The schedule's state is the dataset's state_dict, which verl's V1 checkpoint saves inside the
 train dataloader's state (data.pt) when data.dataloader_num_workers=0, so a resumed run
 continues the same plan. gain/* metrics join the step's metrics. Rewards must be computed
 before sampling (rule-based rewards, or a reward model on its own resource pool); with a
 colocated reward model the trajectories carry no score yet, and the step is reported as
-unscored (no update) with one warning.
+unscored (no update) with one warning. Sync trainer mode only: verl's async trainers call
+methods only its async buffer has, and draw ahead of the results.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 from gain_curate.integrations._common import per_prompt
-from gain_curate.integrations.verl import ACTIVE
+from gain_curate.integrations.verl import GainRLHFDataset, _Follower
 
 LOG = logging.getLogger("gain_curate")
+FLAGS = (
+    "data.custom_cls.path=pkg://gain_curate.integrations.verl data.custom_cls.name=GainRLHFDataset"
+)
 
 
-def trajectory_results(meta: Any) -> tuple[list[str], list[float]] | None:
-    """The sampled trajectories' (gain_uid, correct) from TransferQueue, per prompt."""
+def builtin_kwargs(trainer: Any) -> dict[str, Any]:
+    """The keyword arguments verl 0.9.1's `_build_replay_buffer` gives its built-in sync
+    ReplayBuffer and withholds from a custom one: DAPO's filter metric (resolved and checked
+    by verl's own `_resolve_filter_groups_metric`), the batch sizes, in-flight bound, and
+    failed-group refill."""
+    config = trainer.config
+    metric = trainer._resolve_filter_groups_metric()
+    refill_failed = bool(config.trainer.v1.sampler.get("sync_refill_failed_groups", False))
+    train_batch_size = config.data.train_batch_size
+    inflight = 1 if metric is None else config.algorithm.filter_groups.get("max_inflight_gen_batches", 1)  # fmt: skip
+    gen = 1 if metric is not None or refill_failed else (config.data.get("gen_batch_size", None) or train_batch_size)  # fmt: skip
+    return {"filter_groups_metric": metric, "sync_refill_failed_groups": refill_failed,
+            "train_batch_size": train_batch_size, "gen_batch_size": gen,
+            "max_inflight_gen_batches": inflight}  # fmt: skip
+
+
+def trajectory_results(keys: list[str], partition_id: str) -> tuple[list[str], list[float]] | None:
+    """Trajectories' (gain_uid, correct) from TransferQueue, one entry per trajectory."""
     import torch
     import transfer_queue as tq
 
-    if not meta.keys:
-        return None
+    if not keys:
+        return [], []
     try:
-        data = tq.kv_batch_get(keys=meta.keys, partition_id=meta.partition_id, select_fields=["extra_info", "rm_scores"])  # fmt: skip
+        data = tq.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=["extra_info", "rm_scores"])  # fmt: skip
     except (KeyError, ValueError, RuntimeError):  # no rm_scores yet: a colocated reward model
         return None
     infos = list(data["extra_info"])
@@ -56,19 +94,87 @@ def trajectory_results(meta: Any) -> tuple[list[str], list[float]] | None:
     uids = [(e or {}).get("gain_uid") for e in infos]
     if any(u is None for u in uids):
         return None
-    return per_prompt(uids, (totals > 0).float().tolist())
+    return uids, (totals > 0).float().tolist()
 
 
 class GainReplayBuffer(ReplayBuffer):
-    """verl's V1 ReplayBuffer that also feeds each training step's results to the schedule."""
+    """verl's V1 sync ReplayBuffer (with DAPO filtering when configured, as verl's own) that
+    also feeds each training step's results to the schedule."""
+
+    def __init__(
+        self,
+        trainer_mode: str,
+        trainer_config: Any,
+        max_off_policy_threshold: int | None,
+        max_off_policy_strategy: str,
+        sampler_kwargs: Any,
+        poll_interval: float = 2.0,
+        refill_fn: Callable[[int], int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._trainer = getattr(refill_fn, "__self__", None)
+        if getattr(self._trainer, "config", None) is None:
+            raise ValueError(
+                "GainReplayBuffer is built by verl's V1 trainer (trainer.v1.sampler.custom_sampler), "
+                "whose refill_fn leads it to the trainer's config and train dataset; this refill_fn "
+                f"({refill_fn!r}) is no trainer's method"
+            )
+        if trainer_mode != "sync":
+            raise ValueError(
+                f"GainReplayBuffer runs in verl's sync V1 trainer, not trainer.v1.trainer_mode={trainer_mode}: "
+                "set trainer.v1.trainer_mode=sync, or train on the open-loop plan (gain-curate export --format verl)"
+            )
+        # verl passes a custom sampler none of these (0.9.1); should a later verl, its win
+        kwargs = {**builtin_kwargs(self._trainer), **kwargs}
+        super().__init__(
+            trainer_mode=trainer_mode,
+            trainer_config=trainer_config,
+            max_off_policy_threshold=max_off_policy_threshold,
+            max_off_policy_strategy=max_off_policy_strategy,
+            sampler_kwargs=sampler_kwargs,
+            poll_interval=poll_interval,
+            refill_fn=refill_fn,
+            **kwargs,
+        )
+        self._cleared: list[tuple[list[str], list[float]]] = []  # groups evicted in this sample
+
+    def _follower(self) -> _Follower:
+        ds = getattr(self._trainer, "train_dataset", None)
+        if not isinstance(ds, GainRLHFDataset):
+            raise ValueError(
+                f"GainReplayBuffer reports each step to GainRLHFDataset, but the train dataset is "
+                f"{type(ds).__name__}: set {FLAGS}"
+            )
+        if ds.follower is None:
+            raise ValueError(
+                "GainReplayBuffer reports each step to GainRLHFDataset, but the train dataset passes "
+                "through (data.gain.passthrough=true, or data.train_files equal to data.val_files): "
+                "unset it, or drop trainer.v1.sampler.custom_sampler"
+            )
+        return ds.follower
+
+    def _clear_groups(self, partition_id: str, uids: set[str]) -> None:
+        """verl clears a group it filters out (DAPO), or drops as surplus: read its results
+        first, so the step's accuracy counts every group rolled out for it."""
+        if partition_id == "train" and uids:
+            keys = [k for k in self.partitions[partition_id] if k.split("_")[0] in uids]
+            got = trajectory_results(keys, partition_id)
+            if got is not None:
+                self._cleared.append(got)
+        super()._clear_groups(partition_id, uids)
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
+        if partition_id != "train":
+            return super().sample(global_steps=global_steps, partition_id=partition_id, batch_size=batch_size)  # fmt: skip
+        follower = self._follower()
+        follower.close_loop()  # this step ends here; refills continue its draws
+        self._cleared = []
         meta, metrics = super().sample(global_steps=global_steps, partition_id=partition_id, batch_size=batch_size)  # fmt: skip
-        follower = ACTIVE[0]
-        if partition_id != "train" or follower is None:
-            return meta, metrics
-        results = trajectory_results(meta)
-        if results is None:
+        kept = trajectory_results(meta.keys, partition_id)
+        if kept is None or not kept[0]:
             LOG.warning("gain-curate: step %s: trajectories carry no gain_uid/score; the schedule did not move", global_steps)  # fmt: skip
+            follower.skip()
             return meta, metrics
-        return meta, {**metrics, **follower.results(*results)}
+        uids = kept[0] + [u for got in self._cleared for u in got[0]]
+        correct = kept[1] + [c for got in self._cleared for c in got[1]]
+        return meta, {**metrics, **follower.results(*per_prompt(uids, correct))}

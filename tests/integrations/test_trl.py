@@ -221,3 +221,183 @@ def test_grpo_with_replay_buffer_is_gone_from_trl_1_16() -> None:
 
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("trl.experimental.grpo_with_replay_buffer")
+
+
+def _right_for(uid: str) -> float:
+    """A stand-in answer checker whose verdict depends only on the prompt."""
+    import zlib
+
+    return float(zlib.crc32(uid.encode()) % 2)
+
+
+def test_resume_draws_what_an_uninterrupted_run_draws_and_format_is_not_correctness(
+    tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path
+) -> None:
+    """6 steps straight vs 3 steps, a checkpoint, a new trainer resumed from it, 3 more:
+    the same prompts at every step and the same mu, acc and ang (the schedule, the
+    sampler's place and its already-drawn chunk travel in the checkpoint; transformers'
+    data skip meets placeholder batches). 8 prompts, 2 per step: the dataloader's epoch
+    ends after step 4, so the resumed run also crosses an epoch boundary. Correct is the
+    first reward function's verdict: the second, a format-only reward, never adds to acc."""
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    run = _scored(tiny_qwen2_dir, tmp_path, n=8)
+    dataset = load_dataset("parquet", data_files=str(run / "data" / "*.parquet"))["train"]
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.steps: list[list[str]] = []  # per generation: the uids in batch order
+            self.right: list[list[float]] = []
+            self.format: list[list[float]] = []
+
+        def answer(self, completions, extra_info, **kwargs) -> list[float]:
+            uids = [e["gain_uid"] for e in extra_info]
+            self.steps.append(uids)
+            self.right.append([_right_for(u) for u in uids])
+            return self.right[-1]
+
+        def format_only(self, completions, **kwargs) -> list[float]:
+            texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+            self.format.append([float(len(t) % 2) for t in texts])
+            return self.format[-1]
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                control.should_training_stop = True
+
+    def trainer(out: Path, rec: Recorder, **over) -> GainGRPOTrainer:
+        args = GRPOConfig(**{"output_dir": str(out), "use_cpu": True, "per_device_train_batch_size": 4,
+                             "num_generations": 2, "max_completion_length": 6, "max_steps": 6,
+                             "report_to": "none", "save_strategy": "steps", "save_steps": 3, "bf16": False,
+                             "seed": 0, "logging_steps": 1, "temperature": 1.0, "learning_rate": 3e-2, **over})  # fmt: skip
+        model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
+        funcs = [rec.answer, rec.format_only]
+        return GainGRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
+                               processing_class=qwen_tokenizer,
+                               gain_params={"sigma": 2, "n": 3, "adj_min": -3, "adj_max": 3})  # fmt: skip
+
+    straight = Recorder()
+    a = trainer(tmp_path / "a", straight, save_strategy="no")
+    a.train()
+
+    first = Recorder()
+    b = trainer(tmp_path / "b", first)
+    b.add_callback(StopAt())
+    b.train()
+    assert (tmp_path / "b" / "checkpoint-3" / "gain_curate_state.json").is_file()
+    assert b.state.global_step == 3
+
+    second = Recorder()
+    c = trainer(tmp_path / "b", second)
+    c.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
+
+    got = first.steps + second.steps
+    for k, (x, y) in enumerate(zip(straight.steps, got)):
+        print(f"step {k}: uninterrupted {x[::2]}  resumed {y[::2]}")
+    assert len(straight.steps) == len(got) == 6
+    assert got == straight.steps
+    keys = ("epoch", "mu", "mu_next", "acc", "delta", "pass")
+    want = [{k: h[k] for k in keys} for h in a.gain_schedule.history]
+    have = [{k: h[k] for k in keys} for h in c.gain_schedule.history]
+    print("mu per step:", [h["mu"] for h in want], [h["mu"] for h in have])
+    assert have == want
+    assert [h["ang"] for h in c.gain_schedule.history] == pytest.approx([h["ang"] for h in a.gain_schedule.history], abs=1e-6)  # fmt: skip
+    assert not c._gain_warned
+
+    # correct = the answer reward > 0; the format reward alone never makes a completion correct
+    weighted_differs = False
+    for h, right, fmt, uids in zip(a.gain_schedule.history, straight.right, straight.format, straight.steps):  # fmt: skip
+        by_uid: dict[str, list[float]] = {}
+        for u, r in zip(uids, right):
+            by_uid.setdefault(u, []).append(r)
+        assert h["acc"] == pytest.approx(float(np.mean([np.mean(v) for v in by_uid.values()])))
+        weighted_differs |= any(r == 0 and f > 0 for r, f in zip(right, fmt))
+    assert weighted_differs  # wrong answers with a format reward were there to be miscounted
+
+    # ignore_data_skip: transformers starts the epoch over, the sampler carries on where it was
+    again = Recorder()
+    d = trainer(tmp_path / "b", again, max_steps=4, ignore_data_skip=True, save_strategy="no")
+    d.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
+    assert again.steps == straight.steps[3:4]
+
+
+def test_sampler_state_continues_the_stream_after_a_data_skip() -> None:
+    """A sampler read ahead of training, saved, then a fresh one loaded with the batches a
+    resumed Trainer will skip: after the placeholders it yields exactly what the first one
+    would have yielded from the first untrained batch on, and nothing is drawn twice."""
+    from gain_curate.schedule import GainSchedule, ScheduleParams
+
+    def make() -> GainRepeatSampler:
+        sched = GainSchedule(12, ScheduleParams(batch_size=2, sigma=3, seed=1))
+        return GainRepeatSampler(list(range(12)), mini_repeat_count=2, batch_size=2, repeat_count=1, schedule=sched, rows=list(range(12)))  # fmt: skip
+
+    ref = make()
+    stream = list(ref) + list(ref)  # two dataloader epochs
+    s = make()
+    it = iter(s)
+    head = [next(it) for _ in range(5 * 4)]  # 5 batches handed out (read ahead)...
+    for _ in range(3):
+        s.mark_trained()  # ...3 trained
+    state = json.loads(json.dumps(s.state_dict()))
+    assert state["trained"] == 12 and state["draws"] == 5 and set(state["chunks"]) == {"3", "4"}
+    t = make()
+    t.load_state_dict(state, lead_batches=3)
+    resumed = list(t)
+    assert len(resumed) == len(t)
+    assert resumed[12:] == stream[12 : len(t)]  # placeholders, then batch 3 on
+    assert head == stream[:20]
+    assert list(t) == stream[len(t) :]  # the next epoch continues the stream
+    with pytest.raises(ValueError, match="same num_generations"):
+        GainRepeatSampler(list(range(12)), mini_repeat_count=4, batch_size=2, repeat_count=1, schedule=t.schedule, rows=list(range(12))).load_state_dict(state)  # fmt: skip
+
+
+def test_correct_is_one_reward_function_over_a_threshold() -> None:
+    import torch
+
+    from gain_curate.integrations.trl import completion_correct, correct_column
+
+    names = ["accuracy", "format"]
+    assert correct_column(0, names) == 0
+    assert correct_column("format", names) == 1
+    assert correct_column(-1, names) == 1
+    assert correct_column("weighted", names) is None
+    for bad in (2, "nope", True):
+        with pytest.raises(ValueError, match="not a reward function"):
+            correct_column(bad, names)
+    nan = float("nan")
+    r = torch.tensor([[0.0, 1.0], [1.0, 0.0], [nan, 1.0], [0.5, 0.5], [nan, nan]])
+    w = torch.ones(2)
+    assert completion_correct(r, w, 0, 0.0) == [0.0, 1.0, None, 1.0, None]
+    assert completion_correct(r, w, 0, 0.5) == [0.0, 1.0, None, 0.0, None]
+    assert completion_correct(r, w, None, 0.0) == [1.0, 1.0, 1.0, 1.0, None]  # the old rule
+
+
+def test_partial_capture_falls_back_for_the_missing_rows() -> None:
+    """The capture matched only some rows (e.g. the first multi-token forward it saw was
+    not the prompts' prefill): the rows it missed get the prompt-only forward; rows
+    without segments are not measured; matched rows keep their captured values."""
+    from types import SimpleNamespace
+
+    calls: list[list[str]] = []
+
+    def measure(model, segments, pad_id):
+        calls.append(list(segments))
+        return [(0.0, 0.0, 10.0 + int(s[1:])) for s in segments]
+
+    cap = SimpleNamespace(values=[(0.0, 0.0, 1.0), None, None, (0.0, 0.0, 4.0)])
+    stand_in = SimpleNamespace(
+        _gain_capture=cap,
+        _gain_segments=["s0", "s1", None, "s3"],
+        gain_angles=SimpleNamespace(measure=measure),
+        accelerator=SimpleNamespace(unwrap_model=lambda m: m),
+        model=object(),
+        processing_class=SimpleNamespace(pad_token_id=0),
+    )
+    uids, online = GainGRPOTrainer._online_angles(stand_in, ["a", "b", "c", "d"])
+    assert calls == [["s1"]]
+    assert dict(zip(uids, online)) == {"a": 1.0, "b": 11.0, "d": 4.0}
+    cap.values = None  # nothing captured (vLLM): every row with segments
+    uids, online = GainGRPOTrainer._online_angles(stand_in, ["a", "b", "c", "d"])
+    assert calls[-1] == ["s0", "s1", "s3"]
+    assert dict(zip(uids, online)) == {"a": 10.0, "b": 11.0, "d": 13.0}

@@ -1,6 +1,7 @@
 """The verl adapters against REAL verl 0.9.1 (its V1 trainer is the default): our dataset class
 built by verl's own `create_rl_dataset` from the config verl's `main_ppo` composes with our
-flags, the V1 replay buffer hearing a step's rewards, checkpoint/resume through verl's
+flags, the V1 replay buffer (built by verl's own builder) hearing a step's rewards and
+filtering DAPO groups as verl's own buffer does, checkpoint/resume through verl's
 dataloader, and the open-loop export read in plan order through verl's own sampler builder.
 Runs in the verl 0.9 environment `make test-integrations` builds; skipped elsewhere."""
 
@@ -147,73 +148,204 @@ def transfer_queue():
     ray.shutdown()
 
 
-def put_step(tq, rows: dict, correct: dict[str, list[float]], step: int) -> None:
-    """What verl's agent loop writes for a finished step (agent_loop_tq.py): prompt keys, then
-    each trajectory with its fields and an rm_scores row holding the reward at the end."""
+def put_group(tq, uid: str, info: dict, scores: list[float], step: int) -> None:
+    """What verl's agent loop writes for one finished prompt (agent_loop_tq.py): its prompt key,
+    then each trajectory with its fields and an rm_scores row holding the reward at the end."""
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-    uids = [f"s{step}p{i}" for i in range(len(rows["extra_info"]))]
-    tq.kv_batch_put(keys=uids, partition_id="train", tags=[{"is_prompt": True, "status": "pending", "global_steps": step}] * len(uids))  # fmt: skip
-    for uid, info in zip(uids, rows["extra_info"]):
-        for session, score in enumerate(correct[info["gain_uid"]]):
-            prompts, responses = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6, 7][: 2 + session])
-            mask = torch.ones(len(responses), dtype=torch.int64)
-            rm = torch.zeros(len(responses), dtype=torch.float32)
-            rm[-1] = score
-            field = {"prompts": prompts, "responses": responses, "response_mask": mask, "input_ids": torch.cat([prompts, responses]),
-                     "rm_scores": rm, "extra_info": dict(info), "uid": uid, "session_id": session, "global_steps": step,
-                     "extra_fields": {"min_global_steps": step, "max_global_steps": step}}  # fmt: skip
-            tag = {"status": "success", "prompt_len": 3, "response_len": len(responses), "seq_len": 3 + len(responses),
-                   "global_steps": step, "min_global_steps": step, "max_global_steps": step}  # fmt: skip
-            tq.kv_batch_put(keys=[f"{uid}_{session}_0"], fields=list_of_dict_to_tensordict([field]), tags=[tag], partition_id="train")  # fmt: skip
-        tq.kv_put(key=uid, partition_id="train", tag={"status": "finished"})
+    tq.kv_batch_put(keys=[uid], partition_id="train", tags=[{"is_prompt": True, "status": "pending", "global_steps": step}])  # fmt: skip
+    for session, score in enumerate(scores):
+        prompts, responses = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6, 7][: 2 + session])
+        mask = torch.ones(len(responses), dtype=torch.int64)
+        rm = torch.zeros(len(responses), dtype=torch.float32)
+        rm[-1] = score
+        field = {"prompts": prompts, "responses": responses, "response_mask": mask, "input_ids": torch.cat([prompts, responses]),
+                 "rm_scores": rm, "extra_info": dict(info), "uid": uid, "session_id": session, "global_steps": step,
+                 "extra_fields": {"min_global_steps": step, "max_global_steps": step}}  # fmt: skip
+        tag = {"status": "success", "prompt_len": 3, "response_len": len(responses), "seq_len": 3 + len(responses),
+               "global_steps": step, "min_global_steps": step, "max_global_steps": step}  # fmt: skip
+        tq.kv_batch_put(keys=[f"{uid}_{session}_0"], fields=list_of_dict_to_tensordict([field]), tags=[tag], partition_id="train")  # fmt: skip
+    tq.kv_put(key=uid, partition_id="train", tag={"status": "finished"})
+
+
+class StubTrainer:
+    """verl 0.9.1's V1 PPOTrainer as far as the replay buffer sees it, run by verl's own code:
+    `_build_replay_buffer` (how verl builds a custom sampler or its own) and
+    `_resolve_filter_groups_metric` are PPOTrainer's. `_add_prompts_to_generate` (the
+    refill_fn verl hands the buffer) takes the next prompts and puts them in TransferQueue
+    finished, with the rollout scores `scores_of(i)` gives the i-th prompt of the step."""
+
+    def __init__(self, cfg, train_dataset, next_info, scores_of, tq, tag: str) -> None:
+        from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+        self._build = PPOTrainer._build_replay_buffer.__get__(self)
+        self._resolve_filter_groups_metric = PPOTrainer._resolve_filter_groups_metric.__get__(self)
+        self.config, self.trainer_mode, self.train_dataset = (
+            cfg,
+            cfg.trainer.v1.trainer_mode,
+            train_dataset,
+        )
+        self.next_info, self.scores_of, self.tq, self.tag = next_info, scores_of, tq, tag
+        self.fed: list[dict] = []  # every prompt put, in order
+        self.refills: list[int] = []
+
+    def replay_buffer(self):
+        return self._build()
+
+    def _add_prompts_to_generate(self, num_prompts: int) -> int:
+        self.refills.append(num_prompts)
+        return self.put(num_prompts)
+
+    def put(self, num_prompts: int, step: int = 1) -> int:
+        for _ in range(num_prompts):
+            info = self.next_info()
+            put_group(
+                self.tq, f"{self.tag}{len(self.fed)}", info, self.scores_of(len(self.fed)), step
+            )
+            self.fed.append(info)
+        return num_prompts
+
+
+def sample_within(rb, seconds: int = 60):
+    import signal
+
+    def hang(*_):
+        raise TimeoutError(f"ReplayBuffer.sample did not return in {seconds} s")
+
+    signal.signal(signal.SIGALRM, hang)
+    signal.alarm(seconds)
+    try:
+        return rb.sample(global_steps=1, partition_id="train", batch_size=B)
+    finally:
+        signal.alarm(0)
+
+
+def gain_flags(run: Path, *extra: str) -> list[str]:
+    return our_flags(run, "trainer.v1.sampler.custom_sampler.path=pkg://gain_curate.integrations.verl_v1",
+                     "trainer.v1.sampler.custom_sampler.name=GainReplayBuffer", *extra)  # fmt: skip
+
+
+def v1_loader(cfg, ds, batch_size: int):
+    return iter(StatefulDataLoader(ds, batch_size=batch_size, num_workers=0, drop_last=True, collate_fn=collate_fn,
+                                   sampler=create_rl_sampler(cfg.data, ds)))  # fmt: skip
 
 
 def test_v1_replay_buffer_feeds_the_steps_rewards_to_the_schedule(run: Path, qwen_tokenizer, transfer_queue) -> None:  # fmt: skip
-    """The closed loop under verl 0.9's default trainer: verl builds our dataset and resolves
-    our replay buffer from main_ppo's config; sample() over real TransferQueue trajectories
-    moves mu by the rule, and the next batch is drawn at the new mu."""
-    import signal
-
+    """The closed loop under verl 0.9's default trainer: verl builds our dataset, and builds our
+    replay buffer from main_ppo's config; sample() over real TransferQueue trajectories moves
+    mu by the rule, and the next batch is drawn at the new mu."""
     import numpy as np
-    from verl.utils.import_utils import load_extern_object
 
     from gain_curate.integrations.verl_v1 import GainReplayBuffer
     from gain_curate.schedule import mu_update
 
-    cfg = main_ppo_config(*our_flags(run, "trainer.v1.sampler.custom_sampler.path=pkg://gain_curate.integrations.verl_v1",
-                                     "trainer.v1.sampler.custom_sampler.name=GainReplayBuffer"))  # fmt: skip
+    cfg = main_ppo_config(*gain_flags(run))
     ds = create_rl_dataset(cfg.data.train_files, cfg.data, qwen_tokenizer, None)
-    loader = StatefulDataLoader(ds, batch_size=B, num_workers=0, drop_last=True, collate_fn=collate_fn,
-                                sampler=create_rl_sampler(cfg.data, ds))  # fmt: skip
-    it = iter(loader)
+    it = v1_loader(cfg, ds, B)
     rows = next(it)
     ranks = [e["gain_rank"] for e in rows["extra_info"]]
     # two rollouts per prompt: both right on even ranks, one of two on odd ranks
-    correct = {e["gain_uid"]: [1.0, 1.0] if e["gain_rank"] % 2 == 0 else [1.0, 0.0] for e in rows["extra_info"]}  # fmt: skip
-    put_step(transfer_queue, rows, correct, step=1)
-
-    sampler_cfg = cfg.trainer.v1.sampler  # the kwargs verl's _build_replay_buffer passes
-    cls = load_extern_object(sampler_cfg.custom_sampler.path, sampler_cfg.custom_sampler.name)
-    assert cls is GainReplayBuffer
-    rb = cls(trainer_mode="sync", trainer_config={}, max_off_policy_threshold=sampler_cfg.max_off_policy_threshold,
-             max_off_policy_strategy=sampler_cfg.max_off_policy_strategy, sampler_kwargs=sampler_cfg.sampler_kwargs,
-             refill_fn=lambda n: None, poll_interval=0.1)  # fmt: skip
-
-    def hang(*_):
-        raise TimeoutError("ReplayBuffer.sample did not return in 60 s")
-
-    signal.signal(signal.SIGALRM, hang)
-    signal.alarm(60)
-    try:
-        meta, metrics = rb.sample(global_steps=1, partition_id="train", batch_size=B)
-    finally:
-        signal.alarm(0)
-    assert len(meta.keys) == 2 * B
-    acc = float(np.mean([np.mean(v) for v in correct.values()]))
+    queue = iter(rows["extra_info"])
+    trainer = StubTrainer(cfg, ds, lambda: next(queue), lambda i: [1.0, 1.0] if ranks[i] % 2 == 0 else [1.0, 0.0],
+                          transfer_queue, tag="c")  # fmt: skip
+    trainer.put(B)
+    rb = trainer.replay_buffer()
+    assert type(rb) is GainReplayBuffer and rb.filter_groups_metric is None
+    meta, metrics = sample_within(rb)
+    assert len(meta.keys) == 2 * B and trainer.refills == []
+    acc = float(np.mean([1.0 if r % 2 == 0 else 0.5 for r in ranks]))
     want, _ = mu_update(0.0, acc, 0.0, ds.schedule.params, 40)
     assert ds.schedule.epoch == 1 and ds.schedule.mu == pytest.approx(want) and want > 0
     assert metrics["gain/mu"] == pytest.approx(want) and metrics["gain/acc"] == pytest.approx(acc)
-    nxt = [e["gain_rank"] for e in next(it)["extra_info"]]  # drawn at the new mu
-    assert np.mean(nxt) > np.mean(ranks)
+    plan = [ds.schedule.uids[r] for r in ds.schedule.plan_epoch()]  # epoch 1, at the new mu
+    assert [e["gain_uid"] for e in next(it)["extra_info"]] == plan
     transfer_queue.kv_clear(keys=meta.keys, partition_id="train")
+
+
+def test_v1_replay_buffer_gets_verls_own_filter_settings(run: Path, qwen_tokenizer) -> None:
+    """verl hands a custom sampler no DAPO settings; ours resolves exactly those verl gives its
+    own buffer, for DAPO on and off."""
+    names = ("filter_groups_metric", "sync_refill_failed_groups", "train_batch_size", "gen_batch_size",
+             "max_inflight_gen_batches", "max_off_policy_threshold", "max_off_policy_strategy")  # fmt: skip
+    for extra in ([], ["algorithm.filter_groups.enable=True", "algorithm.filter_groups.max_inflight_gen_batches=3"],
+                  ["trainer.v1.sampler.sync_refill_failed_groups=True"], ["data.gen_batch_size=16"]):  # fmt: skip
+        ours = StubTrainer(
+            main_ppo_config(*gain_flags(run, *extra)), None, None, None, None, "x"
+        ).replay_buffer()
+        verls = StubTrainer(
+            main_ppo_config(*our_flags(run, *extra)), None, None, None, None, "x"
+        ).replay_buffer()
+        assert type(verls).__name__ == "ReplayBuffer" and type(ours).__name__ == "GainReplayBuffer"
+        assert {n: getattr(ours, n) for n in names} == {n: getattr(verls, n) for n in names}, extra
+    assert ours.filter_groups_metric is None
+    dapo = StubTrainer(main_ppo_config(*gain_flags(run, "algorithm.filter_groups.enable=True")), None, None, None, None, "x")  # fmt: skip
+    assert dapo.replay_buffer().filter_groups_metric == "reward"
+
+
+def test_v1_replay_buffer_under_dapo_keeps_what_verls_buffer_keeps(run: Path, qwen_tokenizer, transfer_queue) -> None:  # fmt: skip
+    """algorithm.filter_groups.enable=True: on the same input (B prompts of which 2 have
+    zero-variance groups; each refill half zero-variance), GainReplayBuffer evicts, refills
+    and keeps exactly what verl's own ReplayBuffer does. The refills continue the step's
+    draws, and the step's accuracy counts the filtered groups too."""
+    import numpy as np
+
+    from gain_curate.schedule import GainSchedule, mu_update
+
+    def scores_of(i: int) -> list[float]:  # prompts 0, 1 and every even refill: all right
+        return [1.0, 1.0] if i < 2 or (i >= B and i % 2 == 0) else [1.0, 0.0]
+
+    dapo = ("algorithm.filter_groups.enable=True",)
+    cfg = main_ppo_config(*gain_flags(run, *dapo))
+    ds = create_rl_dataset(cfg.data.train_files, cfg.data, qwen_tokenizer, None)
+    it = v1_loader(cfg, ds, 1)  # verl fetches one prompt at a time under DAPO
+    ours = StubTrainer(
+        cfg, ds, lambda: next(it)["extra_info"][0], scores_of, transfer_queue, tag="g"
+    )
+    ours.put(B)  # the step's batch (prepare_step), drawn before sample()
+    meta, metrics = sample_within(ours.replay_buffer())
+    assert ours.refills == [4] and len(ours.fed) == B + 4
+
+    fed = iter(ours.fed)  # verl's own buffer, on the same prompts with the same scores
+    verls = StubTrainer(main_ppo_config(*our_flags(run, *dapo)), None, lambda: next(fed), scores_of, transfer_queue, tag="v")  # fmt: skip
+    verls.put(B)
+    vmeta, vmetrics = sample_within(verls.replay_buffer())
+
+    def kept(keys: list[str], trainer: StubTrainer) -> list[tuple[str, str]]:
+        return sorted(
+            (trainer.fed[int(k.split("_")[0][1:])]["gain_uid"], k.split("_", 1)[1]) for k in keys
+        )
+
+    assert kept(meta.keys, ours) == kept(vmeta.keys, verls) and len(meta.keys) == 2 * B
+    assert verls.refills == ours.refills == [4]
+    assert metrics["training/filter_groups/evicted_samples"] == vmetrics["training/filter_groups/evicted_samples"] == 4  # fmt: skip
+    zero_variance = {ours.fed[i]["gain_uid"] for i in range(B + 4) if len(set(scores_of(i))) == 1}
+    assert not zero_variance & {u for u, _ in kept(meta.keys, ours)}
+
+    # the schedule: 12 distinct draws of one epoch (the refills continue its order), then one
+    # update with the accuracy of all 12 groups (8/12; the 8 kept alone would say 0.5)
+    plain = GainSchedule(40, ds.schedule.params)
+    assert [e["gain_uid"] for e in ours.fed] == [ds.schedule.uids[r] for r in plain.take(B + 4, extend=True)]  # fmt: skip
+    acc = float(np.mean([np.mean(scores_of(i)) for i in range(B + 4)]))
+    assert acc == pytest.approx(8 / 12) and metrics["gain/acc"] == pytest.approx(acc)
+    want, _ = mu_update(0.0, acc, 0.0, ds.schedule.params, 40)
+    assert (ds.schedule.epoch, ds.schedule.consumed) == (1, 0) and want > 0
+    assert ds.schedule.mu == pytest.approx(want)
+    for m in (meta, vmeta):
+        transfer_queue.kv_clear(keys=m.keys, partition_id="train")
+
+
+def test_v1_replay_buffer_refusals_are_one_line(run: Path, qwen_tokenizer) -> None:
+    from gain_curate.integrations.verl_v1 import GainReplayBuffer
+
+    cfg = main_ppo_config(*gain_flags(run, "trainer.v1.trainer_mode=colocate_async"))
+    with pytest.raises(ValueError, match="set trainer.v1.trainer_mode=sync") as e:
+        StubTrainer(cfg, None, None, None, None, "x").replay_buffer()
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="no trainer's method"):
+        GainReplayBuffer("sync", {}, 8, "drop", {}, refill_fn=lambda n: n)
+    cfg = main_ppo_config(*gain_flags(run))
+    plain = RLHFDataset(data_files=cfg.data.train_files, tokenizer=qwen_tokenizer, config=cfg.data)
+    rb = StubTrainer(cfg, plain, None, None, None, "x").replay_buffer()
+    with pytest.raises(ValueError, match="data.custom_cls.name=GainRLHFDataset") as e:
+        rb.sample(global_steps=1, partition_id="train", batch_size=B)
+    assert "\n" not in str(e.value)
