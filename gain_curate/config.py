@@ -49,6 +49,10 @@ class ScoreConfig:
     # Template fields given as flags; the others follow the data source's defaults
     # (template.resolve_template). None: `template` exactly as given (library callers).
     template_flags: tuple[str, ...] | None = None
+    # Keep each prompt's pooled hidden states (OUT/states.npz) for a learnability probe. Part
+    # of the request key (a rerun with it must write them), never of the config hash: the
+    # scores and the shards are the same bytes with it or without it.
+    keep_states: bool = False
 
 
 # How the work is split never changes the scores: these flags are not part of a run's identity.

@@ -8,6 +8,10 @@ The verl export is the plan's draws as rows, all epochs back to back, in verl's 
 row k of plan epoch e is the shard row of that rank, with extra_info gaining
 gain_plan_epoch and gain_plan_position (gain_uid and gain_rank are already there). A
 sequential sampler with batch size B then trains step e on plan epoch e.
+
+The plan already chose its order (`gain-curate schedule --rank-by angle|learnability|length`):
+an export follows it, and `--rank-by X` on an export only checks that the plan was drawn over
+X (a plan over another order is refused, naming the schedule command that makes one).
 """
 
 from __future__ import annotations
@@ -38,6 +42,23 @@ def read_plan(out: Path) -> list[np.ndarray]:
     return [np.array([r for _, r in sorted(p)], dtype=np.int64) for p in plans]
 
 
+def plan_order(out: Path, rank_by: str | None = None) -> str:
+    """The order the plan was drawn over (the manifest's schedule.rank_by; plans made before
+    --rank-by existed: angle). `rank_by` given: refuse a plan over another order."""
+    from gain_curate.store import NO_PREDICTION, RANK_BY
+
+    manifest = store.read_manifest(out)
+    drawn = (manifest.get("schedule") or {}).get("rank_by", "angle")
+    if rank_by is None or rank_by == drawn:
+        return drawn
+    if rank_by not in RANK_BY:
+        raise OutputError(f"--rank-by {rank_by!r} is not one of {', '.join(RANK_BY)}")
+    if rank_by == "learnability" and "prediction" not in manifest:
+        raise OutputError(NO_PREDICTION.format(where=str(out), out=out))
+    raise OutputError(f"the plan in {out} was drawn over the {drawn} ranking, not {rank_by}: run "
+                      f"`gain-curate schedule {out} --rank-by {rank_by} --epochs E --batch-size B` first")  # fmt: skip
+
+
 def ranked_table(out: Path, columns: list[str] | None = None) -> pa.Table:
     """All shards of a run as one table (optionally only `columns`), row i = rank i."""
     manifest = store.read_manifest(out)
@@ -48,9 +69,10 @@ def ranked_table(out: Path, columns: list[str] | None = None) -> pa.Table:
     return table
 
 
-def export_verl(out: Path) -> tuple[Path, dict[str, Any]]:
+def export_verl(out: Path, rank_by: str | None = None) -> tuple[Path, dict[str, Any]]:
     """OUT/export/verl/plan.parquet and the verl flags that train on it in plan order."""
     plans = read_plan(out)
+    drawn = plan_order(out, rank_by)
     sizes = {len(p) for p in plans}
     table = ranked_table(out)
     ranks = np.concatenate(plans)
@@ -67,7 +89,7 @@ def export_verl(out: Path) -> tuple[Path, dict[str, Any]]:
     flags = [f"data.train_files=[{path.resolve()}]", "data.shuffle=False",
              f"data.train_batch_size={b}", "trainer.total_epochs=1"]  # fmt: skip
     record = {"path": str(path.relative_to(out)), "rows": rows.num_rows, "epochs": len(plans),
-              "batch_size": b, "sha256": store.file_sha256(path), "flags": " ".join(flags)}  # fmt: skip
+              "batch_size": b, "sha256": store.file_sha256(path), "flags": " ".join(flags), "rank_by": drawn}  # fmt: skip
     manifest = store.read_manifest(out)
     store.update_manifest(out, "exports", {**manifest.get("exports", {}), "verl": record})
     return path, record

@@ -139,7 +139,10 @@ def _mine(prep: Prepared, plan: Launch) -> list[int]:
 
 
 def _done(prep: Prepared, part: int) -> bool:
-    return store.WorkDir(prep.out).done(part, prep.config_hash, prep.part_key(part))
+    """Finished for this run: same config and batches, and its states when they are kept
+    (a run first scored without --keep-states scores its parts again to keep them)."""
+    return store.WorkDir(prep.out).done(part, prep.config_hash, prep.part_key(part),
+                                        states=prep.cfg.keep_states)  # fmt: skip
 
 
 def open_run(cfg: ScoreConfig, hooks: Hooks, plan: Launch, env: Mapping[str, str], *,
@@ -286,12 +289,16 @@ def score_parts(prep: Prepared, todo: list[int], device: str, hooks: Hooks, *,
     try:
         if todo:
             hooks.status(f"loading {prep.model_info['name']} ({prep.runtime.dtype}, {device})")
+            if device.startswith("cuda:"):  # this process's current device: allocations land here
+                import torch
+
+                torch.cuda.set_device(torch.device(device))
             lm = load_model_for(prep, device)
             hooks.start(sum(len(b.rows) for p in todo for b in prep.part_batches(p)), 0)
             part_hooks = replace(hooks, batch=on_batch)
             for p in todo:
-                table, stats = score_part(prep, lm, p, part_hooks)
-                work.write_part(p, table, prep.config_hash, stats, prep.part_key(p))
+                table, stats, states = score_part(prep, lm, p, part_hooks)
+                work.write_part(p, table, prep.config_hash, stats, prep.part_key(p), states)
                 beat("scoring", finished=p)
     except BaseException as e:
         beat("failed", error=" ".join(str(e).split())[:300] or type(e).__name__)
@@ -378,8 +385,8 @@ class _PartScorer:
 
         rows = []
         for p in batch["part"]:
-            table, stats = score_part(self.prep, self.lm, int(p), Hooks())
-            self.work.write_part(int(p), table, self.prep.config_hash, stats, self.prep.part_key(int(p)))  # fmt: skip
+            table, stats, states = score_part(self.prep, self.lm, int(p), Hooks())
+            self.work.write_part(int(p), table, self.prep.config_hash, stats, self.prep.part_key(int(p)), states)  # fmt: skip
             rows.append(table.num_rows)
         return {"part": list(batch["part"]), "rows": rows}
 

@@ -1,6 +1,6 @@
 """The last step of a scoring run: rank every finished part together, write the public
-shards, then the manifest (written last, atomically). `gain-curate merge OUT` runs it alone
-after --shard workers."""
+shards, the pooled states (--keep-states: OUT/states.npz), then the manifest (written last,
+atomically). `gain-curate merge OUT` runs it alone after --shard workers."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
     the run's own files: the prepared rows and input, the parts and their markers."""
     cfg, n = prep.cfg, prep.n_rows
     keys = [prep.part_key(p) for p in range(len(prep.parts))]
-    parts, part_stats = store.WorkDir(cfg.out).read_parts(keys, prep.config_hash)
+    work = store.WorkDir(cfg.out)
+    parts, part_stats = work.read_parts(keys, prep.config_hash, states=cfg.keep_states)
     rows = prep.rows.to_pydict()
     reasons: list[str | None] = list(rows["reason"])
     ids, ps = rows["input_ids"], rows["p"]
@@ -62,6 +63,9 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
     hooks.status(f"writing {cfg.out}")
     (cfg.out / store.MANIFEST).unlink(missing_ok=True)  # never a manifest beside other shards
     shards = store.write_shards(table, cfg.out, rows_per_shard=cfg.rows_per_shard)
+    kept = write_states(work, len(prep.parts), uids, duplicate_of, prep.model_info) if cfg.keep_states else None  # fmt: skip
+    if kept is None:
+        (cfg.out / store.STATES).unlink(missing_ok=True)  # the folder holds what the manifest says
     totals: dict[str, Any] = {
         "kernel": prep.runtime.kernel,
         "token_budget": prep.runtime.token_budget,
@@ -84,8 +88,38 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
         # (verl 0.9's agent loop caps it) or overflows the padded prompt batch (0.7 has no cap)
         manifest["trainer_flags"]["verl"].append(f"data.max_prompt_length={max(512, longest)}")
     manifest["runtime"] = prep.runtime.to_dict()
+    if kept is not None:
+        manifest["states"] = kept
     store.write_manifest(cfg.out, manifest)
     return ScoreResult(cfg.out, manifest, seconds)
+
+
+def write_states(work: store.WorkDir, n_parts: int, uids: list[str], duplicate_of: list[int | None],
+                 model_info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """OUT/states.npz from the parts' pooled states: one row per scored input row (a duplicate
+    gets its first occurrence's states, as it gets its scores), in input-row order, with
+    `row` (the input row, extra_info.index) and `gain_uid`. The manifest's `states` entry."""
+    got = work.read_states(n_parts)
+    d = int(model_info["hidden_size"])
+    rows = got.get("row", np.zeros(0, np.int64))
+    at = {int(r): i for i, r in enumerate(rows)}
+    copies = [(i, at[first]) for i, first in enumerate(duplicate_of) if first is not None and first in at]  # fmt: skip
+    take = np.array([*range(len(rows)), *(j for _, j in copies)], dtype=np.int64)
+    row = np.concatenate([rows, np.array([i for i, _ in copies], np.int64)])
+    order = np.argsort(row, kind="stable")
+    arrays = {"row": row[order], "gain_uid": np.array([uids[r] for r in row[order]], dtype=np.str_)}
+    for name in ("question_mean", "last_token"):
+        v = got.get(name, np.zeros((0, d), np.float16))
+        arrays[name] = v[take[order]]
+    sha = store.write_npz_atomic(work.out / store.STATES, arrays)
+    return {
+        "path": store.STATES, "rows": int(len(row)), "sha256": sha, "dtype": "float16",
+        "layer": model_info["layer"], "hidden_size": d,
+        "arrays": {"row": "input row (extra_info.index)", "gain_uid": "the row's gain_uid",
+                   "question_mean": "mean of the question tokens' MLP inputs at the layer",
+                   "last_token": "MLP input at the last token that runs: the question's last "
+                                 "(the prefill stops at the end of the question)"},
+    }  # fmt: skip
 
 
 def merge_run(out: Path, hooks: Hooks | None = None) -> ScoreResult:

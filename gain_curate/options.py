@@ -135,6 +135,13 @@ inter_weight_option = click.option(
     show_default=True,
     help="w in score = C_intra + w C_inter (8 reproduces the reference code).",
 )
+rank_by_option = click.option(
+    "--rank-by",
+    type=click.Choice(["angle", "learnability", "length"]),
+    default=None,
+    help="The order the curriculum draws over: angle (gain_rank, the default), learnability "
+    "(gain_learn_rank, after `gain-curate predict`), length (shortest question first).",
+)
 device_option = click.option(
     "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."
 )
@@ -235,6 +242,13 @@ score_options = _stack(
         "instruction); question: one user turn (question + instruction) while the template is scored.",
     ),
     click.option("--rows-per-shard", type=click.IntRange(min=1), default=50_000, show_default=True),
+    click.option(
+        "--keep-states",
+        is_flag=True,
+        help="Also keep each prompt's pooled hidden states at the scored layer (mean of its question "
+        "tokens, and its last question token; float16) in OUT/states.npz, for `gain-curate predict`. "
+        "The shards are the same bytes with or without it.",
+    ),  # fmt: skip
     click.option("--limit", type=click.IntRange(min=1), help="Score only the first N rows."),
     click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
     click.option(

@@ -11,6 +11,11 @@ for nearly every prompt, and causal attention makes its hidden states and KV the
 So P runs once; its KV is copied into each batch's cache and its unit sum s_P is reused;
 only question tokens run, at positions p, p+1, ... Each prompt's P is checked at the token
 level; a prompt whose tokens do not start with the shared prefix runs whole.
+
+Pooled states (`keep_states`, what `score --keep-states` stores for a learnability probe):
+per prompt, the mean of its question tokens' MLP inputs (the very rows the reduction reads)
+and the MLP input at its LAST token that runs, which is the question's last token (the
+prefill stops at the end of the question: no instruction, no generation prompt), float16.
 """
 
 from __future__ import annotations
@@ -177,11 +182,14 @@ def length_sorted_batches(
 
 @dataclass(frozen=True)
 class BatchSums:
-    """Segment sums of one batch: indices into the caller's list, (B, d) fp32 sums on CPU."""
+    """Segment sums of one batch: indices into the caller's list, (B, d) fp32 sums on CPU;
+    with keep_states also (B, 2, d) float16 pooled states on CPU: [:, 0] the mean of the
+    question tokens' MLP inputs, [:, 1] the MLP input at the question's last token."""
 
     indices: list[int]
     s_p: torch.Tensor
     s_q: torch.Tensor
+    states: torch.Tensor | None = None
 
 
 @dataclass
@@ -366,9 +374,10 @@ def plan_batches(segments: Mapping[int, Segments], *, token_budget: int, share_p
 def run_plan(lm: LoadedModel, segments: Mapping[int, Segments], prefix_ids: list[int] | None,
              batches: list[Batch], *, token_budget: int, pad_id: int = 0, kernel: str = "torch",
              on_batch: Callable[[int, int], None] | None = None, stats: PrefillStats | None = None,
-             recover_after: int = 8) -> Iterator[BatchSums]:  # fmt: skip
+             recover_after: int = 8, keep_states: bool = False) -> Iterator[BatchSums]:  # fmt: skip
     """Run planned batches and yield their P and Q unit-vector sums (BatchSums.indices are
-    the segments' keys). Out of memory: halve the budget and re-plan everything not yet run
+    the segments' keys), with `keep_states` also each prompt's pooled states. Out of memory:
+    halve the budget and re-plan everything not yet run
     at it (not just the failed batch, so later batches do not each fail first); after
     `recover_after` batches in a row succeed, double it again (up to the start) and re-plan.
     A row that does not fit even alone raises RowTooLarge."""
@@ -393,10 +402,12 @@ def run_plan(lm: LoadedModel, segments: Mapping[int, Segments], prefix_ids: list
                 stats.tokens_run += p
             stats.shared_prefix_tokens = p
         oom = False
+        # keep_states only when asked: the runners' positional signature stays as it was
+        keep = {"keep_states": True} if keep_states else {}
         try:
             with _timed(stats):
-                result = _run_shared(lm, prefix, segments, batch, pad_id, kernel, stats, on_batch) \
-                    if batch.shared else _run_alone(lm, segments, batch, pad_id, kernel, stats, on_batch)  # fmt: skip
+                result = _run_shared(lm, prefix, segments, batch, pad_id, kernel, stats, on_batch, **keep) \
+                    if batch.shared else _run_alone(lm, segments, batch, pad_id, kernel, stats, on_batch, **keep)  # fmt: skip
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -419,7 +430,7 @@ def run_plan(lm: LoadedModel, segments: Mapping[int, Segments], prefix_ids: list
 
 def _run_shared(lm: LoadedModel, prefix: PrefixState, segments: Mapping[int, Segments],
                 batch: Batch, pad_id: int, kernel: str, stats: PrefillStats,
-                on_batch: Callable[[int, int], None] | None) -> BatchSums:  # fmt: skip
+                on_batch: Callable[[int, int], None] | None, *, keep_states: bool = False) -> BatchSums:  # fmt: skip
     p = len(prefix.ids)
     qs = [segments[k].input_ids[p:] for k in batch.rows]
     lengths = [len(q) for q in qs]
@@ -428,12 +439,13 @@ def _run_shared(lm: LoadedModel, prefix: PrefixState, segments: Mapping[int, Seg
     s_q = reduce_rows(_packed(h, lengths), offsets, kernel).cpu()
     _count(stats, len(qs), sum(lengths), h.shape[0] * h.shape[1], on_batch)
     stats.prompts_sharing_prefix += len(qs)
-    return BatchSums(list(batch.rows), prefix.s_p.expand(len(qs), -1), s_q)
+    states = pooled_states(h, [0] * len(qs), lengths) if keep_states else None
+    return BatchSums(list(batch.rows), prefix.s_p.expand(len(qs), -1), s_q, states)
 
 
 def _run_alone(lm: LoadedModel, segments: Mapping[int, Segments], batch: Batch, pad_id: int,
-               kernel: str, stats: PrefillStats,
-               on_batch: Callable[[int, int], None] | None) -> BatchSums:  # fmt: skip
+               kernel: str, stats: PrefillStats, on_batch: Callable[[int, int], None] | None,
+               *, keep_states: bool = False) -> BatchSums:  # fmt: skip
     segs = [segments[k] for k in batch.rows]
     lengths = [len(s.input_ids) for s in segs]
     h = _full_batch(lm, [s.input_ids for s in segs], pad_id)
@@ -442,7 +454,16 @@ def _run_alone(lm: LoadedModel, segments: Mapping[int, Segments], batch: Batch, 
         bounds += [bounds[-1] + s.p, bounds[-1] + len(s.input_ids)]
     sums = reduce_rows(_packed(h, lengths), torch.tensor(bounds), kernel).cpu().view(len(segs), 2, -1)  # fmt: skip
     _count(stats, len(segs), sum(lengths), h.shape[0] * h.shape[1], on_batch)
-    return BatchSums(list(batch.rows), sums[:, 0], sums[:, 1])
+    states = pooled_states(h, [s.p for s in segs], lengths) if keep_states else None
+    return BatchSums(list(batch.rows), sums[:, 0], sums[:, 1], states)
+
+
+def pooled_states(h: torch.Tensor, starts: list[int], ends: list[int]) -> torch.Tensor:
+    """(B, T, d) MLP inputs, question tokens of row i at [starts[i], ends[i]) -> (B, 2, d)
+    float16 on CPU: the fp32 mean of those rows, and the row at ends[i] - 1 (the last token
+    that ran: the question's last). float16 halves the file; a probe needs no more."""
+    pooled = [torch.stack([h[i, a:b].float().mean(0), h[i, b - 1].float()]) for i, (a, b) in enumerate(zip(starts, ends))]  # fmt: skip
+    return torch.stack(pooled).to(torch.float16).cpu()  # one copy off the device per batch
 
 
 def segment_sums(
@@ -455,14 +476,16 @@ def segment_sums(
     share_prefix: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
     stats: PrefillStats | None = None,
+    keep_states: bool = False,
 ) -> Iterator[BatchSums]:
     """Plan and run: the P and Q unit-vector sums of every segment, a batch at a time
-    (indices into `segments`)."""
+    (indices into `segments`); with `keep_states` also the pooled states (BatchSums)."""
     keyed = dict(enumerate(segments))
     plan = plan_batches(keyed, token_budget=token_budget, share_prefix=share_prefix,
                         device_type=lm.device.type)  # fmt: skip
     yield from run_plan(lm, keyed, plan.prefix_ids, plan.batches, token_budget=token_budget,
-                        pad_id=pad_id, kernel=kernel, on_batch=on_batch, stats=stats)  # fmt: skip
+                        pad_id=pad_id, kernel=kernel, on_batch=on_batch, stats=stats,
+                        keep_states=keep_states)  # fmt: skip
 
 
 def _count(

@@ -1,8 +1,8 @@
 """`validate --rollouts K`: what a GRPO trainer would see for each sampled prompt.
 
 For every prompt: K completions sampled from the model (the prompt is the chat the trainer
-gets: the output's `prompt` column, one user turn holding the question and any
---instruction), a reward for each, and from them
+gets: the output's `prompt` column, by default the very conversation scored: system prompt,
+few-shot turns, the question and any --instruction), a reward for each, and from them
 - the pass rate p (mean reward), the learnability p (1 - p), whether the group has zero
   variance (every reward equal: GRPO's advantages are all 0 and the prompt teaches nothing),
   the mean completion length;
@@ -12,19 +12,24 @@ gets: the output's `prompt` column, one user turn holding the question and any
   (token mean over the group, verl's default; at the sampling policy the PPO ratio is 1,
   nothing is clipped, and no KL term is used), log-probs at the sampling temperature.
 
-Per-prompt gradients come from batched passes exactly as in validate: for y = x W^T the
-gradient of row b is sum_t g_bt x_bt^T, rows never interact, and a prompt's gradient is the
-sum over its K rows. A zero-variance group's gradient is exactly 0 and is not run.
+Per-prompt gradients (grpo.py) are exact: for y = x W^T the gradient of a group is
+sum_t g_t x_t^T over its prompt's and its K rows' positions, rows never interact; at the last
+layer they come from the states the sampler kept, else from one pass (the prompt once). A
+zero-variance group's gradient is exactly 0 and is not run.
 
-Generation is Hugging Face `generate` (batched, left-padded, sampling from the full
-distribution: top_k=0, top_p=1), seeded per batch, each batch saved under OUT/rollouts/, so
-an interrupted run resumes and draws exactly what an uninterrupted one would.
+Generation (sampling.py) prefills each prompt once and draws its K samples from the shared
+prefix (the KV cache repeated K times), from the full distribution (top_k=0, top_p=1),
+each prompt from its own seeded generator; batches hold whole groups, longest prompts first,
+at most `batch_rows` rows and `batch_tokens` KV tokens (rows x (longest prompt +
+max_new_tokens)). Each batch is saved under OUT/rollouts/, so an interrupted run resumes and
+draws exactly what an uninterrupted one would. `engine="vllm"` hands each batch to vLLM.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from gain_curate.errors import InputError
+from gain_curate.grpo import grpo_grad_norms, reusable_state_module
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,9 @@ class RolloutSettings:
     max_new_tokens: int = 512
     temperature: float = 1.0
     seed: int = 0
-    batch_rows: int = 64  # sequences generated at once (prompts per batch = batch_rows // k)
-    engine: str = "hf"  # "hf": transformers generate; "vllm": vLLM on a GPU (optional)
+    batch_rows: int = 128  # most sequences generated at once (whole groups: >= k)
+    batch_tokens: int = 131072  # most KV-cache tokens a batch holds: rows x (prompt + new)
+    engine: str = "hf"  # "hf": the shared-prefix sampler; "vllm": vLLM on a GPU (optional)
 
 
 def group_advantages(rewards: np.ndarray) -> np.ndarray:
@@ -56,43 +63,64 @@ def group_advantages(rewards: np.ndarray) -> np.ndarray:
 def generate(
     model: Any, prompts: list[list[int]], s: RolloutSettings, *, pad_id: int, eos_ids: list[int],
     folder: Path | None = None, key: str = "", on_batch: Callable[[int], None] | None = None,
+    keep_input_of: Any = None, states: dict[int, list[Any]] | None = None,
 ) -> list[list[list[int]]]:  # fmt: skip
     """K completions per prompt, as token ids through the first end-of-sequence token.
-    `model` is a transformers model, or for engine "vllm" a `vllm.LLM`."""
-    import torch
-
-    per = max(1, s.batch_rows // s.k)
-    batches = [list(range(a, min(a + per, len(prompts)))) for a in range(0, len(prompts), per)]
+    `model` is a transformers model, or for engine "vllm" a `vllm.LLM`. With `keep_input_of`
+    (engine hf), `states[i]` gets prompt i's kept states (sample_groups) for the batches
+    generated here; batches read back from `folder` have none."""
     out: list[list[list[int]]] = [[] for _ in prompts]
-    device = next(model.parameters()).device if s.engine == "hf" else None
-    for b, rows in enumerate(batches):
-        saved = _load_batch(folder, b, key)
-        if saved is None and s.engine == "vllm":
-            saved = _vllm_batch(
-                model, [prompts[i] for i in rows], s, s.seed * 1_000_003 + b, eos_ids
-            )
-            _save_batch(folder, b, key, saved)
+    for b, rows in enumerate(batch_layout([len(p) for p in prompts], s)):
+        saved = _load_batch(folder, b, key, rows)
         if saved is None:
-            torch.manual_seed(s.seed * 1_000_003 + b)
-            width = max(len(prompts[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, i in enumerate(rows):  # left padding: every prompt ends where generation starts
-                ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                mask[r, width - len(prompts[i]) :] = 1
-            with torch.no_grad():
-                seqs = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                    temperature=s.temperature, top_k=0, top_p=1.0, max_new_tokens=s.max_new_tokens,
-                    num_return_sequences=s.k, pad_token_id=pad_id, eos_token_id=eos_ids,
-                )  # fmt: skip
-            saved = [_until_eos(row.tolist(), eos_ids) for row in seqs[:, width:].cpu()]
-            _save_batch(folder, b, key, saved)
-        for r, i in enumerate(rows):  # generate returns each prompt's K samples together
+            batch = [prompts[i] for i in rows]
+            if s.engine == "vllm":
+                saved = _vllm_batch(model, batch, s, s.seed * 1_000_003 + b, eos_ids)
+            else:
+                saved = _sample_batch(model, batch, rows, s, pad_id, eos_ids, keep_input_of, states)  # fmt: skip
+            _save_batch(folder, b, key, rows, saved)
+        for r, i in enumerate(rows):  # each prompt's K samples together
             out[i] = saved[r * s.k : (r + 1) * s.k]
         if on_batch is not None:
             on_batch(len(rows))
     return out
+
+
+def _sample_batch(model: Any, prompts: list[list[int]], rows: list[int], s: RolloutSettings,
+                  pad_id: int, eos_ids: list[int], keep_input_of: Any,
+                  states: dict[int, list[Any]] | None) -> list[list[int]]:  # fmt: skip
+    """One batch through the shared-prefix sampler, prompt after prompt, each prompt's K
+    together; each prompt seeded on its own (seed, index), not per batch."""
+    from gain_curate.sampling import sample_groups
+
+    seeds = [s.seed * 1_000_003 + i for i in rows]
+    groups = sample_groups(model, prompts, s.k, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                           eos_ids=eos_ids, pad_id=pad_id, seeds=seeds,
+                           keep_input_of=keep_input_of if states is not None else None)  # fmt: skip
+    if keep_input_of is not None and states is not None:
+        groups, kept = groups
+        states.update(zip(rows, kept))
+    return [c for group in groups for c in group]
+
+
+def batch_layout(lengths: list[int], s: RolloutSettings) -> list[list[int]]:
+    """Prompt indices per generation batch, a function of the prompts and settings alone (so
+    a resumed run's batches are the first run's). hf: longest first, whole groups, at most
+    `batch_rows` rows and rows x (longest prompt + max_new_tokens) <= `batch_tokens`, at
+    least one prompt. vllm: consecutive prompts, batch_rows // k of them (vLLM sizes itself)."""
+    if s.engine == "vllm":
+        per = max(1, s.batch_rows // s.k)
+        return [list(range(a, min(a + per, len(lengths)))) for a in range(0, len(lengths), per)]
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if batches:
+            rows = s.k * (len(batches[-1]) + 1)
+            longest = lengths[batches[-1][0]]  # sorted: the batch's first is its longest
+            if rows <= s.batch_rows and rows * (longest + s.max_new_tokens) <= s.batch_tokens:
+                batches[-1].append(i)
+                continue
+        batches.append([i])
+    return batches
 
 
 def _vllm_batch(llm: Any, prompts: list[list[int]], s: RolloutSettings, seed: int,
@@ -129,88 +157,31 @@ def _batch_file(folder: Path, b: int) -> Path:
     return folder / f"batch-{b:05d}.json"
 
 
-def _load_batch(folder: Path | None, b: int, key: str) -> list[list[int]] | None:
+def _load_batch(folder: Path | None, b: int, key: str, rows: list[int]) -> list[list[int]] | None:
     if folder is None or not _batch_file(folder, b).is_file():
         return None
     try:
         saved = json.loads(_batch_file(folder, b).read_text())
     except (OSError, ValueError):
         return None
-    return saved["completions"] if saved.get("key") == key else None
+    return saved["completions"] if saved.get("key") == key and saved.get("rows") == rows else None
 
 
-def _save_batch(folder: Path | None, b: int, key: str, completions: list[list[int]]) -> None:
+def _save_batch(folder: Path | None, b: int, key: str, rows: list[int], completions: list[list[int]]) -> None:  # fmt: skip
     from gain_curate.store import write_bytes_atomic
 
     if folder is not None:  # a batch is saved whole or not at all
-        write_bytes_atomic(_batch_file(folder, b), json.dumps({"key": key, "completions": completions}).encode())  # fmt: skip
+        blob = {"key": key, "rows": rows, "completions": completions}
+        write_bytes_atomic(_batch_file(folder, b), json.dumps(blob).encode())
+
+
+SAMPLER = "shared-prefix-1"  # in the key: batches drawn by an older sampler are not reused
 
 
 def rollout_key(s: RolloutSettings, model_revision: str | None, prompts: list[list[int]]) -> str:
-    """What the saved batches depend on: settings, model, every prompt's tokens."""
-    blob = json.dumps([asdict(s), model_revision, prompts]).encode()
+    """What the saved batches depend on: sampler, settings, model, every prompt's tokens."""
+    blob = json.dumps([SAMPLER, asdict(s), model_revision, prompts]).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def grpo_grad_norms(
-    model: Any, prompts: list[list[int]], completions: list[list[list[int]]],
-    advantages: list[np.ndarray], layer: int, *, temperature: float = 1.0,
-    token_budget: int = 8192, pad_id: int = 0, on_group: Callable[[int], None] | None = None,
-) -> np.ndarray:  # fmt: skip
-    """Per prompt, ||dL/dW_up||_F of its group's GRPO loss (module docstring). Whole groups
-    go into a batch together, up to `token_budget` padded tokens (at least one group)."""
-    import torch
-
-    from gain_curate.gradients import up_proj_row_grads
-    from gain_curate.prefill import right_pad
-
-    norms = np.zeros(len(prompts))
-    todo = [i for i in range(len(prompts)) if np.any(advantages[i] != 0) and completions[i]]
-    if on_group is not None:
-        on_group(len(prompts) - len(todo))  # zero-variance groups: gradient exactly 0
-    device = next(model.parameters()).device
-    base, head = model.base_model, model.get_output_embeddings()
-    with up_proj_row_grads(model, layer) as row_grads:
-        for batch in _group_batches(prompts, completions, todo, token_budget):
-            rows = [(i, k) for i in batch for k in range(len(completions[i]))]
-            ids, mask = right_pad([prompts[i] + completions[i][k] for i, k in rows], pad_id)
-            hidden = base(
-                input_ids=ids.to(device), attention_mask=mask.to(device)
-            ).last_hidden_state
-            # row r's completion tokens sit at [n_p, n_p + n_c); position t - 1 predicts t
-            pos = [(r, t) for r, (i, k) in enumerate(rows) for t in range(len(prompts[i]), len(prompts[i]) + len(completions[i][k]))]  # fmt: skip
-            rr = torch.tensor([r for r, _ in pos], device=device)
-            tt = torch.tensor([t for _, t in pos], device=device)
-            logits = head(hidden[rr, tt - 1]).float() / temperature
-            logp = torch.log_softmax(logits, dim=-1).gather(1, ids.to(device)[rr, tt][:, None])[:, 0]  # fmt: skip
-            # GRPO's token mean over the group: each token weighs -A_k / (the group's tokens)
-            group_tokens = {i: sum(len(c) for c in completions[i]) for i in batch}
-            weight = [
-                -advantages[rows[r][0]][rows[r][1]] / group_tokens[rows[r][0]] for r, _ in pos
-            ]
-            (torch.tensor(weight, dtype=torch.float32, device=device) * logp).sum().backward()
-            per_row = row_grads()
-            for i in batch:
-                norms[i] = per_row[[r for r, (j, _) in enumerate(rows) if j == i]].sum(0).norm().item()  # fmt: skip
-            if on_group is not None:
-                on_group(len(batch))
-    return norms
-
-
-def _group_batches(prompts: list[list[int]], completions: list[list[list[int]]],
-                   todo: list[int], token_budget: int) -> list[list[int]]:  # fmt: skip
-    """Groups (all K rows of a prompt) packed, longest first, into batches of padded size
-    (rows x longest row) within the budget; a group larger than the budget goes alone."""
-    longest = {i: len(prompts[i]) + max(len(c) for c in completions[i]) for i in todo}
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in sorted(todo, key=lambda i: (-longest[i], i)):
-        rows = sum(len(completions[j]) for j in [*current, i])
-        if current and rows * max(longest[j] for j in [*current, i]) > token_budget:
-            batches.append(current)
-            current = []
-        current.append(i)
-    return batches + ([current] if current else [])
 
 
 def zero_variance_drop(score: np.ndarray, zero_var: np.ndarray, keep: float) -> dict[str, Any]:
@@ -280,6 +251,7 @@ def run_rollouts(
     eos = _eos_ids(model, tok)
     key = rollout_key(settings, model_revision, prompts)
     gen_done = hooks.add("generating", len(prompts)) if hooks else None
+    clock = [time.perf_counter()]
     engine = model
     if settings.engine == "vllm":
         import torch
@@ -288,7 +260,12 @@ def run_rollouts(
         engine = load_vllm(model.name_or_path, dtype, settings.seed) if torch.cuda.is_available() else None  # fmt: skip
         if engine is None:
             raise InputError("--engine vllm needs a CUDA GPU; use --engine hf on this machine")
-    completions = generate(engine, prompts, settings, pad_id=pad, eos_ids=eos, folder=folder, key=key, on_batch=gen_done)  # fmt: skip
+    # the GRPO pass reuses the states the sampler kept, where the model allows (grpo.py)
+    keep = reusable_state_module(model, layer) if settings.engine == "hf" else None
+    states: dict[int, list[Any]] = {}
+    completions = generate(engine, prompts, settings, pad_id=pad, eos_ids=eos, folder=folder, key=key,
+                           on_batch=gen_done, keep_input_of=keep, states=states)  # fmt: skip
+    seconds = {"generation": _lap(clock)}  # where the time went (resumed batches: ~0)
     texts = [[tok.decode(c, skip_special_tokens=True) for c in group] for group in completions]
     # cut off: ran the whole --max-new-tokens without ending its turn
     cut = [[len(c) >= settings.max_new_tokens and c[-1] not in eos for c in group] for group in completions]  # fmt: skip
@@ -299,9 +276,11 @@ def run_rollouts(
         rewards.append(np.array(values))
         nones += n
     advantages = [group_advantages(r) for r in rewards]
+    seconds["rewards"] = _lap(clock)
     grad_done = hooks.add("GRPO gradients", len(prompts)) if hooks else None
     norms = grpo_grad_norms(model, prompts, completions, advantages, layer, temperature=settings.temperature,
-                            pad_id=pad, on_group=grad_done)  # fmt: skip
+                            pad_id=pad, on_group=grad_done, states=states)  # fmt: skip
+    seconds["grpo_gradients"] = _lap(clock)
     p = np.array([r.mean() for r in rewards])
     records = [{"prompt": c, "answer": a, "completions": t, "rewards": r.tolist(), "truncated": x}
                for c, a, t, r, x in zip(chats, answers, texts, rewards, cut)]  # fmt: skip
@@ -316,7 +295,15 @@ def run_rollouts(
         "max_new_tokens": settings.max_new_tokens,
         "grpo_grad_norm": norms,
         "records": records,
+        "seconds": seconds,
     }
+
+
+def _lap(clock: list[float]) -> float:
+    """Seconds since the last lap (clock[0]), which restarts."""
+    now = time.perf_counter()
+    seconds, clock[0] = round(now - clock[0], 1), now
+    return seconds
 
 
 def _eos_ids(model: Any, tok: Any) -> list[int]:
@@ -330,9 +317,16 @@ def _eos_ids(model: Any, tok: Any) -> list[int]:
     return ids
 
 
-def rollout_statistics(signals: dict[str, np.ndarray], rl: dict[str, Any]) -> dict[str, Any]:
+def rollout_statistics(
+    signals: dict[str, np.ndarray], rl: dict[str, Any], *, probes: dict[str, Any] | None = None,
+    n_run: int | None = None, seed: int = 0, resamples: int = 2000,
+) -> dict[str, Any]:  # fmt: skip
     """Spearman and length-controlled partial Spearman of every signal with every RL
-    target; the zero-variance filter at 25/50/75 % kept; the score's AUROC."""
+    target; the zero-variance filter at 25/50/75 % kept; the score's AUROC. Then every
+    ranking (the signals and the probes' held-out predictions, probe.ProbeFit by feature
+    name) with seeded bootstrap intervals, what the default curriculum serves of a run of
+    n_run prompts, and the verdict: probe.compare_rankings."""
+    from gain_curate.probe import compare_rankings, signal_rankings
     from gain_curate.stats import partial_spearman, spearman
 
     length = signals["question_tokens"]
@@ -357,7 +351,9 @@ def rollout_statistics(signals: dict[str, np.ndarray], rl: dict[str, Any]) -> di
         **corr,
         "keep_top_by_score": [zero_variance_drop(score, zv, x) for x in (0.25, 0.5, 0.75)],
         "auroc_score_predicts_zero_variance": auroc(score, zv),
-    }
+        **compare_rankings(signal_rankings(signals, probes), rl, length=length, n_run=n_run,
+                           seed=seed, resamples=resamples, probes=probes),
+    }  # fmt: skip
 
 
 def rollout_warnings(rl: dict[str, Any]) -> list[str]:

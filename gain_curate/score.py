@@ -4,7 +4,12 @@ reduced to C_intra, C_inter and the score (DESIGN.md 1). Pure compute; the launc
 
     prep = load_prepared(out)
     lm = load_model_for(prep, device)
-    table, stats = score_part(prep, lm, part=3, hooks=Hooks())
+    table, stats, states = score_part(prep, lm, part=3, hooks=Hooks())
+
+With cfg.keep_states, `states` holds the part's pooled hidden states at the scored layer
+(prefill.pooled_states: the mean of the question tokens' MLP inputs and the MLP input at
+the question's last token, float16), by input row; else None. The store writes them beside
+the part (OUT/.gain-curate/states/) and the merge gathers them into OUT/states.npz.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ def load_model_for(prep: Prepared, device: str) -> Any:
                       layer=prep.cfg.layer, split=prep.runtime.placement == "split")  # fmt: skip
 
 
-def score_part(prep: Prepared, lm: Any, part: int, hooks: Hooks) -> tuple[Any, dict[str, Any]]:
-    """Score one part's batches: a table in store.PART_SCHEMA order and the prefill stats."""
+def score_part(prep: Prepared, lm: Any, part: int, hooks: Hooks) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:  # fmt: skip
+    """Score one part's batches: a table in store.PART_SCHEMA order, the prefill stats, and
+    the pooled states by input row (None unless cfg.keep_states)."""
     import pyarrow as pa
     import torch
 
@@ -49,9 +55,11 @@ def score_part(prep: Prepared, lm: Any, part: int, hooks: Hooks) -> tuple[Any, d
     score: list[float] = []
     c_intra: list[float] = []
     c_inter: list[float] = []
+    keep = prep.cfg.keep_states
+    pooled: list[Any] = []
     run = run_plan(lm, segs, prep.prefix_ids, batches, token_budget=prep.runtime.token_budget,
                    pad_id=prep.pad_id, kernel=prep.runtime.kernel, on_batch=hooks.batch,
-                   stats=stats)  # fmt: skip
+                   stats=stats, keep_states=keep)  # fmt: skip
     try:
         for b in run:
             p = torch.tensor([segs[k].p for k in b.indices])
@@ -61,6 +69,8 @@ def score_part(prep: Prepared, lm: Any, part: int, hooks: Hooks) -> tuple[Any, d
             score += a.score.tolist()
             c_intra += a.c_intra.tolist()
             c_inter += a.c_inter.tolist()
+            if keep:
+                pooled.append(b.states.numpy())
     except RowTooLarge as e:
         raise ModelError(
             f"input row {e.key} ({e.tokens} tokens up to the end of its question) does not fit in "
@@ -79,4 +89,9 @@ def score_part(prep: Prepared, lm: Any, part: int, hooks: Hooks) -> tuple[Any, d
         "tokens_prefix": [segs[k].p for k in rows], "tokens_question": [segs[k].q for k in rows],
         "reason": [None if ok else "non_finite_hidden_states" for ok in finite],
     })  # fmt: skip
-    return table, {"token_budget": prep.runtime.token_budget, **asdict(stats)}
+    states = None
+    if keep:
+        d = prep.model_info["hidden_size"]
+        both = np.concatenate(pooled)[order] if pooled else np.zeros((0, 2, d), np.float16)
+        states = {"row": np.asarray(rows, dtype=np.int64), "question_mean": both[:, 0], "last_token": both[:, 1]}  # fmt: skip
+    return table, {"token_budget": prep.runtime.token_budget, **asdict(stats)}, states

@@ -9,6 +9,10 @@ trainer adapters that own the policy's forward measure it online). Paper mode st
 offline gain_score of each step's draws for the reference's online level: at step 0, with
 the trainer's template, the two are the same number, and that is what the reference feeds
 its rule every step.
+
+`--rank-by learnability|length` draws over another order of the same rows (store.order_by):
+the schedule's positions are then positions in that order (the table's rank quantiles and
+the picture too), and the plan records each draw's gain_rank, the shards' row, as always.
 """
 
 from __future__ import annotations
@@ -143,32 +147,35 @@ def plan_run(
     *,
     write_plan: bool,
     plot_path: Path | None,
+    rank_by: str = "angle",
 ) -> PlanResult:
-    """`gain-curate schedule`: the scored run's ranking -> simulated steps, and the open-loop
-    plan (schedule/plan.parquet, recorded in the manifest) unless only simulating."""
+    """`gain-curate schedule`: the scored run's ranking (or its `rank_by` order) -> simulated
+    steps, and the open-loop plan (schedule/plan.parquet, recorded in the manifest) unless
+    only simulating."""
     from gain_curate import store
     from gain_curate.errors import OutputError
     from gain_curate.schedule import ScheduleParams
 
     uids, scores = store.read_ranking(out)
+    order = store.read_order(out, rank_by)  # gain_rank at each position of the chosen order
     if params_kw["batch_size"] > len(uids):
         raise ValueError(f"--batch-size {params_kw['batch_size']} exceeds the {len(uids)} prompts in {out}: give at most {len(uids)}")  # fmt: skip
     paper = params_kw.pop("paper", False)
     params = ScheduleParams.paper(**params_kw) if paper else ScheduleParams(**params_kw)
-    sched = GainSchedule(len(uids), params, uids=uids, scores=scores)
-    plans = run_open_loop(sched, steps, accuracy)
+    sched = GainSchedule(len(uids), params, uids=[uids[r] for r in order], scores=scores[order])
+    plans = run_open_loop(sched, steps, accuracy)  # positions in the chosen order
     rows = step_rows(plans, sched.history)
     res = PlanResult(plans, rows, decile_shares(plans, len(uids)),
                      end_line(sched.history, len(uids), params.at_end), len(uids), None, plot_path)  # fmt: skip
     if plot_path is not None:
-        mode = "paper mode" if paper else f"at_end={params.at_end}"
+        mode = ("paper mode" if paper else f"at_end={params.at_end}") + ("" if rank_by == "angle" else f", {rank_by} order")  # fmt: skip
         try:
             plot(plans, sched.history, len(uids), plot_path,
                  f"{len(uids):,} prompts, B={params.batch_size}, sigma={sched.sigma:g}, accuracy {accuracy}, {mode}")  # fmt: skip
         except OSError as e:
             raise OutputError(f"cannot write {plot_path}: {e.strerror or e}") from None
     if write_plan:
-        res.plan_path = store.write_plan(out, plans, uids)
+        res.plan_path = store.write_plan(out, [order[p] for p in plans], uids)
         angle = ("offline gain_score of each step's draws standing in for the online level (paper mode)"
                  if paper else "none: no online measurement in an open-loop plan")  # fmt: skip
         store.update_manifest(out, "schedule", {
@@ -176,5 +183,6 @@ def plan_run(
             "epochs": steps, "assumed_accuracy": str(accuracy), "mode": "paper" if paper else "default",
             "params": sched.state_dict()["params"], "angle_signal": angle, "end_of_ranking": res.end,
             "decile_shares": [round(x, 4) for x in res.deciles], "epochs_summary": rows,
+            "rank_by": rank_by,
         })  # fmt: skip
     return res

@@ -3,6 +3,7 @@
     OUT/
       gain_manifest.json                  written last, atomically (tmp + rename)
       data/train-00000-of-0000N.parquet   rows sorted by gain_rank, one Arrow schema for all
+      states.npz                          score --keep-states: pooled hidden states per row
       .gain-curate/                       staging and work parts (hidden from loaders)
 
 Columns are verl's RL schema (data_source, prompt, ability, reward_model, extra_info) so
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from gain_curate.errors import OutputError
 
 MANIFEST = "gain_manifest.json"
 WORK_DIR = ".gain-curate"
+STATES = "states.npz"  # score --keep-states: row, gain_uid, question_mean, last_token
 VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 # Names verl's RLHFDataset / DataProto use for itself: an input column with one of these
 # names moves into extra_info as input_<name> instead of shadowing it at top level.
@@ -54,6 +57,17 @@ GAIN_FIELDS = [
     pa.field("gain_unscored_reason", pa.string()),
     pa.field("gain_duplicate_of", pa.string()),  # gain_uid of the first occurrence, else null
 ]
+# `gain-curate predict` adds these two after the others (predict.py): a probe's predicted
+# pass rate, and the learnability ranking (high p(1 - p) first) as a rank position.
+PREDICT_FIELDS = [pa.field("gain_pred_pass", pa.float64()), pa.field("gain_learn_rank", pa.int64())]
+# The orders a schedule can draw over (`--rank-by`), and the column each one sorts by.
+RANK_BY = ("angle", "learnability", "length")
+RANK_COLUMNS = {
+    "angle": "gain_rank",
+    "learnability": "gain_learn_rank",
+    "length": "gain_tokens_question",
+}
+NO_PREDICTION = "rank_by learnability needs gain_pred_pass and gain_learn_rank, which {where} does not have: run `gain-curate predict {out} --probe PROBE` first"  # fmt: skip
 
 
 @dataclass
@@ -89,6 +103,26 @@ def rank_order(
     unscored = [i for i in originals if not np.isfinite(score[i])]
     order = [j for i in scored + unscored for j in (i, *copies.get(i, ()))]
     return np.asarray(order, dtype=np.int64)
+
+
+def order_by(rank_by: str, gain_rank: Any, key: Any = None, where: str = "the run") -> np.ndarray:
+    """Indices of the given rows in `rank_by` order (position k of the curriculum holds row
+    order[k]). angle: gain_rank. learnability: gain_learn_rank (predict.py: high p(1 - p)
+    first). length: the shortest question first (gain_tokens_question; ties by gain_rank,
+    rows never tokenized last): the one signal the issue-19 measurements found to predict a
+    pass. `key` is that column per row (None where a trainer's rows lack it)."""
+    ranks = np.asarray(gain_rank, dtype=np.int64)
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank_by {rank_by!r} is not one of {', '.join(RANK_BY)}")
+    if rank_by == "angle":
+        return np.argsort(ranks, kind="stable")
+    k = None if key is None else np.array([np.nan if v is None else v for v in key], np.float64)
+    if rank_by == "learnability" and (k is None or not np.isfinite(k).all()):
+        raise ValueError(NO_PREDICTION.format(where=where, out="OUT"))
+    if k is None:
+        raise ValueError(f"rank_by length needs gain_tokens_question, which {where} does not have: train on shards written by `gain-curate score`")  # fmt: skip
+    k[~np.isfinite(k) | (k < 0)] = np.inf  # length: rows never tokenized go last
+    return np.lexsort((ranks, k))  # by key, then by gain_rank
 
 
 def build_table(
@@ -296,6 +330,22 @@ def read_ranking(out: Path) -> tuple[list[str], np.ndarray]:
     return uids, np.array([np.nan if s is None else s for s in scores], dtype=np.float64)
 
 
+def read_order(out: Path, rank_by: str) -> np.ndarray:
+    """The rank positions (gain_rank, the shards' row order) in `rank_by` order."""
+    manifest = read_manifest(out)
+    n = sum(s["rows"] for s in manifest["shards"])
+    if rank_by == "angle":
+        return np.arange(n, dtype=np.int64)
+    col = RANK_COLUMNS.get(rank_by)
+    if col is None:
+        raise ValueError(f"--rank-by {rank_by!r} is not one of {', '.join(RANK_BY)}")
+    names = pq.read_schema(out / manifest["shards"][0]["path"]).names if manifest["shards"] else []
+    if col not in names:
+        raise OutputError(NO_PREDICTION.format(where=str(out), out=out))
+    t = pa.concat_tables([pq.read_table(out / s["path"], columns=["gain_rank", col]) for s in manifest["shards"]])  # fmt: skip
+    return t["gain_rank"].to_numpy()[order_by(rank_by, t["gain_rank"].to_numpy(), t[col].to_pylist(), str(out))]  # fmt: skip
+
+
 PLAN_SCHEMA = pa.schema(
     [
         ("epoch", pa.int32()),
@@ -351,6 +401,35 @@ PART_SCHEMA = pa.schema(
 )  # fmt: skip
 
 
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> str:
+    """Arrays as an uncompressed .npz (np.load reads it) that appears whole or not at all;
+    returns its sha256. Zip entries carry a fixed timestamp (np.savez stamps the clock), so
+    the same arrays are the same bytes whoever writes them."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            for name, a in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with z.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
+        digest = file_sha256(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e} (check free space and permissions)") from None  # fmt: skip
+    return digest
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a .npz written by write_npz_atomic (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise OutputError(f"cannot read {path}: {e}; score again with --keep-states --overwrite") from None  # fmt: skip
+
+
 def write_png(fig: Any, path: Path) -> Path:
     """A matplotlib figure as a PNG that appears whole or not at all."""
     import io
@@ -383,6 +462,7 @@ class WorkDir:
         self.out = out
         self.root = out / WORK_DIR
         self.parts = self.root / "parts"
+        self.states = self.root / "states"  # part-NNNNN.npz: --keep-states, one per part
         self.ranks = self.root / "ranks"
 
     def run_info(self) -> dict[str, Any] | None:
@@ -418,6 +498,7 @@ class WorkDir:
     def clear(self) -> None:
         """--overwrite: the manifest and all work, but not the lock file."""
         (self.out / MANIFEST).unlink(missing_ok=True)
+        (self.out / STATES).unlink(missing_ok=True)
         if self.root.is_dir():
             for child in self.root.iterdir():
                 if child.name == "lock":
@@ -427,7 +508,9 @@ class WorkDir:
                 else:
                     child.unlink(missing_ok=True)
 
-    def done(self, part: int, config_hash: str, part_key: str | None = None) -> bool:
+    def done(self, part: int, config_hash: str, part_key: str | None = None, *,
+             states: bool = False) -> bool:  # fmt: skip
+        """Finished with this config (and these batches); `states`: its pooled states too."""
         marker = self.parts / f"part-{part:05d}.done"
         if not marker.is_file():
             return False
@@ -436,15 +519,23 @@ class WorkDir:
         except (OSError, ValueError):
             return False
         path = self.parts / f"part-{part:05d}.parquet"
+        kept = self.states_path(part)
         return (
             m["config_hash"] == config_hash
             and (part_key is None or m.get("part_key") == part_key)
             and path.is_file()
             and file_sha256(path) == m["sha256"]
-        )
+            and (not states or (m.get("states_sha256") is not None and kept.is_file()
+                                and file_sha256(kept) == m["states_sha256"]))
+        )  # fmt: skip
+
+    def states_path(self, part: int) -> Path:
+        return self.states / f"part-{part:05d}.npz"
 
     def write_part(self, part: int, table: pa.Table, config_hash: str, stats: dict[str, Any],
-                   part_key: str | None = None) -> None:  # fmt: skip
+                   part_key: str | None = None, states: dict[str, np.ndarray] | None = None) -> None:  # fmt: skip
+        """The part's table, its pooled states if kept, then the marker naming both."""
+        states_sha = None if states is None else write_npz_atomic(self.states_path(part), states)
         path = self.parts / f"part-{part:05d}.parquet"
         sink = pa.BufferOutputStream()
         try:
@@ -460,13 +551,15 @@ class WorkDir:
             "part_key": part_key,
             "rows": table.num_rows,
             "sha256": hashlib.sha256(data).hexdigest(),
+            "states_sha256": states_sha,
             "prefill": stats,
         }
         write_bytes_atomic(self.parts / f"part-{part:05d}.done", json.dumps(marker).encode())
 
-    def read_parts(self, part_keys: list[str], config_hash: str) -> tuple[pa.Table, list[dict[str, Any]]]:  # fmt: skip
+    def read_parts(self, part_keys: list[str], config_hash: str, *,
+                   states: bool = False) -> tuple[pa.Table, list[dict[str, Any]]]:  # fmt: skip
         n_parts = len(part_keys)
-        missing = [p for p in range(n_parts) if not self.done(p, config_hash, part_keys[p])]
+        missing = [p for p in range(n_parts) if not self.done(p, config_hash, part_keys[p], states=states)]  # fmt: skip
         if missing:
             shown = ", ".join(str(p) for p in missing[:8]) + (" ..." if len(missing) > 8 else "")
             raise OutputError(f"{self.out}: {len(missing)} of {n_parts} parts are not finished (parts {shown}): "
@@ -477,6 +570,13 @@ class WorkDir:
             for p in range(n_parts)
         ]
         return (pa.concat_tables(tables) if tables else PART_SCHEMA.empty_table()), stats
+
+    def read_states(self, n_parts: int) -> dict[str, np.ndarray]:
+        """Every part's pooled states, in part order (read after read_parts checked them)."""
+        parts = [read_npz(self.states_path(p)) for p in range(n_parts)]
+        if not parts:
+            return {}
+        return {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
 
     # --- who is alive: each rank's state, refreshed while it works -------------------
     def beat(self, rank: int, state: str, **fields: Any) -> None:

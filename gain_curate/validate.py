@@ -15,6 +15,7 @@ padding, per-sample losses summed), so G_b equals a one-prompt loss.backward() e
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         check_reward(reward, reward_rows, golds)
 
     out.mkdir(parents=True, exist_ok=True)
+    clock = time.perf_counter()
     sample_file = out / "sample.jsonl"
     sample_file.write_text(
         "".join(
@@ -207,6 +209,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         ).to_pylist()
         by_row = {r["extra_info"]["index"]: r for r in table}
 
+    seconds = {"score": round(time.perf_counter() - clock, 1)}  # where validate spends its time
     ref = resolve_model(model)
     tok = load_tokenizer(ref, chat_template=Path(chat_template).read_text(encoding="utf-8") if chat_template else None)  # fmt: skip
     dev = torch.device(
@@ -217,9 +220,14 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         lm = AutoModelForCausalLM.from_pretrained(
             ref.path, **from_pretrained_kwargs(resolve_dtype(dtype, dev), ref.revision)
         ).to(dev)
+    if dev.type == "cpu":  # no page faults for each batch's large logits (sampling.py)
+        from gain_curate.sampling import keep_freed_memory
+
+        keep_freed_memory()
     examples = build_examples(tok, template, questions, solutions)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     norms, losses = grad_norms(lm, examples, shape.layer, pad_id=pad)
+    seconds["load_and_supervised_gradients"] = round(time.perf_counter() - clock - seconds["score"], 1)  # fmt: skip
 
     def col(name: str) -> np.ndarray:
         return np.array(
@@ -246,9 +254,9 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     if rollouts is not None:
         from gain_curate.rollouts import SIGNALS, TARGETS, rollout_statistics, run_rollouts
 
-        raw_q = column_values(src.table, src.spec.question_key)
-        chats = [raw_q[i] if isinstance(raw_q[i], list) else [{"role": "user", "content": template.user_content(q)}]
-                 for i, q in zip(picked, questions)]  # fmt: skip
+        # the trainer's conversation, the output's `prompt`: by default the very conversation
+        # scored (system prompt, few-shot, question, instruction; or the row's own chat)
+        chats = [[{"role": m["role"], "content": m["content"]} for m in by_row[k]["prompt"]] for k in range(len(picked))]  # fmt: skip
         # the rest of each row as the trainer's reward gets it (TRL passes every column)
         reward_rows = [{**{c: v for c, v in by_row[k].items() if c != "prompt"}, **reward_rows[k]} for k in range(len(picked))]  # fmt: skip
         rl = run_rollouts(lm, tok, chats, golds, settings=rollouts, reward=reward, layer=shape.layer,
@@ -256,6 +264,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
                           rows=reward_rows)  # fmt: skip
         signals = dict(zip(SIGNALS, (score, c_intra, c_inter, q_len)))
         result["rollouts"] = {"settings": asdict(rollouts), **rollout_statistics(signals, rl)}
+        seconds.update(rl["seconds"])  # generation, rewards, GRPO gradients
         rows.update({t: rl[t] for t in TARGETS})
         rows.update(
             {"zero_variance": rl["zero_variance"], "mean_completion_tokens": rl["mean_length"],
@@ -264,6 +273,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         (out / "rollouts").mkdir(parents=True, exist_ok=True)
         with (out / "rollouts" / "completions.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rl["records"])
+    result["seconds"] = seconds
     pq.write_table(pa.table(rows), out / "validate.parquet")
     (out / "validate.json").write_text(
         json.dumps(

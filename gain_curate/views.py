@@ -13,41 +13,55 @@ def print_validate(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(
-        title=f"does the signal hold? {result['model']}, {result['sample']} prompts, {result['weight']}"
-    )
+    from gain_curate.stats import format_estimate
+
+    n = result["sample"]
+
+    def cell(v: Any, signed: bool = True) -> str:  # the sample size only where it differs
+        show_n = isinstance(v, dict) and v.get("n") != n
+        return format_estimate(v, signed=signed, show_n=show_n)
+
+    t = Table(title=f"does the signal hold? {result['model']}, {n} prompts, {result['weight']}")
     t.add_column("Spearman of ||grad||_F with")
     t.add_column("rho", justify="right")
+    intervals = result.get("intervals", {})  # the same keys with bootstrap intervals
     for key, label in (("spearman_grad_vs_score", "gain_score"), ("spearman_grad_vs_c_intra", "C_intra"),
                        ("spearman_grad_vs_c_inter", "C_inter"), ("spearman_grad_vs_question_tokens", "question length"),
                        ("partial_spearman_grad_vs_score_given_length", "gain_score, length held fixed")):  # fmt: skip
-        v = result[key]
-        t.add_row(label, "n/a" if v is None else f"{v:+.3f}")
+        t.add_row(label, cell(intervals.get(key, result[key])))
     console = Console()
     console.print(t)
     rl = result.get("rollouts")
     if not rl:
         return
-    st = rl["settings"]
+    st, boot, cur = rl["settings"], rl["bootstrap"], rl["curriculum"]
     t = Table(title=f"the RL side: K = {st['k']} rollouts per prompt (T = {st['temperature']:g}, up to "
-                    f"{st['max_new_tokens']} tokens), reward {rl['reward']}")  # fmt: skip
-    t.add_column("Spearman with")
+                    f"{st['max_new_tokens']} tokens), reward {rl['reward']}; Spearman of each ranking "
+                    f"with 95% intervals (n = {n}, {boot['resamples']:,} bootstrap resamples, seed {boot['seed']})")  # fmt: skip
+    t.add_column("ranking (high first)")
     for col in ("pass rate p", "p (1 - p)", "GRPO ||grad||_F"):
         t.add_column(col, justify="right")
-
-    def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:+.3f}"
-
-    from gain_curate.rollouts import SIGNALS, TARGETS
-
-    labels = {"gain_score": "gain_score", "c_intra": "C_intra", "c_inter": "C_inter", "question_tokens": "question length"}  # fmt: skip
-    for s in SIGNALS:
-        t.add_row(labels[s], *(fmt(rl[f"spearman_{s}_vs_{x}"]) for x in TARGETS))
-        if s != "question_tokens":
-            t.add_row(f"  {labels[s]}, length held fixed", *(fmt(rl[f"partial_spearman_{s}_vs_{x}_given_length"]) for x in TARGETS))  # fmt: skip
+    for label, row in rl["rankings"].items():
+        t.add_row(label, *(cell(row.get(f"spearman_{x}")) for x in ("pass_rate", "learnability", "grpo_grad_norm")))  # fmt: skip
+        partial = [row[f"partial_spearman_{x}_given_length"] for x in ("pass_rate", "learnability")]
+        if any(e["value"] is not None for e in partial):  # not for length itself
+            t.add_row("  length held fixed", *(cell(e) for e in partial), "")
     console.print(t)
+    t = Table(title=f"what each ranking serves: the default schedule's first {cur['epochs']} steps over a run of "
+                    f"{cur['n_run']:,} prompts; uniform sampling serves {cell(cur['uniform_share'], signed=False)} "
+                    "zero-variance groups")  # fmt: skip
+    t.add_column("ranking (high first)")
+    for col in ("AUROC for a zero-variance group", "zero-variance share", "minus uniform"):
+        t.add_column(col, justify="right")
+    for label, row in rl["rankings"].items():
+        t.add_row(label, cell(row["auroc_zero_variance"], signed=False),
+                  cell(row["curriculum_zero_variance_share"], signed=False), cell(row["curriculum_minus_uniform"]))  # fmt: skip
+    console.print(t)
+    click.echo("AUROC below 0.5: the ranking puts zero-variance groups (nothing to learn) lower")
+    if cur.get("note"):
+        click.echo(f"note: {cur['note']}")
     t = Table(title=f"zero-variance groups: {rl['all_correct']} all correct, {rl['all_wrong']} all wrong "
-                    f"({100 * rl['zero_variance_share']:.0f}% of {result['sample']}); mean pass rate {rl['pass_rate_mean']:.3f}")  # fmt: skip
+                    f"({100 * rl['zero_variance_share']:.0f}% of {n}); mean pass rate {rl['pass_rate_mean']:.3f}")  # fmt: skip
     for col in ("keep top by gain_score", "zero-variance dropped", "random subset drops"):
         t.add_column(col, justify="right")
     for row in rl["keep_top_by_score"]:
@@ -57,11 +71,11 @@ def print_validate(result: dict[str, Any]) -> None:
         )
         t.add_row(f"{100 * row['keep']:.0f}% ({row['kept']})", pct, rnd)
     console.print(t)
-    auc = rl["auroc_score_predicts_zero_variance"]
-    click.echo("AUROC of gain_score for predicting a zero-variance group: "
-               + ("n/a (one class only)" if auc is None else f"{auc:.3f} (0.5 = no better than chance; below 0.5 = high scores are less often zero-variance)"))  # fmt: skip
     click.echo(f"completions: {rl['mean_completion_tokens']:.0f} tokens on average; "
                f"{100 * rl['truncated_share']:.0f}% cut off at {st['max_new_tokens']} tokens before ending")  # fmt: skip
+    click.echo(f"verdict: {rl['verdict']}")
+    for line in rl.get("uncertainty", []):
+        click.echo(f"uncertainty: {line}")
     for line in rl.get("warnings", []):
         click.echo(f"warning: {line}")
 

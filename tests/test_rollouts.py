@@ -53,7 +53,12 @@ def one_prompt_grad_norm(model, prompt, completions, adv, layer, temperature) ->
     return norm
 
 
-def test_grpo_grad_norm_equals_one_prompt_backward(tiny_lm) -> None:
+@pytest.mark.parametrize("layer", [2, 3])  # a middle layer; the last (prompt states get no g)
+def test_grpo_grad_norm_equals_one_prompt_backward(tiny_lm, layer: int) -> None:
+    """The shared-prompt pass (the prompt once, its KV repeated over K rows, the head's
+    gradient chunk by chunk) equals the plain one-prompt loss.backward() per group."""
+    from gain_curate.grpo import _group_batches
+
     g = torch.Generator().manual_seed(0)
 
     def tokens(n: int) -> list[int]:
@@ -65,12 +70,35 @@ def test_grpo_grad_norm_equals_one_prompt_backward(tiny_lm) -> None:
     ]
     rewards = [np.array(r, float) for r in ([1, 0, 0], [0, 1, 1], [1, 1, 1], [0.2, 0.9, 0.5])]
     adv = [group_advantages(r) for r in rewards]
-    layer, temperature = 2, 0.7
-    # a budget that puts two groups in one batch and leaves others alone
-    norms = grpo_grad_norms(tiny_lm, prompts, completions, adv, layer, temperature=temperature, token_budget=60)  # fmt: skip
+    temperature = 0.7
+    # a budget that puts two groups in one batch (2 x 14 + 6 x 8 = 76) and leaves one alone
+    assert _group_batches(prompts, completions, [0, 1, 3], 76) == [[0, 1], [3]]
+    norms = grpo_grad_norms(tiny_lm, prompts, completions, adv, layer, temperature=temperature, token_budget=76)  # fmt: skip
     assert norms[2] == 0.0  # all rewards equal: zero advantages, no gradient
     for i in (0, 1, 3):
         ref = one_prompt_grad_norm(tiny_lm, prompts[i], completions[i], adv[i], layer, temperature)
+        assert ref > 0 and norms[i] == pytest.approx(ref, rel=1e-5), i
+
+
+def test_grpo_grad_norm_from_the_samplers_states(tiny_lm, monkeypatch) -> None:
+    """At the last layer the GRPO pass reruns only the last MLP, the final norm and the head
+    on the states the sampler kept: the same norms as the one-prompt loss.backward()."""
+    from gain_curate import grpo
+    from gain_curate.sampling import sample_groups
+
+    layer, temperature = 3, 0.8
+    keep = grpo.reusable_state_module(tiny_lm, layer)
+    assert keep is not None and grpo.reusable_state_module(tiny_lm, 2) is None
+    eos = [151645, *range(1000, 20000)]  # rows of different lengths
+    groups, kept = sample_groups(tiny_lm, SAMPLER_PROMPTS, 3, max_new_tokens=6, temperature=temperature,
+                                 eos_ids=eos, pad_id=151643, seeds=[4, 5, 6], keep_input_of=keep)  # fmt: skip
+    assert [[x.shape for x in g] for g in kept] == [[(len(c), 64) for c in g] for g in groups]
+    adv = [group_advantages(np.array(r, float)) for r in ([1, 0, 0], [0, 1, 1], [0.2, 0.9, 0.5])]
+    monkeypatch.setattr(grpo, "_norms_full_pass", lambda *a, **kw: pytest.fail("the full pass ran"))  # fmt: skip
+    norms = grpo_grad_norms(tiny_lm, SAMPLER_PROMPTS, groups, adv, layer, temperature=temperature,
+                            states=dict(enumerate(kept)))  # fmt: skip
+    for i, prompt in enumerate(SAMPLER_PROMPTS):
+        ref = one_prompt_grad_norm(tiny_lm, prompt, groups[i], adv[i], layer, temperature)
         assert ref > 0 and norms[i] == pytest.approx(ref, rel=1e-5), i
 
 
@@ -336,7 +364,7 @@ def test_cut_off_completions_earn_nothing_and_are_counted(monkeypatch, capsys) -
 # --- generation ------------------------------------------------------------------------------
 
 
-def test_generation_is_seeded_per_batch_and_resumes(tiny_lm, tmp_path: Path) -> None:
+def test_generation_is_seeded_and_resumes(tiny_lm, tmp_path: Path) -> None:
     prompts = [[151644, 872, 198, 100 + i] for i in range(5)]
     s = RolloutSettings(
         k=3, max_new_tokens=6, temperature=1.0, seed=7, batch_rows=6
@@ -349,7 +377,7 @@ def test_generation_is_seeded_per_batch_and_resumes(tiny_lm, tmp_path: Path) -> 
     assert all(0 < len(c) <= 6 and (len(c) == 6 or c[-1] in eos) for g in first for c in g)
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [f"batch-0000{b}.json" for b in range(3)]  # fmt: skip
     (tmp_path / "r" / "batch-00001.json").unlink()  # as if killed during the second batch
-    torch.manual_seed(123)  # the global RNG state does not matter: each batch seeds itself
+    torch.manual_seed(123)  # the global RNG state does not matter: each prompt seeds itself
     again = generate(
         tiny_lm, prompts, s, pad_id=151643, eos_ids=eos, folder=tmp_path / "r", key="k"
     )
@@ -358,6 +386,128 @@ def test_generation_is_seeded_per_batch_and_resumes(tiny_lm, tmp_path: Path) -> 
     assert fresh == first
     other = generate(tiny_lm, prompts, RolloutSettings(k=3, max_new_tokens=6, seed=8, batch_rows=6), pad_id=151643, eos_ids=eos)  # fmt: skip
     assert other != first
+
+
+def test_batch_layout_packs_whole_groups_under_both_budgets() -> None:
+    from gain_curate.rollouts import batch_layout
+
+    lengths = [10, 50, 20, 50, 5, 30]
+    s = RolloutSettings(k=4, max_new_tokens=14, batch_rows=12, batch_tokens=4 * 2 * 64)
+    # longest first (ties by position); a batch's rows x (its longest + 14) within 512 tokens
+    assert batch_layout(lengths, s) == [[1, 3], [5, 2], [0, 4]]
+    assert batch_layout(lengths, RolloutSettings(k=4, max_new_tokens=14, batch_rows=12)) == [[1, 3, 5], [2, 0, 4]]  # fmt: skip
+    assert batch_layout([900], RolloutSettings(k=8, batch_tokens=100)) == [
+        [0]
+    ]  # one prompt at least
+    vllm = RolloutSettings(k=2, batch_rows=4, engine="vllm")  # as before: consecutive prompts
+    assert batch_layout(lengths, vllm) == [[0, 1], [2, 3], [4, 5]]
+
+
+# --- the shared-prefix sampler -----------------------------------------------------------------
+
+# different lengths, so the batch is left-padded
+SAMPLER_PROMPTS = [[151644, 872, 198, 100, 101, 102, 103], [151644, 872, 198, 555], [151644, 9, 10, 11, 12]]  # fmt: skip
+
+
+def plain_logits(model, tokens: list[int]) -> torch.Tensor:
+    """One sequence, no padding, no cache: the logits at every position, (T, V) fp32."""
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([tokens])).logits[0].float()
+
+
+def test_shared_prefix_sampler_draws_from_the_plain_models_distribution(tiny_lm) -> None:
+    """Each prompt is prefilled once and its K rows continue from the repeated KV cache: the
+    logits every row samples from, at its first and at every later new token, equal a plain
+    forward of the prompt and the tokens drawn so far (fp32, 1e-4); finished rows leave."""
+    from gain_curate.sampling import sample_groups
+
+    k, seen = 4, {}
+
+    def on_step(step: int, rows: torch.Tensor, logits: torch.Tensor) -> None:
+        for r, row in zip(rows.tolist(), logits):
+            seen[r, step] = row.clone()
+
+    eos = [151645, *range(1000, 30000)]  # ~20 % of the vocabulary: rows end at different steps
+    groups = sample_groups(tiny_lm, SAMPLER_PROMPTS, k, max_new_tokens=7, temperature=0.9,
+                           eos_ids=eos, pad_id=151643, seeds=[1, 2, 3], on_step=on_step)  # fmt: skip
+    assert [len(g) for g in groups] == [k] * 3
+    for p, (prompt, group) in enumerate(zip(SAMPLER_PROMPTS, groups)):
+        first = plain_logits(tiny_lm, prompt)[-1]
+        for j, completion in enumerate(group):
+            assert 0 < len(completion) <= 7 and all(t not in eos for t in completion[:-1])
+            # the first sampled position: the prompt's own last-token logits, for every row
+            torch.testing.assert_close(seen[p * k + j, 0], first, atol=1e-4, rtol=0)
+            ref = plain_logits(tiny_lm, prompt + completion[:-1])
+            for step in range(len(completion)):
+                torch.testing.assert_close(seen[p * k + j, step], ref[len(prompt) - 1 + step], atol=1e-4, rtol=0)  # fmt: skip
+            assert (p * k + j, len(completion)) not in seen  # a finished row is not run again
+    lengths = [len(c) for g in groups for c in g]
+    assert min(lengths) < 7 and max(lengths) == 7  # some rows left the batch early, some ran on
+
+
+def naive_draw(logits: torch.Tensor, temperature: float, u: torch.Tensor) -> torch.Tensor:
+    """The reference: inverse CDF over the whole vocabulary in float64."""
+    cdf = torch.softmax(logits.double() / temperature, dim=-1).cumsum(-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+
+
+@pytest.mark.parametrize("block", [1, 7, 128, 1000])
+def test_two_level_draw_is_the_inverse_cdf(block: int) -> None:
+    """draw() picks, for the same uniforms, the token a full-vocabulary float64 inverse CDF
+    picks (any block size, a vocabulary that is no multiple of it), and its frequencies
+    match softmax(logits / T) (chi-square); zero-probability tokens are never drawn."""
+    from gain_curate.sampling import draw
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 997, generator=g) * 3
+    logits[:, 500:600] = -torch.inf  # probability exactly 0
+    prompt_of_row = torch.arange(300) // 100  # three prompts, 100 rows each
+    seeds = [11, 12, 13]
+    got = draw(logits, 0.8, prompt_of_row, [torch.Generator().manual_seed(s) for s in seeds], block=block)  # fmt: skip
+    u = torch.cat([torch.rand(100, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds])  # fmt: skip
+    assert torch.equal(got, naive_draw(logits, 0.8, u))
+    assert not ((got >= 500) & (got < 600)).any()
+    probs = torch.softmax(torch.tensor([0.0, 1.0, -1.0, 2.0, -30.0, 0.5, 0.1]) / 0.7, dim=-1)
+    n = 200_000
+    counts = torch.bincount(
+        draw(torch.log(probs).repeat(n, 1), 1.0, torch.zeros(n, dtype=torch.long), [torch.Generator().manual_seed(3)], block=block),
+        minlength=7,
+    )  # fmt: skip
+    keep = probs * n > 5
+    observed = counts[keep].double().numpy()
+    expected = (probs[keep].double() / probs[keep].double().sum()).numpy() * observed.sum()
+    chi2 = stats.chisquare(observed, expected)
+    assert chi2.pvalue > 1e-3 and counts[4] == 0
+    assert torch.equal(draw(logits, 0, prompt_of_row, []), logits.argmax(-1))  # T = 0: greedy
+
+
+def test_shared_prefix_sampler_is_seeded_per_prompt(tiny_lm) -> None:
+    from gain_curate.sampling import sample_groups
+
+    def draw(prompts, seeds):
+        return sample_groups(tiny_lm, prompts, 3, max_new_tokens=6, temperature=1.0,
+                             eos_ids=[151645], pad_id=151643, seeds=seeds)  # fmt: skip
+
+    first = draw(SAMPLER_PROMPTS, [5, 6, 7])
+    torch.manual_seed(99)  # the global RNG plays no part
+    assert draw(SAMPLER_PROMPTS, [5, 6, 7]) == first
+    assert draw(SAMPLER_PROMPTS, [5, 6, 8])[:2] == first[:2]  # another seed moves its prompt only
+    assert draw(SAMPLER_PROMPTS, [5, 6, 8])[2] != first[2]
+    assert draw(SAMPLER_PROMPTS[1:2], [6]) == first[1:2]  # batch-mates do not matter
+    assert len({tuple(c) for c in first[0]}) > 1  # K samples, not K copies
+
+
+def test_greedy_shared_prefix_equals_generate(tiny_lm) -> None:
+    """At temperature 0 every row is the argmax path: each equals `generate`'s greedy output."""
+    from gain_curate.sampling import sample_groups
+
+    groups = sample_groups(tiny_lm, SAMPLER_PROMPTS, 2, max_new_tokens=8, temperature=0,
+                           eos_ids=[151645], pad_id=151643, seeds=[0, 0, 0])  # fmt: skip
+    for prompt, group in zip(SAMPLER_PROMPTS, groups):
+        ref = tiny_lm.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                               do_sample=False, max_new_tokens=8, pad_token_id=151643, eos_token_id=[151645])  # fmt: skip
+        expected = ref[0, len(prompt) :].tolist()
+        assert group == [expected, expected]
 
 
 # --- the command -----------------------------------------------------------------------------
@@ -383,7 +533,7 @@ def test_validate_rollouts_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path, monk
     assert r.exit_code == 0, r.output
     result = json.loads(r.output[r.output.index("{") :])
     rl = result["rollouts"]
-    assert rl["settings"] == {"k": 4, "max_new_tokens": 5, "temperature": 1.0, "seed": 0, "batch_rows": 8, "engine": "hf"}  # fmt: skip
+    assert rl["settings"] == {"k": 4, "max_new_tokens": 5, "temperature": 1.0, "seed": 0, "batch_rows": 8, "batch_tokens": 131072, "engine": "hf"}  # fmt: skip
     assert rl["reward"] == "parity:odd" and [x["keep"] for x in rl["keep_top_by_score"]] == [0.25, 0.5, 0.75]  # fmt: skip
     saved = json.loads((val / "validate.json").read_text())["rows"]
     p = np.array(saved["pass_rate"])
@@ -400,6 +550,10 @@ def test_validate_rollouts_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path, monk
     assert np.all(np.array(saved["grpo_grad_norm"])[~zero] > 0)
     records = [json.loads(line) for line in (val / "rollouts" / "completions.jsonl").read_text().splitlines()]  # fmt: skip
     assert len(records) == 8 and all(len(x["completions"]) == 4 for x in records)
+    from gain_curate.template import ScoringTemplate
+
+    # the rollout prompt is the scored conversation: system prompt, few-shot turn, question
+    assert [x["prompt"] for x in records] == [ScoringTemplate().messages(q) for q in saved["question"]]  # fmt: skip
     assert [np.mean(x["rewards"]) for x in records] == pytest.approx(p.tolist())
     cut = [x["truncated"] for x in records]
     assert rl["truncated_share"] == pytest.approx(np.mean(cut)) and rl["none_rewards"] == 0

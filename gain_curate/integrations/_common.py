@@ -1,5 +1,10 @@
 """What every trainer adapter needs: the ranking of the rows a trainer loaded, and the
-schedule parameters from a trainer's config."""
+schedule parameters from a trainer's config.
+
+`rank_by` (verl `+data.gain.rank_by=learnability`, TRL `gain_params={"rank_by": ...}`):
+the order the schedule draws over, `angle` (default: extra_info.gain_rank), `learnability`
+(the gain_learn_rank column `gain-curate predict` adds) or `length` (gain_tokens_question,
+shortest first); store.order_by decides, the same function `gain-curate schedule` uses."""
 
 from __future__ import annotations
 
@@ -11,17 +16,20 @@ from typing import Any
 import numpy as np
 
 from gain_curate.schedule import GainSchedule, ScheduleParams
+from gain_curate.store import RANK_BY, RANK_COLUMNS, order_by
 
 PARAM_KEYS = ("mu0", "n", "alpha", "beta", "adj_min", "adj_max", "seed", "angle", "at_end")
 
 
 def ranking(
-    extra_info: Sequence[Mapping[str, Any]], scores: Sequence[float | None] | None
-) -> tuple[list[int], list[str], np.ndarray]:
+    extra_info: Sequence[Mapping[str, Any]], scores: Sequence[float | None] | None,
+    rank_by: str = "angle", keys: Sequence[Any] | None = None,
+) -> tuple[list[int], list[str], np.ndarray]:  # fmt: skip
     """Rows as a trainer loaded them (possibly filtered or reordered) -> rank order.
 
     Returns (row index at each rank position, gain_uid by position, gain_score by position).
     Rows carry their ids in extra_info because that is what survives into a trainer's batch.
+    `rank_by` other than angle sorts by `keys`, that order's column per row (rank_keys).
     """
     if not extra_info or any(
         e is None or "gain_uid" not in e or "gain_rank" not in e for e in extra_info
@@ -29,13 +37,36 @@ def ranking(
         raise ValueError(
             "the dataset has no extra_info.gain_uid / gain_rank: train on shards written by `gain-curate score`"
         )
-    rows = sorted(range(len(extra_info)), key=lambda i: extra_info[i]["gain_rank"])
+    ranks = [extra_info[i]["gain_rank"] for i in range(len(extra_info))]
+    rows = order_by(rank_by, ranks, keys, where="the trainer's dataset").tolist()
     uids = [extra_info[i]["gain_uid"] for i in rows]
     s = np.array(
         [np.nan if scores is None or scores[i] is None else scores[i] for i in rows],
         dtype=np.float64,
     )
     return rows, uids, s
+
+
+def rank_by_of(cfg: Mapping[str, Any] | None) -> str:
+    """The order a trainer's gain config asks for (default angle), checked."""
+    value = str((cfg or {}).get("rank_by") or "angle")
+    if value not in RANK_BY:
+        raise ValueError(f"gain rank_by {value!r} is not one of {', '.join(RANK_BY)}")
+    return value
+
+
+def rank_keys(table: Any, rank_by: str) -> list[Any] | None:
+    """Per row of a trainer's dataset (HF datasets or pandas), the column `rank_by` sorts by;
+    None for angle (extra_info.gain_rank) or when the dataset lacks the column."""
+    if rank_by == "angle":
+        return None
+    col = RANK_COLUMNS[rank_by]
+    names = getattr(table, "column_names", None)
+    names = list(names) if names is not None else list(getattr(table, "columns", []))
+    if col not in names:
+        return None
+    values = table[col]  # Arrow gives scalars: to Python values
+    return values.to_pylist() if hasattr(values, "to_pylist") else list(values)
 
 
 def schedule_params(cfg: Mapping[str, Any] | None, batch_size: int) -> ScheduleParams:
@@ -97,8 +128,10 @@ LOG = _stream_log()
 
 
 def build_schedule(extra_info: Sequence[Mapping[str, Any]], scores: Sequence[float | None] | None,
-                   params: ScheduleParams) -> tuple[GainSchedule, list[int]]:  # fmt: skip
-    rows, uids, s = ranking(extra_info, scores)
+                   params: ScheduleParams, rank_by: str = "angle",
+                   keys: Sequence[Any] | None = None) -> tuple[GainSchedule, list[int]]:  # fmt: skip
+    """The schedule over the rows in `rank_by` order, and the dataset row at each position."""
+    rows, uids, s = ranking(extra_info, scores, rank_by, keys)
     return GainSchedule(len(rows), params, uids=uids, scores=s), rows
 
 

@@ -15,6 +15,10 @@ ways to train on the GAIN-RL order:
        python -m gain_curate.integrations.openrlhf --run OUT -- <train_ppo_ray arguments>
 
    with `--data.prompt_dataset` pointing at OUT's shards (their row order is the rank).
+
+Both follow the plan, so its order (`gain-curate schedule --rank-by angle|learnability|length`)
+is theirs; `--rank-by X` (the export's flag, or before `--` on the launcher) checks that the
+plan was drawn over X.
 """
 
 from __future__ import annotations
@@ -31,15 +35,16 @@ import pyarrow as pa
 
 from gain_curate import store
 from gain_curate.errors import OutputError
-from gain_curate.export import ranked_table, read_plan
+from gain_curate.export import plan_order, ranked_table, read_plan
 
 ENV_RUN = "GAIN_CURATE_RUN"
 
 
-def export_epoch(out: Path, epoch: int) -> Path:
+def export_epoch(out: Path, epoch: int, rank_by: str | None = None) -> Path:
     """Epoch `epoch` of the plan as OpenRLHF-ready JSON lines: datasource, prompt (chat),
     input (the last user turn as text), label (ground truth), gain_uid, gain_rank."""
     plans = read_plan(out)
+    plan_order(out, rank_by)
     if not 0 <= epoch < len(plans):
         raise OutputError(
             f"--epoch {epoch} is outside the plan in {out} (epochs 0..{len(plans) - 1})"
@@ -132,10 +137,15 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--run" not in argv or "--" not in argv:
         sys.exit(
-            "usage: python -m gain_curate.integrations.openrlhf --run OUT -- <openrlhf train_ppo_ray arguments>"
+            "usage: python -m gain_curate.integrations.openrlhf --run OUT [--rank-by angle|learnability|length] -- <openrlhf train_ppo_ray arguments>"
         )
-    run = Path(argv[argv.index("--run") + 1]).resolve()
+    ours = argv[: argv.index("--")]
+    run = Path(ours[ours.index("--run") + 1]).resolve()
     read_plan(run)  # fail here, not inside a Ray worker
+    try:
+        plan_order(run, ours[ours.index("--rank-by") + 1] if "--rank-by" in ours else None)
+    except OutputError as e:
+        sys.exit(f"error: {e}")
     import ray
 
     env = {

@@ -59,6 +59,8 @@ from gain_curate.integrations._common import (
     build_schedule,
     offline_scores,
     per_prompt,
+    rank_by_of,
+    rank_keys,
     schedule_params,
     step_metrics,
 )
@@ -210,7 +212,8 @@ def completion_correct(rewards_per_func: torch.Tensor, weights: torch.Tensor, co
 class GainGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose train sampler follows the GAIN-RL schedule; `gain_params` takes the
     schedule's parameters by name (sigma as a number or '0.05N', mu0, n, alpha, beta,
-    adj_min, adj_max, seed, angle, at_end, mode="paper"), `layer` / `inter_weight` for the
+    adj_min, adj_max, seed, angle, at_end, mode="paper"), `rank_by` for the order it draws
+    over ("angle", the default; "learnability" after `gain-curate predict`; "length"), `layer` / `inter_weight` for the
     online angle measurement (defaults: the last layer and 1, as `score`'s defaults; use the
     values the shards were scored with), and `correct_reward` / `correct_threshold` for what
     counts as correct (default: the first reward function's reward > 0; an index, a
@@ -234,7 +237,8 @@ class GainGRPOTrainer(GRPOTrainer):
         ds = self.train_dataset
         w = float(gain.get("inter_weight", 1.0))
         extra = ds["extra_info"]
-        self.gain_schedule, self._gain_rows = build_schedule(extra, offline_scores(ds, w), params)
+        rank_by = rank_by_of(gain)
+        self.gain_schedule, self._gain_rows = build_schedule(extra, offline_scores(ds, w), params, rank_by, rank_keys(ds, rank_by))  # fmt: skip
         self._gain_uid_at = [extra[i]["gain_uid"] for i in self._gain_rows]  # by rank position
         self.gain_angles = None
         if params.angle != "off":

@@ -7,6 +7,7 @@ verl 0.5-0.7 have a curriculum-sampler hook (`data.sampler`):
     data.sampler.class_name=GainCurriculumSampler
     data.dataloader_num_workers=0        # verl asserts this for curriculum samplers
     +data.gain.sigma=1000 +data.gain.seed=0   # optional: mu0 n alpha beta adj_min adj_max
+    +data.gain.rank_by=learnability      # optional: angle (default), learnability, length
 
 verl 0.8+ removed that hook upstream; a custom dataset follows the plan instead and hears
 each step's results through `on_batch_end`:
@@ -40,6 +41,8 @@ from gain_curate.integrations._common import (
     build_schedule,
     offline_scores,
     per_prompt,
+    rank_by_of,
+    rank_keys,
     schedule_params,
     step_metrics,
 )
@@ -88,7 +91,8 @@ class _Follower:
         gain = _gain_cfg(data_config) or {}
         params = schedule_params(gain, b)
         scores = offline_scores(frame, float(gain.get("inter_weight", 1.0)))
-        self.schedule, self.rows = build_schedule(frame["extra_info"], scores, params)
+        rank_by = rank_by_of(gain)  # the order the schedule draws over (_common)
+        self.schedule, self.rows = build_schedule(frame["extra_info"], scores, params, rank_by, rank_keys(frame, rank_by))  # fmt: skip
         self.batch_size = b
         self.length = (len(self.rows) // b) * b  # constant: verl derives its step count from it
         self.closed_loop = False
