@@ -210,7 +210,7 @@ def _claim(cfg: ScoreConfig, hooks: Hooks, plan: Launch, work: store.WorkDir, la
         return prep
     model = model or read_model_config(cfg)
     if runtime is None:
-        runtime = resolve(model) if resolve else resolve_runtime(cfg, model[1], model[2].layer, device=_probe_device(plan))  # fmt: skip
+        runtime = resolve(model) if resolve else resolve_runtime(cfg, model[1], model[2].layer, device=plan.device)  # fmt: skip
     prep = prepare(cfg, runtime, hooks, workers=plan.workers, model=model)
     prep.launch = launch
     if info is not None and "config" in info:
@@ -225,10 +225,6 @@ def _claim(cfg: ScoreConfig, hooks: Hooks, plan: Launch, work: store.WorkDir, la
         prep.parts = [tuple(p) for p in info["parts"]]  # same run: keep its part cut
     save_prepared(prep)
     return prep
-
-
-def _probe_device(plan: Launch) -> str:
-    return "cuda" if plan.device == "cuda" else plan.device
 
 
 def _check_device(prep: Prepared, plan: Launch) -> None:

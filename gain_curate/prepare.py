@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ class Prepared:
     table: Any = None  # the input pa.Table; the merge reads it
     pad_id: int = 0
     launch: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def out(self) -> Path:
