@@ -429,6 +429,11 @@ def validate(**kw: Any) -> None:
     click.echo(f"table: {kw['out'] / 'validate.parquet'}  plot: {kw['out'] / 'validate.png'}")
     if "rollouts" in result:
         click.echo(f"completions: {kw['out'] / 'rollouts' / 'completions.jsonl'}")
+        files = result["rollouts"].get("probe_files") or {}
+        if files:  # the scored layer's last-token probe first: a --keep-states run takes it
+            first = next((f for n, f in files.items() if n == f"last_token@L{result['layer']}"), next(iter(files.values())))  # fmt: skip
+            click.echo(f"probes: {', '.join(Path(f).name for f in files.values())} in {Path(first).parent}; "
+                       f"apply one to a run scored with --keep-states: gain-curate predict RUN --probe '{first}'")  # fmt: skip
 
 
 @main.command()

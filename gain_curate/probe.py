@@ -72,13 +72,20 @@ class ProbeFit:
             raise ValueError(f"features of shape {x.shape}: the probe takes (n, {len(self.coef)})")
         return (x - self.mean) / self.scale @ self.coef + self.intercept
 
-    def save(self, path: Path) -> None:
-        """One .npz: the arrays, and everything else as a JSON string (no pickle)."""
+    def save(self, path: Path) -> Path:
+        """One .npz: the arrays, and everything else as a JSON string (no pickle); written
+        whole or not at all. Returns the path."""
+        import io
+
+        from gain_curate.store import write_bytes_atomic
+
         info = {"intercept": self.intercept, "alpha": self.alpha, "folds": self.folds,
                 "seed": self.seed, "meta": self.meta}  # fmt: skip
-        with Path(path).open("wb") as f:  # a file object: savez adds no ".npz" to the name
-            np.savez(f, coef=self.coef, mean=self.mean, scale=self.scale, heldout=self.heldout,
-                     info=np.array(json.dumps(info)))  # fmt: skip
+        buf = io.BytesIO()  # a file object: savez adds no ".npz" to the name
+        np.savez(buf, coef=self.coef, mean=self.mean, scale=self.scale, heldout=self.heldout,
+                 info=np.array(json.dumps(info)))  # fmt: skip
+        write_bytes_atomic(Path(path), buf.getvalue())
+        return Path(path)
 
     @classmethod
     def load(cls, path: Path) -> ProbeFit:
@@ -165,11 +172,22 @@ def fit_probes(
     features: dict[str, np.ndarray], pass_rate: np.ndarray, *, folds: int = 5, seed: int = 0
 ) -> dict[str, ProbeFit]:
     """One pass-rate probe per named feature set ("last_token@L12": (n, d) array; the name
-    is kept in the probe's meta["features"]); {} below MIN_PROBE_N prompts."""
-    if len(pass_rate) < MIN_PROBE_N:
-        return {}
-    return {name: fit_probe(x, pass_rate, folds=folds, seed=seed, meta={"features": name, "target": "pass_rate"})
-            for name, x in features.items()}  # fmt: skip
+    is kept in the probe's meta["features"]); {} below MIN_PROBE_N prompts. Prompts whose
+    features are not finite (no states: a row `score` could not run) are left out of the fit
+    and get a NaN held-out prediction."""
+    y = np.asarray(pass_rate, np.float64)
+    out = {}
+    for name, x in features.items():
+        x = np.asarray(x, np.float64)
+        ok = np.isfinite(x).all(1) & np.isfinite(y)
+        if ok.sum() < MIN_PROBE_N:
+            continue
+        fit = fit_probe(x[ok], y[ok], folds=folds, seed=seed, meta={"features": name, "target": "pass_rate"})  # fmt: skip
+        heldout = np.full(len(y), np.nan)
+        heldout[ok] = fit.heldout
+        fit.heldout = heldout
+        out[name] = fit
+    return out
 
 
 # --- what the curriculum serves ----------------------------------------------------------------

@@ -194,13 +194,15 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
             json.dumps({"question": q, "answer": a}) + "\n" for q, a in zip(questions, solutions)
         )
     )
+    # pooled prefill states for the probes (rollouts only): the run's own where it kept them
+    keep = rollouts is not None
+    cfg = ScoreConfig(data=str(sample_file), model=model, out=out / "score", template=template,
+                      layer=layer, inter_weight=inter_weight, dtype=dtype, device=device,
+                      chat_template=chat_template, overwrite=True, template_flags=template_flags,
+                      data_source=src.spec.data_source, keep_states=keep)  # fmt: skip
     if by_input is not None:  # the run's own scores of these rows: nothing is scored again
         by_row = {k: by_input[i] for k, i in enumerate(picked)}
     else:
-        cfg = ScoreConfig(data=str(sample_file), model=model, out=out / "score", template=template,
-                          layer=layer, inter_weight=inter_weight, dtype=dtype, device=device,
-                          chat_template=chat_template, overwrite=True, template_flags=template_flags,
-                          data_source=src.spec.data_source)  # fmt: skip
         manifest = run_score(cfg).manifest
         # the conversation it scored (flags given, the rest per data source, as `score`)
         template = ScoringTemplate.from_dict(manifest["signal"]["template"])
@@ -242,7 +244,8 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         col("gain_tokens_question"),
     )
     result = {
-        "model": ref.name, "data": data, "sample": len(picked), "layer": shape.layer, "seed": seed, "dtype": dtype,
+        "model": ref.name, "data": data, "sample": len(picked), "layer": shape.layer, "seed": seed,
+        "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."),
         "device": dev.type, "weight": f"layers[{shape.layer}].mlp.up_proj.weight",
         "model_revision": manifest["model"]["revision"], "inter_weight": inter_weight,
         "template": template.to_dict(),
@@ -252,6 +255,7 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
     rows = {"input_row": picked, "question": questions, "gain_score": score, "gain_c_intra": c_intra,
             "gain_c_inter": c_inter, "question_tokens": q_len, "grad_norm": norms, "loss": losses}  # fmt: skip
     if rollouts is not None:
+        from gain_curate.probe import fit_probes
         from gain_curate.rollouts import SIGNALS, TARGETS, rollout_statistics, run_rollouts
 
         # the trainer's conversation, the output's `prompt`: by default the very conversation
@@ -263,7 +267,14 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
                           folder=out / "rollouts", model_revision=result["model_revision"], hooks=hooks,
                           rows=reward_rows)  # fmt: skip
         signals = dict(zip(SIGNALS, (score, c_intra, c_inter, q_len)))
-        result["rollouts"] = {"settings": asdict(rollouts), **rollout_statistics(signals, rl)}
+        clock_probe = time.perf_counter()
+        features = probe_features(cfg, run, picked, shape, manifest)
+        probes = fit_probes(features, rl["pass_rate"], seed=seed)
+        saved = save_probes(out / "probes", probes)
+        seconds["probe_states_and_fit"] = round(time.perf_counter() - clock_probe, 1)
+        n_run = run_rows(run) if run is not None else None
+        stats = rollout_statistics(signals, rl, probes=probes, n_run=n_run, seed=seed)
+        result["rollouts"] = {"settings": asdict(rollouts), **stats, "probe_files": saved}
         seconds.update(rl["seconds"])  # generation, rewards, GRPO gradients
         rows.update({t: rl[t] for t in TARGETS})
         rows.update(
@@ -285,6 +296,68 @@ def run_validate(model: str, data: str, *, sample: int, layer: int | None, out: 
         out / "validate.png", norms, score, q_len, result, rows if rollouts is not None else None
     )
     return result
+
+
+def middle_layer(num_layers: int) -> int:
+    return num_layers // 2
+
+
+def probe_features(cfg: Any, run: Path | None, picked: list[int], shape: Any,
+                   manifest: dict[str, Any]) -> dict[str, np.ndarray]:  # fmt: skip
+    """The probes' features for the sampled prompts, by name ("last_token@L23"): the pooled
+    prefill states (question_mean, last_token: prefill.pooled_states) at the scored layer
+    and at the middle layer, exactly as `score --keep-states` stores them. The scored
+    layer's come from the run's OUT/states.npz when it kept them, else from scoring the
+    sample with --keep-states (validate's own score pass already did); the middle layer's
+    from scoring the sample at that layer (OUT/score-L<k>/)."""
+    from dataclasses import replace
+
+    from gain_curate import store
+    from gain_curate.launch import run_score
+    from gain_curate.predict import KINDS
+
+    def sample_states(layer: int, folder: Path) -> dict[str, np.ndarray]:
+        if run is None and layer == shape.layer:  # validate's own score pass kept them
+            m, folder = manifest, cfg.out
+        else:
+            m = run_score(replace(cfg, layer=layer, out=folder, keep_states=True)).manifest
+        return _rows_of(store.read_npz(folder / m["states"]["path"]), range(len(picked)))
+
+    out: dict[str, np.ndarray] = {}
+    mid = middle_layer(shape.num_layers)
+    for layer in dict.fromkeys((shape.layer, mid)):
+        kept = manifest.get("states") if run is not None else None
+        if kept is not None and int(kept["layer"]) == layer:
+            st = _rows_of(store.read_npz(run / kept["path"]), picked)
+        else:
+            st = sample_states(layer, cfg.out if layer == shape.layer else cfg.out.with_name(f"score-L{layer}"))  # fmt: skip
+        out.update({f"{k}@L{layer}": st[k] for k in KINDS})
+    return out
+
+
+def _rows_of(states: dict[str, np.ndarray], rows: Any) -> dict[str, np.ndarray]:
+    """The pooled states of the given input rows (a states.npz's `row`), in that order, fp32."""
+    at = {int(r): i for i, r in enumerate(states["row"])}
+    out = {}
+    for k in ("question_mean", "last_token"):
+        v = np.full((len(rows), states[k].shape[1]), np.nan, np.float32)  # NaN: no states
+        for j, r in enumerate(rows):
+            if int(r) in at:
+                v[j] = states[k][at[int(r)]]
+        out[k] = v
+    return out
+
+
+def save_probes(folder: Path, probes: dict[str, Any]) -> dict[str, str]:
+    """Each probe as OUT/probes/<features>.npz (gain-curate predict reads it); name -> path."""
+    return {name: str(fit.save(folder / f"{name}.npz")) for name, fit in probes.items()}
+
+
+def run_rows(run: Path) -> int:
+    """How many prompts the scored run ranks: what a curriculum over it draws from."""
+    from gain_curate import store
+
+    return int(sum(s["rows"] for s in store.read_manifest(run)["shards"]))
 
 
 def _reward_rows(src: Any, picked: list[int], golds: list[str],

@@ -8,9 +8,19 @@ from typing import Any
 
 import click
 
+PIPED_WIDTH = 200  # columns when stdout is not a terminal (rich's default 80 wraps the tables)
+
+
+def _console() -> Any:
+    """A console for stdout: the terminal's width, or PIPED_WIDTH when piped or redirected,
+    so a log or `| less` holds whole table rows."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPED_WIDTH)
+
 
 def print_validate(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from gain_curate.stats import format_estimate
@@ -29,7 +39,7 @@ def print_validate(result: dict[str, Any]) -> None:
                        ("spearman_grad_vs_c_inter", "C_inter"), ("spearman_grad_vs_question_tokens", "question length"),
                        ("partial_spearman_grad_vs_score_given_length", "gain_score, length held fixed")):  # fmt: skip
         t.add_row(label, cell(intervals.get(key, result[key])))
-    console = Console()
+    console = _console()
     console.print(t)
     rl = result.get("rollouts")
     if not rl:
@@ -112,10 +122,9 @@ class phases:
 
 
 def print_inspect(info: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     t = Table(title=f"{info['out']}  ({info['model']})", show_header=False)
     if info.get("data_source"):
         t.add_row(
@@ -157,7 +166,6 @@ def print_inspect(info: dict[str, Any]) -> None:
 
 
 def print_plan(rows: list[dict[str, Any]], n: int, width: int = 26) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"GAIN-RL curriculum over {n:,} ranked prompts (rank 0 = highest score)")
@@ -173,7 +181,7 @@ def print_plan(rows: list[dict[str, Any]], n: int, width: int = 26) -> None:
         then = {"restart": "new pass", "uniform": "uniform"}.get(row["event"], "")  # fmt: skip
         t.add_row(str(row["epoch"]), f"{row['mu']:.0f}", f"{row['acc']:.2f}", ang,
                   f"{row['rank_p10']}-{row['rank_p90']}", bar, then)  # fmt: skip
-    console = Console()
+    console = _console()
     console.width = max(console.width, 100)  # the bar column is unreadable when wrapped
     console.print(t)
 
@@ -233,7 +241,6 @@ class progress:
 
 
 def print_summary(result: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     m = result.manifest
@@ -252,7 +259,7 @@ def print_summary(result: Any) -> None:
     t.add_row("time", f"{result.seconds:.1f} s")
     t.add_row("shards", f"{result.out / 'data'} ({len(m['shards'])} file(s))")
     t.add_row("manifest", str(result.out / "gain_manifest.json"))
-    Console().print(t)
+    _console().print(t)
     if conv := m["signal"].get("conversation"):
         click.echo(f"conversation: {conv['note']}")
     click.echo(f"ranked shards: {result.out / 'data'}")

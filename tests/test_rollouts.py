@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
+from gain_curate.probe import fit_probe
 from gain_curate.rollouts import (
     RolloutSettings,
     auroc,
@@ -597,3 +598,59 @@ def test_vllm_engine_calling_contract(tmp_path: Path, monkeypatch) -> None:
     assert out == [[[seeds[0] % 97, 0, 2], [seeds[0] % 97, 1, 2]]] * 2 + [[[seeds[1] % 97, 0, 2], [seeds[1] % 97, 1, 2]]]  # fmt: skip
     assert generate(Engine(), prompts, s, pad_id=0, eos_ids=[2], folder=tmp_path, key="k") == out
     assert len(calls) == 2  # the saved batches are reused
+
+
+def test_validate_fits_saves_and_applies_the_probes(tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+    """validate --rollouts on a run scored with --keep-states: a probe per pooled state at the
+    scored layer (the run's own states) and the middle layer (the sample scored there), each
+    saved, compared beside the angle score and applied by `predict`; a middle-layer probe is
+    refused by a run that kept the scored layer's states."""
+    from click.testing import CliRunner
+
+    from gain_curate.cli import main
+    from gain_curate.probe import ProbeFit
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "parity.py").write_text("def odd(completion, answer):\n    return float(len(completion) % 2)\n")  # fmt: skip
+    rows = [{"question": f"What is {i} plus {i + 3}? Think it through.", "answer": str(2 * i + 3)} for i in range(30)]  # fmt: skip
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run, val = tmp_path / "run", tmp_path / "val"
+    r = CliRunner().invoke(main, ["score", "--model", str(tiny_qwen2_dir), "--data", "d.jsonl", "--out", str(run), "--keep-states"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    argv = ["validate", "--run", str(run), "--sample", "24", "--out", str(val), "--rollouts", "4",
+            "--max-new-tokens", "4", "--reward", "parity:odd"]  # fmt: skip
+    r = CliRunner().invoke(main, [*argv, "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output[r.output.index("{") :])
+    rl = result["rollouts"]
+    names = [
+        "question_mean@L3",
+        "last_token@L3",
+        "question_mean@L2",
+        "last_token@L2",
+    ]  # 4 layers: mid 2
+    assert list(rl["probe_files"]) == names and list(rl["probes"]) == names
+    assert rl["curriculum"]["n_run"] == 30  # the run's size, not the sample's
+    for name in names:
+        assert f"probe pass rate ({name})" in rl["rankings"] and f"probe learnability ({name})" in rl["rankings"]  # fmt: skip
+        fit = ProbeFit.load(Path(rl["probe_files"][name]))
+        assert fit.meta["features"] == name and fit.meta["n"] == 24 and len(fit.heldout) == 24
+    # the scored layer's features are the run's kept states of the sampled rows
+    saved = json.loads((val / "validate.json").read_text())["rows"]
+    st = np.load(run / "states.npz")
+    at = {int(r): i for i, r in enumerate(st["row"])}
+    x = st["last_token"][[at[i] for i in saved["input_row"]]].astype(np.float64)
+    fit = ProbeFit.load(Path(rl["probe_files"]["last_token@L3"]))
+    p = np.array(saved["pass_rate"])
+    refit = fit_probe(x, p, seed=0)
+    np.testing.assert_allclose(fit.heldout, refit.heldout, rtol=1e-9, atol=1e-12)
+    r = CliRunner().invoke(main, ["predict", str(run), "--probe", rl["probe_files"]["last_token@L3"], "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(
+        main, ["predict", str(run), "--probe", rl["probe_files"]["last_token@L2"]]
+    )
+    assert r.exit_code != 0 and "fit the probe at layer 3" in r.output and len(r.output.strip().splitlines()) == 1  # fmt: skip
+    text = CliRunner().invoke(main, argv).output
+    assert (
+        "probe learnability (last_token@L3)" in text and "gain-curate predict RUN --probe" in text
+    )
