@@ -21,8 +21,8 @@ from datetime import date
 
 import numpy as np
 
-from gain_curate.hardware import cpu_label
-from gain_curate.schedule import GainSchedule, ScheduleParams
+from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams
+from gain_curate.runtime.hardware import cpu_label
 
 
 def naive_plan(s: GainSchedule) -> np.ndarray:
@@ -74,10 +74,12 @@ def main() -> None:
     s = GainSchedule(n, ScheduleParams(batch_size=b), uids=uids)
     times = [step(s, uids, 0.8) for _ in range(args.steps)]  # acc 0.8: mu walks +268 a step
     after = statistics.median(times)
-    row = (f"| {date.today().isoformat()} | {cpu_label(1)} | schedule step, N = {n:,}, B = {b:,} "
-           f"| before {before * 1e3:,.0f} ms (per-draw re-plan, {per_draw * 1e3:.1f} ms x {b:,}; "
-           f"{args.naive_draws} draws timed) | after {after * 1e3:.1f} ms (median of {args.steps} "
-           f"steps, max {max(times) * 1e3:.1f}; mu 0 -> {s.mu:,.0f}) | {before / after:,.0f}x |")  # fmt: skip
+    row = (
+        f"| {date.today().isoformat()} | {cpu_label(1)} | schedule step, N = {n:,}, B = {b:,} "
+        f"| before {before * 1e3:,.0f} ms (per-draw re-plan, {per_draw * 1e3:.1f} ms x {b:,}; "
+        f"{args.naive_draws} draws timed) | after {after * 1e3:.1f} ms (median of {args.steps} "
+        f"steps, max {max(times) * 1e3:.1f}; mu 0 -> {s.mu:,.0f}) | {before / after:,.0f}x |"
+    )
     print(row)
 
 

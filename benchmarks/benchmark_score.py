@@ -31,12 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SHARED = ROOT.parent / "shared" / "data"
 
-from gain_curate.angles import naive_angle_concentration  # noqa: E402
-from gain_curate.launch import run_score  # noqa: E402
-from gain_curate.models import load_tokenizer, resolve_model  # noqa: E402
-from gain_curate.score import ScoreConfig  # noqa: E402
+from gain_curate.runtime.models import load_tokenizer, resolve_model  # noqa: E402
+from gain_curate.scoring.angles import naive_angle_concentration  # noqa: E402
+from gain_curate.scoring.conversation import render  # noqa: E402
+from gain_curate.scoring.launch import run_score  # noqa: E402
+from gain_curate.scoring.score import ScoreConfig  # noqa: E402
+from gain_curate.scoring.template import ScoringTemplate  # noqa: E402
 from gain_curate.stats import spearman  # noqa: E402
-from gain_curate.template import ScoringTemplate, render  # noqa: E402
 
 TEMPLATES = {
     "default": ScoringTemplate(),
@@ -80,7 +81,7 @@ def _segments(tok, template: ScoringTemplate, question: str) -> tuple[list[int],
 def _causal_lm(ref, dtype: torch.dtype, device: torch.device):
     from transformers import AutoModelForCausalLM
 
-    from gain_curate.models import from_pretrained_kwargs, quiet_transformers
+    from gain_curate.runtime.transformers_compat import from_pretrained_kwargs, quiet_transformers
 
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(
@@ -114,7 +115,8 @@ def run_reference(ref, questions, template, dtype, device) -> Timing:
 
 @torch.inference_mode()
 def run_hf_batched(ref, questions, template, dtype, device, budget: int) -> Timing:
-    from gain_curate.prefill import length_sorted_batches, right_pad
+    from gain_curate.scoring.batching import length_sorted_batches
+    from gain_curate.scoring.forward import right_pad
 
     t0 = time.perf_counter()
     tok = load_tokenizer(ref)
@@ -142,8 +144,17 @@ def run_gain_curate(
         data = Path(tmp) / "q.jsonl"
         data.write_text("".join(json.dumps({"question": q}) + "\n" for q in questions))
         t0 = time.perf_counter()
-        res = run_score(ScoreConfig(data=str(data), model=model, out=Path(tmp) / "out", template=template,
-                                    dtype=dtype_name, device=str(device), token_budget=budget))  # fmt: skip
+        res = run_score(
+            ScoreConfig(
+                data=str(data),
+                model=model,
+                out=Path(tmp) / "out",
+                template=template,
+                dtype=dtype_name,
+                device=str(device),
+                token_budget=budget,
+            )
+        )
         _sync(device)
         seconds = time.perf_counter() - t0
         import pyarrow.parquet as pq
@@ -163,7 +174,7 @@ def prefill_flops_per_token(model_path: str) -> float:
     up to the last, less the last layer's MLP (attention-score FLOPs left out)."""
     from transformers import AutoConfig, AutoModel
 
-    from gain_curate.prefill import decoder_layers
+    from gain_curate.runtime.transformers_compat import decoder_layers
 
     with torch.device("meta"):
         model = AutoModel.from_config(AutoConfig.from_pretrained(model_path))
@@ -177,7 +188,7 @@ def prefill_flops_per_token(model_path: str) -> float:
 def mfu(t: Timing, device: torch.device, model_path: str) -> str:
     """FLOPs of the truncated prefill over its own device time (forward + reduction, CUDA
     events; not model loading, tokenization or Parquet) and the GPU's exact bf16 peak."""
-    from gain_curate.hardware import gpu_peaks
+    from gain_curate.runtime.hardware import gpu_peaks
 
     if device.type != "cuda" or not t.method.startswith("(c)"):
         return "not measured (CPU)" if device.type != "cuda" else "-"
@@ -191,7 +202,7 @@ def mfu(t: Timing, device: torch.device, model_path: str) -> str:
 
 def device_name(device: torch.device) -> str:
     """The CPU model and its matrix units, or the GPU model: every row names its machine."""
-    from gain_curate.hardware import device_label
+    from gain_curate.runtime.hardware import device_label
 
     return device_label(device)
 
@@ -211,7 +222,7 @@ def main() -> None:
     device = torch.device(
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
-    from gain_curate.models import resolve_dtype
+    from gain_curate.runtime.models import resolve_dtype
 
     dtype = resolve_dtype(args.dtype, device)
     dtype_name = str(dtype).removeprefix("torch.")
@@ -235,22 +246,33 @@ def main() -> None:
         base = timings[0]
         for t in timings:
             agree = spearman(t.scores, base.scores)
-            rows.append({
-                "date": date.today().isoformat(), "device": device_name(device), "model": ref.name,
-                "dtype": dtype_name, "template": name, "method": t.method, "prompts": len(questions),
-                "tokens": total_tokens, "tokens run": t.tokens_run, "wall s": f"{t.seconds:.1f}",
-                "prompts/s": f"{len(questions) / t.seconds:.1f}", "tokens/s": f"{total_tokens / t.seconds:,.0f}",
-                f"x vs {base.method.split()[0]}": f"{base.seconds / t.seconds:.2f}",
-                "rank agreement": "-" if t is base else f"{agree:.4f}",
-                "MFU": mfu(t, device, ref.path),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "date": date.today().isoformat(),
+                    "device": device_name(device),
+                    "model": ref.name,
+                    "dtype": dtype_name,
+                    "template": name,
+                    "method": t.method,
+                    "prompts": len(questions),
+                    "tokens": total_tokens,
+                    "tokens run": t.tokens_run,
+                    "wall s": f"{t.seconds:.1f}",
+                    "prompts/s": f"{len(questions) / t.seconds:.1f}",
+                    "tokens/s": f"{total_tokens / t.seconds:,.0f}",
+                    f"x vs {base.method.split()[0]}": f"{base.seconds / t.seconds:.2f}",
+                    "rank agreement": "-" if t is base else f"{agree:.4f}",
+                    "MFU": mfu(t, device, ref.path),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     table = _markdown(rows)
     print(table)
     if not args.no_append:
         with RESULTS.open("a", encoding="utf-8") as f:
             f.write(
-                f"\n### {date.today().isoformat()} `{' '.join(sys.argv[1:]) or '(defaults)'}`\n\n{table}\n"
+                f"\n### {date.today().isoformat()} "
+                f"`{' '.join(sys.argv[1:]) or '(defaults)'}`\n\n{table}\n"
             )
         print(f"appended to {RESULTS}")
 

@@ -32,13 +32,13 @@ def main() -> None:
         return
     import triton.testing
 
-    from gain_curate.hardware import gpu_peaks
     from gain_curate.kernels.naive import naive_segment_unit_sums
     from gain_curate.kernels.segment_sum import (
         plan_segments,
         segment_unit_sums_fwd,
         segment_unit_sums_launch,
     )
+    from gain_curate.runtime.hardware import gpu_peaks
 
     x = torch.randn(args.rows, args.d, device="cuda", dtype=torch.bfloat16)
     offsets = torch.arange(0, args.rows + 1, args.seg)
@@ -57,8 +57,12 @@ def main() -> None:
     peak = peaks[1] if peaks else None
     nbytes = x.numel() * x.element_size() + (len(offsets) - 1) * args.d * 4
     frac = f"{nbytes / (ms_triton * 1e-3) / peak:.0%}" if peak else "unknown peak"
-    row = (f"| {date.today().isoformat()} | {name} | segment_sum bf16 {args.rows}x{args.d}, {args.seg}-row segments "
-           f"| triton {ms_triton * 1e3:.0f} us | torch {ms_torch * 1e3:.0f} us | {ms_torch / ms_triton:.1f}x | HBM {frac} |")  # fmt: skip
+    row = (
+        f"| {date.today().isoformat()} | {name} | "
+        f"segment_sum bf16 {args.rows}x{args.d}, {args.seg}-row segments "
+        f"| triton {ms_triton * 1e3:.0f} us | torch {ms_torch * 1e3:.0f} us "
+        f"| {ms_torch / ms_triton:.1f}x | HBM {frac} |"
+    )
     print(row)
     if not args.no_append:
         with RESULTS.open("a", encoding="utf-8") as f:

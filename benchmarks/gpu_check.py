@@ -67,20 +67,70 @@ CHATML = (
     "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 TINY = dict(
-    vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-    initializer_range=0.1, bos_token_id=0, eos_token_id=2, pad_token_id=0,
-)  # fmt: skip
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    initializer_range=0.1,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 # The published shapes (config.json of Qwen2.5-0.5B-Instruct and Qwen2.5-7B-Instruct).
 QWEN25 = {
-    "Qwen2.5-0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936),
-    "Qwen2.5-7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064),
-}  # fmt: skip
-WORDS = ("apples", "train", "leaves", "at", "noon", "how", "many", "the", "farmer", "sells",
-         "each", "basket", "for", "dollars", "if", "she", "has", "twelve", "boxes", "of", "eggs",
-         "what", "is", "total", "cost", "after", "a", "discount", "percent", "speed", "miles")  # fmt: skip
+    "Qwen2.5-0.5B": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
+    "Qwen2.5-7B": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+    ),
+}
+WORDS = (
+    "apples",
+    "train",
+    "leaves",
+    "at",
+    "noon",
+    "how",
+    "many",
+    "the",
+    "farmer",
+    "sells",
+    "each",
+    "basket",
+    "for",
+    "dollars",
+    "if",
+    "she",
+    "has",
+    "twelve",
+    "boxes",
+    "of",
+    "eggs",
+    "what",
+    "is",
+    "total",
+    "cost",
+    "after",
+    "a",
+    "discount",
+    "percent",
+    "speed",
+    "miles",
+)
 
 
 def log(msg: str) -> None:
@@ -90,7 +140,7 @@ def log(msg: str) -> None:
 @contextlib.contextmanager
 def quiet():
     """No load reports or progress bars from transformers (gain_curate's own silencer)."""
-    from gain_curate.models import quiet_transformers
+    from gain_curate.runtime.transformers_compat import quiet_transformers
 
     with quiet_transformers():
         yield
@@ -123,8 +173,12 @@ def build_tokenizer(corpus: list[str]):
         show_progress=False,
     )
     backend.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", model_max_length=4096)  # fmt: skip
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=4096,
+    )
     tok.chat_template = CHATML
     return tok
 
@@ -142,8 +196,12 @@ def save_tiny_model(folder: Path, kind: str, tok) -> Path:
         model = tf.MistralForCausalLM(tf.MistralConfig(**TINY, head_dim=16, sliding_window=WINDOW))
     else:
         layers = ["sliding_attention", "full_attention"] * 2
-        config = tf.Gemma3TextConfig(**{**TINY, "num_hidden_layers": len(layers)}, head_dim=16,
-                                     sliding_window=WINDOW, layer_types=layers)  # fmt: skip
+        config = tf.Gemma3TextConfig(
+            **{**TINY, "num_hidden_layers": len(layers)},
+            head_dim=16,
+            sliding_window=WINDOW,
+            layer_types=layers,
+        )
         model = tf.Gemma3ForCausalLM(config)
     with quiet():
         model.save_pretrained(folder)
@@ -158,12 +216,23 @@ def compare_sums(name: str, dtype: str, got, want, lengths: list[int], d: int) -
     err = (got - want).abs()
     empty_zero = all(bool((got[i] == 0).all()) for i, n in enumerate(lengths) if n == 0)
     ok = got.shape == want.shape and bool((err <= atol + rtol * want.abs()).all()) and empty_zero
-    return {"kind": "kernel", "name": name, "dtype": dtype, "d": d, "rows": sum(lengths),
-            "segments": len(lengths), "max_abs_err": float(err.max()) if err.numel() else 0.0,
-            "rtol": rtol, "atol": atol, "pass": ok}  # fmt: skip
+    return {
+        "kind": "kernel",
+        "name": name,
+        "dtype": dtype,
+        "d": d,
+        "rows": sum(lengths),
+        "segments": len(lengths),
+        "max_abs_err": float(err.max()) if err.numel() else 0.0,
+        "rtol": rtol,
+        "atol": atol,
+        "pass": ok,
+    }
 
 
-def kernel_case(name: str, lengths: list[int], d: int, dtype, device, chunk_rows: int | None = None) -> dict:  # fmt: skip
+def kernel_case(
+    name: str, lengths: list[int], d: int, dtype, device, chunk_rows: int | None = None
+) -> dict:
     """(sum lengths, d) rows with a shared offset (cosines far from 0) on the device,
     against the torch reference on CPU (index_add_ in row order there)."""
     import torch
@@ -211,7 +280,13 @@ def kernel_past_2_31(device) -> dict:
     free = torch.cuda.mem_get_info(device)[0]
     if free < need + (8 << 30):
         why = f"needs {need / 2**30:.0f} GiB free, {free / 2**30:.0f} GiB are"
-        return {"kind": "kernel", "name": "N x d > 2^31", "dtype": "bfloat16", "pass": True, "skipped": why}  # fmt: skip
+        return {
+            "kind": "kernel",
+            "name": "N x d > 2^31",
+            "dtype": "bfloat16",
+            "pass": True,
+            "skipped": why,
+        }
     torch.manual_seed(0)
     x = torch.randn(rows, d, device=device, dtype=torch.bfloat16)
     lengths = [min(seg, rows - a) for a in range(0, rows, seg)]
@@ -231,7 +306,7 @@ def kernel_past_2_31(device) -> dict:
 # ---------------------------------------------------------------- 2. and 3. score
 def setup(work: Path, device: str, kernel: str) -> SimpleNamespace:
     """What every score check shares: the questions as a .jsonl input, the tokenizer."""
-    from gain_curate.template import DEFAULT_SYSTEM_PROMPT, GAINRL_FEW_SHOT
+    from gain_curate.scoring.template import DEFAULT_SYSTEM_PROMPT, GAINRL_FEW_SHOT
 
     qs = questions()
     data = work / "questions.jsonl"
@@ -248,9 +323,28 @@ def score(ctx: SimpleNamespace, model: Path, dtype: str, *flags: str) -> dict[in
     from gain_curate.cli import main as cli
 
     out = ctx.work / f"run-{model.name}-{dtype}{''.join(flags)}"
-    args = ["score", "--model", str(model), "--data", str(ctx.data), "--out", str(out),
-            "--device", ctx.device, "--dtype", dtype, "--kernel", ctx.kernel,
-            "--token-budget", "1024", "--part-rows", "16", "--json", "--overwrite", *flags]  # fmt: skip
+    args = [
+        "score",
+        "--model",
+        str(model),
+        "--data",
+        str(ctx.data),
+        "--out",
+        str(out),
+        "--device",
+        ctx.device,
+        "--dtype",
+        dtype,
+        "--kernel",
+        ctx.kernel,
+        "--token-budget",
+        "1024",
+        "--part-rows",
+        "16",
+        "--json",
+        "--overwrite",
+        *flags,
+    ]
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             cli.main(args=args, prog_name="gain-curate", standalone_mode=False)
@@ -260,14 +354,22 @@ def score(ctx: SimpleNamespace, model: Path, dtype: str, *flags: str) -> dict[in
         raise
     import pyarrow.parquet as pq
 
-    cols = ["extra_info", "gain_score", "gain_c_intra", "gain_c_inter",
-            "gain_tokens_prefix", "gain_tokens_question"]  # fmt: skip
+    cols = [
+        "extra_info",
+        "gain_score",
+        "gain_c_intra",
+        "gain_c_inter",
+        "gain_tokens_prefix",
+        "gain_tokens_question",
+    ]
     shards = sorted((out / "data").glob("*.parquet"))
     rows = itertools.chain.from_iterable(pq.read_table(f, columns=cols).to_pylist() for f in shards)
     return {r["extra_info"]["index"]: r for r in rows}
 
 
-def reference_scores(folder: Path, qs: list[str], layers: list[int], window: int | None = None) -> dict[int, list]:  # fmt: skip
+def reference_scores(
+    folder: Path, qs: list[str], layers: list[int], window: int | None = None
+) -> dict[int, list]:
     """Float64 on CPU with HF's eager attention (which applies the config's windows), every
     conversation whole, cosines averaged densely (the paper's definition). Per layer, one
     (score, c_intra, c_inter, p, q) per question, score None where q < 2 or p = 0.
@@ -275,8 +377,9 @@ def reference_scores(folder: Path, qs: list[str], layers: list[int], window: int
     import torch
     from transformers import AutoConfig, AutoModel
 
-    from gain_curate.models import load_tokenizer, resolve_model
-    from gain_curate.template import ScoringTemplate, segment_batch
+    from gain_curate.runtime.models import load_tokenizer, resolve_model
+    from gain_curate.scoring.conversation import segment_batch
+    from gain_curate.scoring.template import ScoringTemplate
 
     config = AutoConfig.from_pretrained(folder)
     if window is not None:
@@ -307,7 +410,9 @@ def reference_scores(folder: Path, qs: list[str], layers: list[int], window: int
     return out
 
 
-def compare_scores(kind: str, name: str, got: dict[int, dict], want: list, dtype: str, **extra) -> dict:  # fmt: skip
+def compare_scores(
+    kind: str, name: str, got: dict[int, dict], want: list, dtype: str, **extra
+) -> dict:
     """Every row: the same P and Q token counts, scored iff the reference is, and score,
     C_intra and C_inter each within the dtype's tolerance of the float64 value."""
     err, problems = 0.0, []
@@ -330,9 +435,18 @@ def compare_scores(kind: str, name: str, got: dict[int, dict], want: list, dtype
     tol = SCORE_TOL[dtype]
     if err > tol:
         problems.append(f"max abs error {err:.1e} > {tol:g}")
-    return {"kind": kind, "name": name, "dtype": dtype, "rows": len(want),
-            "scored": sum(w[0] is not None for w in want), "max_abs_err": err, "tol": tol,
-            "problems": problems[:5], "pass": not problems, **extra}  # fmt: skip
+    return {
+        "kind": kind,
+        "name": name,
+        "dtype": dtype,
+        "rows": len(want),
+        "scored": sum(w[0] is not None for w in want),
+        "max_abs_err": err,
+        "tol": tol,
+        "problems": problems[:5],
+        "pass": not problems,
+        **extra,
+    }
 
 
 def score_checks(ctx: SimpleNamespace) -> list[dict]:
@@ -341,13 +455,21 @@ def score_checks(ctx: SimpleNamespace) -> list[dict]:
     model = save_tiny_model(ctx.work / "tiny-qwen2", "qwen2", ctx.tok)
     last = TINY["num_hidden_layers"] - 1
     ref = reference_scores(model, ctx.qs, [1, last])
-    runs = [("last layer", "float32", (), last), ("last layer", "bfloat16", (), last),
-            ("--layer 1", "float32", ("--layer", "1"), 1)]  # fmt: skip
+    runs = [
+        ("last layer", "float32", (), last),
+        ("last layer", "bfloat16", (), last),
+        ("--layer 1", "float32", ("--layer", "1"), 1),
+    ]
     return [
-        compare_scores("score", f"score vs float64: tiny qwen2, {where}, --kernel {ctx.kernel}",
-                       score(ctx, model, dtype, *flags), ref[layer], dtype)
+        compare_scores(
+            "score",
+            f"score vs float64: tiny qwen2, {where}, --kernel {ctx.kernel}",
+            score(ctx, model, dtype, *flags),
+            ref[layer],
+            dtype,
+        )
         for where, dtype, flags, layer in runs
-    ]  # fmt: skip
+    ]
 
 
 def sliding_window_checks(ctx: SimpleNamespace) -> list[dict]:
@@ -361,22 +483,36 @@ def sliding_window_checks(ctx: SimpleNamespace) -> list[dict]:
         ref = reference_scores(model, ctx.qs, [last])[last]
         wide = reference_scores(model, ctx.qs, [last], window=1 << 20)[last]
         effect = max(abs(a[0] - b[0]) for a, b in zip(ref, wide) if a[0] is not None)
-        for how, flags in (("shared prefix", ()), ("--no-prefix-sharing", ("--no-prefix-sharing",))):  # fmt: skip
+        for how, flags in (
+            ("shared prefix", ()),
+            ("--no-prefix-sharing", ("--no-prefix-sharing",)),
+        ):
             name = f"window {WINDOW} vs float64: tiny {kind} ({what}), {how}"
-            checks.append(compare_scores("sliding_window", name, score(ctx, model, "float32", *flags), ref,
-                                         "float32", prefix_tokens=ref[1][3], window=WINDOW, window_effect=effect))  # fmt: skip
+            checks.append(
+                compare_scores(
+                    "sliding_window",
+                    name,
+                    score(ctx, model, "float32", *flags),
+                    ref,
+                    "float32",
+                    prefix_tokens=ref[1][3],
+                    window=WINDOW,
+                    window_effect=effect,
+                )
+            )
     return checks
 
 
 # ---------------------------------------------------------------- 4. speed
 def random_prefill_model(config, device, dtype):
     """The library's truncated prefill model built on the device, random-init, no disk:
-    the LoadedModel and the MLP pre-hook that stops the forward, as prefill.load_model
+    the LoadedModel and the MLP pre-hook that stops the forward, as truncated.load_model
     makes them (layer = the last)."""
     import torch
     from transformers import AutoModel
 
-    from gain_curate import prefill
+    from gain_curate.runtime import truncated
+    from gain_curate.runtime.transformers_compat import decoder_layers
 
     with torch.device(device):
         model = AutoModel.from_config(config, dtype=dtype).eval().requires_grad_(False)
@@ -384,17 +520,24 @@ def random_prefill_model(config, device, dtype):
 
     def hook(_module, args):
         captured.append(args[0])
-        raise prefill._StopForward
+        raise truncated._StopForward
 
-    prefill.decoder_layers(model)[layer].mlp.register_forward_pre_hook(hook)
-    return prefill.LoadedModel(model, layer, config.num_hidden_layers, config.hidden_size,
-                               torch.device(device), dtype, captured)  # fmt: skip
+    decoder_layers(model)[layer].mlp.register_forward_pre_hook(hook)
+    return truncated.LoadedModel(
+        model,
+        layer,
+        config.num_hidden_layers,
+        config.hidden_size,
+        torch.device(device),
+        dtype,
+        captured,
+    )
 
 
 def flops_per_token(lm) -> float:
     """2 x the parameters the truncated prefill multiplies per token: every layer up to the
     hooked one, less its MLP (attention-score FLOPs left out, as in benchmark_score.py)."""
-    from gain_curate.prefill import decoder_layers
+    from gain_curate.runtime.transformers_compat import decoder_layers
 
     layers = decoder_layers(lm.model)[: lm.layer + 1]
     n = sum(p.numel() for p in layers.parameters())
@@ -407,8 +550,8 @@ def kernel_bandwidth(d: int, device) -> dict:
     import torch
     import triton.testing
 
-    from gain_curate.hardware import gpu_peaks
     from gain_curate.kernels.segment_sum import plan_segments, segment_unit_sums_launch
+    from gain_curate.runtime.hardware import gpu_peaks
 
     rng = random.Random(d)
     lengths = [rng.randint(20, 200) for _ in range(600)]
@@ -417,8 +560,12 @@ def kernel_bandwidth(d: int, device) -> dict:
     ms = triton.testing.do_bench(lambda: segment_unit_sums_launch(x, plan))
     nbytes = x.numel() * x.element_size() + len(lengths) * d * 4
     peak = (gpu_peaks(torch.cuda.get_device_name(device)) or (None, None))[1]
-    return {"kernel_rows": x.shape[0], "kernel_us": ms * 1e3, "kernel_GBps": nbytes / ms / 1e6,
-            "kernel_hbm_fraction": nbytes / (ms * 1e-3) / peak if peak else None}  # fmt: skip
+    return {
+        "kernel_rows": x.shape[0],
+        "kernel_us": ms * 1e3,
+        "kernel_GBps": nbytes / ms / 1e6,
+        "kernel_hbm_fraction": nbytes / (ms * 1e-3) / peak if peak else None,
+    }
 
 
 def speed_row(name: str, shape: dict, device, prompts: int, prefix: int = 150) -> dict:
@@ -427,9 +574,9 @@ def speed_row(name: str, shape: dict, device, prompts: int, prefix: int = 150) -
     import torch
     from transformers import Qwen2Config
 
-    from gain_curate.hardware import gpu_peaks
-    from gain_curate.prefill import PrefillStats, segment_sums
-    from gain_curate.template import Segments
+    from gain_curate.runtime.hardware import gpu_peaks
+    from gain_curate.scoring.conversation import Segments
+    from gain_curate.scoring.prefill import PrefillStats, segment_sums
 
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -453,11 +600,24 @@ def speed_row(name: str, shape: dict, device, prompts: int, prefix: int = 150) -
         pass
     wall = time.perf_counter() - t0
     tokens, flops = sum(len(s.input_ids) for s in segs), flops_per_token(lm)
-    row = {"kind": "speed", "name": f"{name} (random init)", "dtype": str(dtype).removeprefix("torch."),
-           "prompts": prompts, "prefix_tokens": prefix, "tokens": tokens, "tokens_run": stats.tokens_run,
-           "token_budget": budget, "prefill_s": stats.seconds, "wall_s": wall,
-           "tokens_per_s": tokens / stats.seconds, "tokens_run_per_s": stats.tokens_run / stats.seconds,
-           "flops_per_token": flops, "mfu": None, "peak_memory_GiB": None, "pass": True}  # fmt: skip
+    row = {
+        "kind": "speed",
+        "name": f"{name} (random init)",
+        "dtype": str(dtype).removeprefix("torch."),
+        "prompts": prompts,
+        "prefix_tokens": prefix,
+        "tokens": tokens,
+        "tokens_run": stats.tokens_run,
+        "token_budget": budget,
+        "prefill_s": stats.seconds,
+        "wall_s": wall,
+        "tokens_per_s": tokens / stats.seconds,
+        "tokens_run_per_s": stats.tokens_run / stats.seconds,
+        "flops_per_token": flops,
+        "mfu": None,
+        "peak_memory_GiB": None,
+        "pass": True,
+    }
     del lm
     gc.collect()
     if cuda:
@@ -474,7 +634,7 @@ def machine_label(device) -> str:
     """The GPU (model, compute capability, memory) or the CPU (model, threads, matrix units)."""
     import torch
 
-    from gain_curate.hardware import device_label
+    from gain_curate.runtime.hardware import device_label
 
     if device.type != "cuda":
         return device_label(device)
@@ -486,9 +646,12 @@ def markdown(report: dict) -> str:
     """Rows for benchmarks/RESULTS.md: exactness (the kernel's shapes folded into one row per
     dtype), then speed."""
     head = f"| {report['date']} | {report['device']} |"
-    lines = [f"### {report['date']} `python3 benchmarks/gpu_check.py {report['argv']}`", "",
-             "| date | device | check | dtype | cases | max abs error | tolerance | result |",
-             "|---" * 8 + "|"]  # fmt: skip
+    lines = [
+        f"### {report['date']} `python3 benchmarks/gpu_check.py {report['argv']}`",
+        "",
+        "| date | device | check | dtype | cases | max abs error | tolerance | result |",
+        "|---" * 8 + "|",
+    ]
     groups: dict[tuple[str, str], list[dict]] = {}
     for c in report["checks"]:
         name = c["name"]
@@ -498,15 +661,23 @@ def markdown(report: dict) -> str:
         if c["kind"] != "speed":
             groups.setdefault((name, c.get("dtype", "-")), []).append(c)
     for (name, dtype), recs in groups.items():
-        cases = f"{len(recs)} shape{'s' * (len(recs) > 1)}" if recs[0]["kind"] == "kernel" else f"{recs[0].get('scored', '-')} prompts"  # fmt: skip
+        cases = (
+            f"{len(recs)} shape{'s' * (len(recs) > 1)}"
+            if recs[0]["kind"] == "kernel"
+            else f"{recs[0].get('scored', '-')} prompts"
+        )
         err = max(r.get("max_abs_err", 0.0) for r in recs)
         tol = f"{recs[0]['tol']:g}" if "tol" in recs[0] else f"rtol {KERNEL_RTOL.get(dtype, 0):g}"
         bad = [r.get("error") or "; ".join(r.get("problems") or []) for r in recs if not r["pass"]]
         result = f"skipped: {recs[0]['skipped']}" if "skipped" in recs[0] else "pass"
         result = f"**FAIL** {bad[0]}" if bad else result
         lines.append(f"{head} {name} | {dtype} | {cases} | {err:.1e} | {tol} | {result} |")
-    lines += ["", "| date | device | model | dtype | prompts | tokens | tokens run | prefill s "
-              "| tokens/s | tokens run/s | MFU | kernel HBM | peak memory |", "|---" * 13 + "|"]  # fmt: skip
+    lines += [
+        "",
+        "| date | device | model | dtype | prompts | tokens | tokens run | prefill s "
+        "| tokens/s | tokens run/s | MFU | kernel HBM | peak memory |",
+        "|---" * 13 + "|",
+    ]
     cpu = "not measured (CPU)"
     for r in (c for c in report["checks"] if c["kind"] == "speed"):
         if "skipped" in r or not r["pass"]:
@@ -519,8 +690,11 @@ def markdown(report: dict) -> str:
         hbm = f"{frac:.0%}" if frac is not None else "unknown peak" if on_gpu else cpu
         hbm += f" ({r['kernel_GBps']:,.0f} GB/s)" if on_gpu else ""
         mem = "-" if r["peak_memory_GiB"] is None else f"{r['peak_memory_GiB']:.1f} GiB"
-        lines.append(f"{head} {r['name']} | {r['dtype']} | {r['prompts']} | {r['tokens']:,} | {r['tokens_run']:,} "
-                     f"| {r['prefill_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['tokens_run_per_s']:,.0f} | {mfu} | {hbm} | {mem} |")  # fmt: skip
+        lines.append(
+            f"{head} {r['name']} | {r['dtype']} | {r['prompts']} | {r['tokens']:,} "
+            f"| {r['tokens_run']:,} | {r['prefill_s']:.2f} | {r['tokens_per_s']:,.0f} "
+            f"| {r['tokens_run_per_s']:,.0f} | {mfu} | {hbm} | {mem} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -558,7 +732,9 @@ def main() -> int:
         except Exception as e:
             traceback.print_exc()
             line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            recs = [{"kind": kind, "name": name, "pass": False, "error": f"{type(e).__name__}: {line}"}]  # fmt: skip
+            recs = [
+                {"kind": kind, "name": name, "pass": False, "error": f"{type(e).__name__}: {line}"}
+            ]
         checks.extend(recs)
         seconds[name] = round(time.perf_counter() - t0, 1)
         log(f"{name}: {'pass' if all(r['pass'] for r in recs) else 'FAIL'} ({seconds[name]} s)")
@@ -581,19 +757,30 @@ def main() -> int:
     for name, (shape, n) in rows.items():
         if time.perf_counter() - T0 > SPEED_BUDGET_S:
             late = f"started after {SPEED_BUDGET_S} s"
-            checks.append({"kind": "speed", "name": f"{name} (random init)", "pass": True, "skipped": late})  # fmt: skip
+            checks.append(
+                {"kind": "speed", "name": f"{name} (random init)", "pass": True, "skipped": late}
+            )
             continue
         step(f"{name} (random init)", "speed", speed_row, name, shape, device, n)
     report = {
-        "date": date.today().isoformat(), "device": machine_label(device), "argv": " ".join(sys.argv[1:]),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-                     "transformers": transformers.__version__, "gain_curate": gain_curate.__version__},
+        "date": date.today().isoformat(),
+        "device": machine_label(device),
+        "argv": " ".join(sys.argv[1:]),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "transformers": transformers.__version__,
+            "gain_curate": gain_curate.__version__,
+        },
         "gain_curate_path": str(Path(gain_curate.__file__).resolve().parent),
         "tolerances": {"kernel_rtol": KERNEL_RTOL, "score_abs": SCORE_TOL},
-        "pass": all(c["pass"] for c in checks), "wall_s": round(time.perf_counter() - T0, 1),
-        "seconds": seconds, "checks": checks,
+        "pass": all(c["pass"] for c in checks),
+        "wall_s": round(time.perf_counter() - T0, 1),
+        "seconds": seconds,
+        "checks": checks,
         "imported_modules": sorted({m.split(".")[0] for m in sys.modules}),
-    }  # fmt: skip
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(report)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

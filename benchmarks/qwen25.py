@@ -17,13 +17,34 @@ import sys
 from pathlib import Path
 
 ARCHS = {
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-}  # fmt: skip
-COMMON = dict(max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1_000_000.0, hidden_act="silu",
-              bos_token_id=151643, eos_token_id=151645, use_sliding_window=False)  # fmt: skip
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+}
+COMMON = dict(
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    hidden_act="silu",
+    bos_token_id=151643,
+    eos_token_id=151645,
+    use_sliding_window=False,
+)
 
 
 def qwen25_config(arch: str):

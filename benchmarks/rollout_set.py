@@ -29,9 +29,14 @@ def main() -> None:
     rows = []
     for level, (terms, digits) in enumerate(LEVELS, 1):
         ds = reasoning_gym.create_dataset(
-            "basic_arithmetic", size=args.per_level, seed=args.seed + level, min_terms=terms,
-            max_terms=terms, min_digits=digits, max_digits=digits,
-        )  # fmt: skip
+            "basic_arithmetic",
+            size=args.per_level,
+            seed=args.seed + level,
+            min_terms=terms,
+            max_terms=terms,
+            min_digits=digits,
+            max_digits=digits,
+        )
         rows += [{"question": e["question"], "answer": e["answer"], "level": level} for e in ds]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -105,7 +105,9 @@ class SegmentPlan:
     rows: int
 
 
-def plan_segments(offsets: torch.Tensor, device: torch.device, *, chunk_rows: int = CHUNK_ROWS) -> SegmentPlan:  # fmt: skip
+def plan_segments(
+    offsets: torch.Tensor, device: torch.device, *, chunk_rows: int = CHUNK_ROWS
+) -> SegmentPlan:
     lo, hi, seg_chunk = chunk_table([int(v) for v in offsets.tolist()], chunk_rows)
     as_dev = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
     return SegmentPlan(
@@ -148,9 +150,17 @@ def segment_unit_sums_launch(x: torch.Tensor, plan: SegmentPlan) -> torch.Tensor
     guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
     with guard:
         _chunk_sums_kernel[(chunks,)](
-            x, plan.chunk_lo, plan.chunk_hi, partial, d, x.stride(0), EPS,
-            BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
-        )  # fmt: skip
+            x,
+            plan.chunk_lo,
+            plan.chunk_hi,
+            partial,
+            d,
+            x.stride(0),
+            EPS,
+            BLOCK_N=block_n,
+            BLOCK_D=block_d,
+            num_warps=num_warps,
+        )
         _reduce_chunks_kernel[(num_segments, triton.cdiv(d, reduce_d))](
             partial, plan.seg_chunk, out, d, BLOCK_D=reduce_d, num_warps=4
         )

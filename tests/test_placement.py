@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from qwen25 import qwen25_config  # noqa: E402
 
 from gain_curate.errors import ModelError  # noqa: E402
-from gain_curate.placement import layer_devices, split_across_gpus  # noqa: E402
+from gain_curate.runtime.placement import layer_devices, split_across_gpus  # noqa: E402
 
 GIB = 1 << 30
 
@@ -28,7 +28,13 @@ def test_7b_truncated_at_the_last_layer_spreads_over_four_small_gpus() -> None:
     assert set(devices) == {0, 1, 2, 3}  # all four GPUs hold layers
     assert devices == sorted(devices)  # in order: the hidden states move forward only
     assert all(isinstance(d, int) for d in dm.values())  # nothing offloaded to cpu or disk
-    assert not any(k.startswith("layers.28") for k in dm)  # layers past the hooked one never load
+    # layers past the hooked one are never placed: 10 GiB holds Qwen2.5-7B up to layer 13
+    # (~7.1 GiB in bf16) but not up to its last layer (~13.2 GiB)
+    small = {0: 5 * GIB, 1: 5 * GIB}
+    early = split_across_gpus(config, layer=13, dtype=torch.bfloat16, max_memory=small)
+    assert set(layer_devices(early, 14)) <= {0, 1}
+    with pytest.raises(ModelError, match="do not fit"):
+        split_across_gpus(config, layer=27, dtype=torch.bfloat16, max_memory=small)
 
 
 def test_the_hooked_layer_is_never_split() -> None:

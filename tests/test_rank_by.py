@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from gain_curate.checks.probe import ProbeFit, learnability
 from gain_curate.cli import main
+from gain_curate.curriculum.rank_by import order_by
+from gain_curate.curriculum.schedule import ScheduleParams
 from gain_curate.integrations._common import build_schedule, rank_by_of, rank_keys
-from gain_curate.probe import ProbeFit, learnability
-from gain_curate.schedule import ScheduleParams
-from gain_curate.store import order_by
 
 N = 40
 PLAN = ["--epochs", "3", "--batch-size", "5", "--sigma", "3", "--n", "5", "--adj-max", "5"]
@@ -41,9 +41,32 @@ def scored(tiny_qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     tmp = tmp_path_factory.mktemp("rank_by")
     path = tmp / "q.jsonl"
     words = ["apples", "pears", "plums", "figs", "dates", "limes"]
-    path.write_text("".join(json.dumps({"question": f"What is {i} times {i + 3}?" + " How many " + " ".join(words[: i % 6]) * (i % 4 + 1) + "?", "answer": str(i)}) + "\n" for i in range(N)))  # fmt: skip
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question": f"What is {i} times {i + 3}?"
+                    + " How many "
+                    + " ".join(words[: i % 6]) * (i % 4 + 1)
+                    + "?",
+                    "answer": str(i),
+                }
+            )
+            + "\n"
+            for i in range(N)
+        )
+    )
     out = tmp / "run"
-    code, text = run("score", "--model", str(tiny_qwen2_dir), "--data", str(path), "--out", str(out), "--keep-states")  # fmt: skip
+    code, text = run(
+        "score",
+        "--model",
+        str(tiny_qwen2_dir),
+        "--data",
+        str(path),
+        "--out",
+        str(out),
+        "--keep-states",
+    )
     assert code == 0, text
     assert run("schedule", str(out), *PLAN)[0] == 0
     return out
@@ -58,9 +81,17 @@ def probe_file(scored: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     coef = np.random.default_rng(0).normal(size=x.shape[1])
     z = x @ coef
     scale = z.std() * 4 or 1.0  # predictions around 0.5, about +-0.25
-    fit = ProbeFit(coef=coef / scale, intercept=0.5 - float(z.mean()) / scale, mean=np.zeros(x.shape[1]),
-                   scale=np.ones(x.shape[1]), alpha=1.0, heldout=np.zeros(3), folds=5, seed=0,
-                   meta={"features": "last_token@L3", "target": "pass_rate"})  # fmt: skip
+    fit = ProbeFit(
+        coef=coef / scale,
+        intercept=0.5 - float(z.mean()) / scale,
+        mean=np.zeros(x.shape[1]),
+        scale=np.ones(x.shape[1]),
+        alpha=1.0,
+        heldout=np.zeros(3),
+        folds=5,
+        seed=0,
+        meta={"features": "last_token@L3", "target": "pass_rate"},
+    )
     path = tmp_path_factory.mktemp("probe") / "probe.npz"
     fit.save(path)
     return path
@@ -80,7 +111,9 @@ def predicted(scored: Path, probe_file: Path) -> Path:
     return scored
 
 
-def test_predict_writes_the_prediction_and_the_learnability_rank(predicted: Path, probe_file: Path) -> None:  # fmt: skip
+def test_predict_writes_the_prediction_and_the_learnability_rank(
+    predicted: Path, probe_file: Path
+) -> None:
     t = pq.read_table(predicted / "data").to_pydict()
     pred = np.array(t["gain_pred_pass"], dtype=np.float64)
     st = np.load(predicted / "states.npz")
@@ -97,9 +130,11 @@ def test_predict_writes_the_prediction_and_the_learnability_rank(predicted: Path
     assert rec["features"] == "last_token@L3" and rec["rows_predicted"] == N
     assert rec["probe_sha256"] and rec["probe"] == str(probe_file.resolve())
     assert all(s["sha256"] for s in m["shards"])
-    from gain_curate.store import file_sha256
+    from gain_curate.scoring.store import file_sha256
 
-    assert [file_sha256(predicted / s["path"]) for s in m["shards"]] == [s["sha256"] for s in m["shards"]]  # fmt: skip
+    assert [file_sha256(predicted / s["path"]) for s in m["shards"]] == [
+        s["sha256"] for s in m["shards"]
+    ]
 
 
 def test_learnability_plan_draws_from_the_best_learnability_rows(predicted: Path) -> None:
@@ -109,7 +144,9 @@ def test_learnability_plan_draws_from_the_best_learnability_rows(predicted: Path
     angle_first = [r["gain_rank"] for r in plan_of(predicted) if r["epoch"] == 0]
     code, text = run("schedule", str(predicted), *PLAN, "--rank-by", "learnability")
     assert code == 0, text
-    learn = {r["gain_rank"]: r["gain_learn_rank"] for r in pq.read_table(predicted / "data").to_pylist()}  # fmt: skip
+    learn = {
+        r["gain_rank"]: r["gain_learn_rank"] for r in pq.read_table(predicted / "data").to_pylist()
+    }
     first = [learn[r["gain_rank"]] for r in plan_of(predicted) if r["epoch"] == 0]
     assert len(first) == 5 and max(first) < 12, first  # sigma 3 around the top of that order
     drawn = [r["gain_rank"] for r in plan_of(predicted) if r["epoch"] == 0]
@@ -118,12 +155,25 @@ def test_learnability_plan_draws_from_the_best_learnability_rows(predicted: Path
     assert m["schedule"]["rank_by"] == "learnability"
     # exports follow the plan; --rank-by only checks it
     code, text = run("export", str(predicted), "--format", "verl", "--rank-by", "angle")
-    assert code == 1 and "drawn over the learnability ranking" in text and len(text.strip().splitlines()) == 1  # fmt: skip
+    assert (
+        code == 1
+        and "drawn over the learnability ranking" in text
+        and len(text.strip().splitlines()) == 1
+    )
     code, text = run("export", str(predicted), "--format", "verl", "--rank-by", "learnability")
     assert code == 0, text
     rows = pq.read_table(predicted / "export" / "verl" / "plan.parquet").to_pylist()
     assert [r["gain_learn_rank"] for r in rows[:5]] == first
-    code, text = run("export", str(predicted), "--format", "openrlhf", "--epoch", "0", "--rank-by", "learnability")  # fmt: skip
+    code, text = run(
+        "export",
+        str(predicted),
+        "--format",
+        "openrlhf",
+        "--epoch",
+        "0",
+        "--rank-by",
+        "learnability",
+    )
     assert code == 0, text
 
 
@@ -136,11 +186,17 @@ def test_length_plan_draws_the_shortest_questions_first(predicted: Path) -> None
     assert max(first) <= sorted(tokens.values())[12], (first, sorted(tokens.values()))
 
 
-def test_learnability_without_a_prediction_is_refused_in_one_line(tiny_qwen2_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_learnability_without_a_prediction_is_refused_in_one_line(
+    tiny_qwen2_dir: Path, tmp_path: Path
+) -> None:
     path = tmp_path / "q.jsonl"
-    path.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?"}) + "\n" for i in range(12)))  # fmt: skip
+    path.write_text(
+        "".join(json.dumps({"question": f"What is {i} plus {i}?"}) + "\n" for i in range(12))
+    )
     out = tmp_path / "run"
-    assert run("score", "--model", str(tiny_qwen2_dir), "--data", str(path), "--out", str(out))[0] == 0  # fmt: skip
+    assert (
+        run("score", "--model", str(tiny_qwen2_dir), "--data", str(path), "--out", str(out))[0] == 0
+    )
     code, text = run("schedule", str(out), *PLAN, "--rank-by", "learnability")
     lines = text.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "run `gain-curate predict" in lines[0], text
@@ -164,8 +220,13 @@ def test_adapters_draw_over_the_rank_by_order() -> None:
 
     extra = [{"gain_uid": f"u{i}", "gain_rank": i} for i in range(N)]
     learn = list(np.random.default_rng(1).permutation(N))
-    ds = datasets.Dataset.from_dict({"extra_info": extra, "gain_learn_rank": learn,
-                                     "gain_tokens_question": [N - i for i in range(N)]})  # fmt: skip
+    ds = datasets.Dataset.from_dict(
+        {
+            "extra_info": extra,
+            "gain_learn_rank": learn,
+            "gain_tokens_question": [N - i for i in range(N)],
+        }
+    )
     params = ScheduleParams(batch_size=4, sigma=2.0)
     for rank_by, key in (("learnability", learn), ("length", [N - i for i in range(N)])):
         assert rank_by_of({"rank_by": rank_by}) == rank_by
@@ -179,19 +240,24 @@ def test_adapters_draw_over_the_rank_by_order() -> None:
     assert rows == list(range(N))  # angle: the default, gain_rank order
     plain = datasets.Dataset.from_dict({"extra_info": extra})
     with pytest.raises(ValueError, match="run `gain-curate predict"):
-        build_schedule(plain["extra_info"], None, params, "learnability", rank_keys(plain, "learnability"))  # fmt: skip
+        build_schedule(
+            plain["extra_info"], None, params, "learnability", rank_keys(plain, "learnability")
+        )
     with pytest.raises(ValueError, match="rank_by 'speed'"):
         rank_by_of({"rank_by": "speed"})
 
 
 def test_probe_feature_names_pick_the_kept_states() -> None:
+    from gain_curate.checks.predict import feature_spec
     from gain_curate.errors import OutputError
-    from gain_curate.predict import feature_spec
 
     assert feature_spec("last_token@L23", 23) == ["last_token"]
     assert feature_spec("question_mean@L23+last_token@L23", 23) == ["question_mean", "last_token"]
     assert feature_spec("last token, layer 23", 23) == ["last_token"]
-    assert feature_spec(["question_mean", "last_token@L-1"], 23, 24) == ["question_mean", "last_token"]  # fmt: skip
+    assert feature_spec(["question_mean", "last_token@L-1"], 23, 24) == [
+        "question_mean",
+        "last_token",
+    ]
     with pytest.raises(OutputError, match="reads layer 12's states"):
         feature_spec("last_token@L12", 23)
     with pytest.raises(OutputError, match="cannot tell which pooled state"):

@@ -9,18 +9,27 @@ import matplotlib.image as mpimg
 import pytest
 from click.testing import CliRunner
 
+from gain_curate.checks.report import difficulty, one_line
 from gain_curate.cli import main
-from gain_curate.launch import run_score
-from gain_curate.report import difficulty, one_line
-from gain_curate.score import ScoreConfig
+from gain_curate.scoring.launch import run_score
+from gain_curate.scoring.score import ScoreConfig
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_qwen2_dir: Path, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("inspect")
     data = tmp / "d.jsonl"
-    rows = [{"question": f"Problem {i}: a tank holds {i * 3} litres and leaks {i % 4 + 1} per hour; when is it empty?",
-             "answer": str(i), "level": f"Level {i % 5 + 1}"} for i in range(30)]  # fmt: skip
+    rows = [
+        {
+            "question": (
+                f"Problem {i}: a tank holds {i * 3} litres and "
+                f"leaks {i % 4 + 1} per hour; when is it empty?"
+            ),
+            "answer": str(i),
+            "level": f"Level {i % 5 + 1}",
+        }
+        for i in range(30)
+    ]
     rows.append({"question": "", "answer": "0", "level": "Level 1"})
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp / "run", device="cpu"))
@@ -81,7 +90,9 @@ def test_difficulty_parsing_and_one_line() -> None:
     assert one_line("a\n b   c", 80) == "a b c" and len(one_line("x" * 200, 50)) == 50
 
 
-def test_inspect_says_what_was_scored_and_trained_in_one_line(run_dir: Path, tiny_qwen2_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_inspect_says_what_was_scored_and_trained_in_one_line(
+    run_dir: Path, tiny_qwen2_dir: Path, tmp_path: Path
+) -> None:
     r = CliRunner().invoke(main, ["inspect", str(run_dir)])
     [line] = [x for x in r.output.splitlines() if x.startswith("conversation: ")]
     assert "the `prompt` column holds this very conversation" in line
@@ -92,10 +103,30 @@ def test_inspect_says_what_was_scored_and_trained_in_one_line(run_dir: Path, tin
     )
     # the paper's split: the template scored, a bare training prompt: inspect says so
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"question": f"How many wheels do {i} bikes have?"}) + "\n" for i in range(2, 6)))  # fmt: skip
-    run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp_path / "q", device="cpu",
-                          train_prompt="question"))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"How many wheels do {i} bikes have?"}) + "\n"
+            for i in range(2, 6)
+        )
+    )
+    run_score(
+        ScoreConfig(
+            data=str(data),
+            model=str(tiny_qwen2_dir),
+            out=tmp_path / "q",
+            device="cpu",
+            train_prompt="question",
+        )
+    )
     r = CliRunner().invoke(main, ["inspect", str(tmp_path / "q")])
     [line] = [x for x in r.output.splitlines() if x.startswith("conversation: ")]
-    assert "DIFFERENT conversation in 4 of 4 rows: one user turn: the question (--train-prompt question)" in line  # fmt: skip
-    assert json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "q"), "--json"]).output)["trained_differs"] is True  # fmt: skip
+    assert (
+        "DIFFERENT conversation in 4 of 4 rows: one user "
+        "turn: the question (--train-prompt question)"
+    ) in line
+    assert (
+        json.loads(CliRunner().invoke(main, ["inspect", str(tmp_path / "q"), "--json"]).output)[
+            "trained_differs"
+        ]
+        is True
+    )

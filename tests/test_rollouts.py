@@ -11,15 +11,10 @@ import pytest
 import torch
 from scipy import stats
 
-from gain_curate.probe import fit_probe
-from gain_curate.rollouts import (
-    RolloutSettings,
-    auroc,
-    generate,
-    group_advantages,
-    grpo_grad_norms,
-    zero_variance_drop,
-)
+from gain_curate.checks.generation import RolloutSettings, generate
+from gain_curate.checks.probe import fit_probe
+from gain_curate.checks.rollout_stats import auroc, zero_variance_drop
+from gain_curate.checks.rollouts import group_advantages, grpo_grad_norms
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
@@ -58,7 +53,7 @@ def one_prompt_grad_norm(model, prompt, completions, adv, layer, temperature) ->
 def test_grpo_grad_norm_equals_one_prompt_backward(tiny_lm, layer: int) -> None:
     """The shared-prompt pass (the prompt once, its KV repeated over K rows, the head's
     gradient chunk by chunk) equals the plain one-prompt loss.backward() per group."""
-    from gain_curate.grpo import _group_batches
+    from gain_curate.checks.grpo import _group_batches
 
     g = torch.Generator().manual_seed(0)
 
@@ -74,7 +69,9 @@ def test_grpo_grad_norm_equals_one_prompt_backward(tiny_lm, layer: int) -> None:
     temperature = 0.7
     # a budget that puts two groups in one batch (2 x 14 + 6 x 8 = 76) and leaves one alone
     assert _group_batches(prompts, completions, [0, 1, 3], 76) == [[0, 1], [3]]
-    norms = grpo_grad_norms(tiny_lm, prompts, completions, adv, layer, temperature=temperature, token_budget=76)  # fmt: skip
+    norms = grpo_grad_norms(
+        tiny_lm, prompts, completions, adv, layer, temperature=temperature, token_budget=76
+    )
     assert norms[2] == 0.0  # all rewards equal: zero advantages, no gradient
     for i in (0, 1, 3):
         ref = one_prompt_grad_norm(tiny_lm, prompts[i], completions[i], adv[i], layer, temperature)
@@ -84,20 +81,36 @@ def test_grpo_grad_norm_equals_one_prompt_backward(tiny_lm, layer: int) -> None:
 def test_grpo_grad_norm_from_the_samplers_states(tiny_lm, monkeypatch) -> None:
     """At the last layer the GRPO pass reruns only the last MLP, the final norm and the head
     on the states the sampler kept: the same norms as the one-prompt loss.backward()."""
-    from gain_curate import grpo
-    from gain_curate.sampling import sample_groups
+    from gain_curate.checks import grpo
+    from gain_curate.checks.sampling import sample_groups
 
     layer, temperature = 3, 0.8
     keep = grpo.reusable_state_module(tiny_lm, layer)
     assert keep is not None and grpo.reusable_state_module(tiny_lm, 2) is None
     eos = [151645, *range(1000, 20000)]  # rows of different lengths
-    groups, kept = sample_groups(tiny_lm, SAMPLER_PROMPTS, 3, max_new_tokens=6, temperature=temperature,
-                                 eos_ids=eos, pad_id=151643, seeds=[4, 5, 6], keep_input_of=keep)  # fmt: skip
+    groups, kept = sample_groups(
+        tiny_lm,
+        SAMPLER_PROMPTS,
+        3,
+        max_new_tokens=6,
+        temperature=temperature,
+        eos_ids=eos,
+        pad_id=151643,
+        seeds=[4, 5, 6],
+        keep_input_of=keep,
+    )
     assert [[x.shape for x in g] for g in kept] == [[(len(c), 64) for c in g] for g in groups]
     adv = [group_advantages(np.array(r, float)) for r in ([1, 0, 0], [0, 1, 1], [0.2, 0.9, 0.5])]
-    monkeypatch.setattr(grpo, "_norms_full_pass", lambda *a, **kw: pytest.fail("the full pass ran"))  # fmt: skip
-    norms = grpo_grad_norms(tiny_lm, SAMPLER_PROMPTS, groups, adv, layer, temperature=temperature,
-                            states=dict(enumerate(kept)))  # fmt: skip
+    monkeypatch.setattr(grpo, "_norms_full_pass", lambda *a, **kw: pytest.fail("the full pass ran"))
+    norms = grpo_grad_norms(
+        tiny_lm,
+        SAMPLER_PROMPTS,
+        groups,
+        adv,
+        layer,
+        temperature=temperature,
+        states=dict(enumerate(kept)),
+    )
     for i, prompt in enumerate(SAMPLER_PROMPTS):
         ref = one_prompt_grad_norm(tiny_lm, prompt, groups[i], adv[i], layer, temperature)
         assert ref > 0 and norms[i] == pytest.approx(ref, rel=1e-5), i
@@ -106,7 +119,9 @@ def test_grpo_grad_norm_from_the_samplers_states(tiny_lm, monkeypatch) -> None:
 def test_group_advantages_match_verl() -> None:
     a = group_advantages(np.array([1.0, 0.0, 0.0, 1.0]))
     std = np.std([1, 0, 0, 1], ddof=1)  # 0.57735
-    assert a == pytest.approx([0.5 / (std + 1e-6), -0.5 / (std + 1e-6)] * 1 + [-0.5 / (std + 1e-6), 0.5 / (std + 1e-6)])  # fmt: skip
+    assert a == pytest.approx(
+        [0.5 / (std + 1e-6), -0.5 / (std + 1e-6)] * 1 + [-0.5 / (std + 1e-6), 0.5 / (std + 1e-6)]
+    )
     assert np.all(group_advantages(np.array([1.0, 1.0, 1.0])) == 0)
 
 
@@ -117,7 +132,13 @@ def test_zero_variance_drop_hand_computed() -> None:
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
     zero = np.array([False, True, False, False, True, True, True, False])  # 4 zero-variance
     half = zero_variance_drop(score, zero, 0.5)  # keeps ranks 0-3: one zero-variance kept
-    assert half == {"keep": 0.5, "kept": 4, "zero_variance": 4, "dropped_by_score": 0.75, "dropped_by_random": 0.5}  # fmt: skip
+    assert half == {
+        "keep": 0.5,
+        "kept": 4,
+        "zero_variance": 4,
+        "dropped_by_score": 0.75,
+        "dropped_by_random": 0.5,
+    }
     quarter = zero_variance_drop(score, zero, 0.25)  # keeps 0.9, 0.8: one kept
     assert quarter["dropped_by_score"] == 0.75 and quarter["dropped_by_random"] == 0.75
     assert zero_variance_drop(score, np.zeros(8, bool), 0.5)["dropped_by_score"] is None
@@ -139,11 +160,15 @@ def test_auroc_equals_mann_whitney() -> None:
 
 @needs_data
 def test_math_verify_reward_on_real_gsm8k_answers() -> None:
-    from gain_curate.rewards import math_reward
-    from gain_curate.sources import load_source
+    from gain_curate.checks.rewards import math_reward
+    from gain_curate.scoring.sources import load_source
 
     src = load_source(str(DATA / "gsm8k" / "train.jsonl"), limit=200)
-    raw = [json.loads(line)["answer"] for line in (DATA / "gsm8k" / "train.jsonl").open() if line.strip()][:200]  # fmt: skip
+    raw = [
+        json.loads(line)["answer"]
+        for line in (DATA / "gsm8k" / "train.jsonl").open()
+        if line.strip()
+    ][:200]
     right = [math_reward(solution, gold) for solution, gold in zip(raw, src.answers)]
     assert sum(right) == 200  # the reference solution ('... #### 72') earns its own answer
     wrong = [
@@ -157,8 +182,8 @@ def test_math_verify_reward_on_real_gsm8k_answers() -> None:
 
 @needs_data
 def test_math_verify_reward_on_real_math_answers() -> None:
-    from gain_curate.rewards import math_reward
-    from gain_curate.sources import load_source
+    from gain_curate.checks.rewards import math_reward
+    from gain_curate.scoring.sources import load_source
 
     src = load_source(str(DATA / "math" / "train.json"), limit=200)  # final answers, LaTeX
     answers = [a for a in src.answers if a]
@@ -181,7 +206,7 @@ CUT_OFF = (
 
 
 def test_default_reward_counts_only_a_marked_final_answer() -> None:
-    from gain_curate.rewards import final_answer, math_reward
+    from gain_curate.checks.rewards import final_answer, math_reward
 
     assert final_answer(CUT_OFF) is None and math_reward(CUT_OFF, "20") == 0.0
     for unfinished in ("The answer is <answer> 20", "so it is \\boxed{20", "20 pies. ###"):
@@ -201,8 +226,8 @@ def test_default_reward_counts_only_a_marked_final_answer() -> None:
 
 
 def test_reward_spec_errors_are_one_line(tmp_path: Path, monkeypatch) -> None:
+    from gain_curate.checks.rewards import Group, load_reward, score_group
     from gain_curate.errors import InputError
-    from gain_curate.rewards import Group, load_reward, score_group
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my_rewards.py").write_text(
@@ -214,16 +239,27 @@ def test_reward_spec_errors_are_one_line(tmp_path: Path, monkeypatch) -> None:
     group = Group([{"role": "user", "content": "2+2?"}], [" 4 ", "5"], [[1, 2], [3, 2]], "4", {})
     assert reward.name == "my_rewards:exact" and score_group(reward, group) == ([1.0, 0.0], 0)
     for spec, message in (
-        ("my_rewards", "--reward my_rewards: expected module:function, e.g. my_rewards:exact_match, or verl"),
-        ("trl:my_rewards", "--reward trl:my_rewards: expected trl:module:function, e.g. trl:my_rewards:accuracy, or verl"),
+        (
+            "my_rewards",
+            "--reward my_rewards: expected module:function, e.g. my_rewards:exact_match, or verl",
+        ),
+        (
+            "trl:my_rewards",
+            (
+                "--reward trl:my_rewards: expected trl:module:function, "
+                "e.g. trl:my_rewards:accuracy, or verl"
+            ),
+        ),
         ("my_rewards:nope", "--reward my_rewards:nope: my_rewards has no function nope"),
-    ):  # fmt: skip
+    ):
         with pytest.raises(InputError) as err:
             load_reward(spec)
         assert str(err.value) == message
     with pytest.raises(InputError, match=r"^--reward nosuch:f: cannot import nosuch"):
         load_reward("nosuch:f")
-    with pytest.raises(InputError, match=r"^--reward my_rewards:nothing returned None; return a number$"):  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"^--reward my_rewards:nothing returned None; return a number$"
+    ):
         score_group(load_reward("my_rewards:nothing"), group)
     with pytest.raises(InputError, match=r"returned 1 rewards for 2 completions"):
         score_group(load_reward("trl:my_rewards:short"), group)
@@ -233,13 +269,14 @@ def test_trl_reward_is_called_as_grpo_trainer_calls_it(tmp_path: Path, monkeypat
     """TRL 1.16's _calculate_rewards: keyword arguments prompts, completions (conversational:
     one assistant message each), completion_ids, every other column as a list of K values,
     trainer_state, log_extra, log_metric; a None reward is 0 and counted."""
-    from gain_curate.rewards import Group, load_reward, score_group
+    from gain_curate.checks.rewards import Group, load_reward, score_group
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "trl_rewards.py").write_text(
         "CALLS = []\n"
         "def accuracy(prompts, completions, completion_ids, reward_model, **kwargs):\n"
-        "    CALLS.append(dict(prompts=prompts, completions=completions, completion_ids=completion_ids,\n"
+        "    CALLS.append(dict(prompts=prompts, "
+        "completions=completions, completion_ids=completion_ids,\n"
         "                      reward_model=reward_model, **kwargs))\n"
         "    out = []\n"
         "    for c, rm in zip(completions, reward_model):\n"
@@ -249,8 +286,12 @@ def test_trl_reward_is_called_as_grpo_trainer_calls_it(tmp_path: Path, monkeypat
     )
     reward = load_reward("trl:trl_rewards:accuracy")
     chat = [{"role": "user", "content": "Sanjay's pies?"}]
-    row = {"data_source": "openai/gsm8k", "reward_model": {"ground_truth": "20", "style": "rule"},
-           "extra_info": {"index": 3}, "gain_score": 0.5}  # fmt: skip
+    row = {
+        "data_source": "openai/gsm8k",
+        "reward_model": {"ground_truth": "20", "style": "rule"},
+        "extra_info": {"index": 3},
+        "gain_score": 0.5,
+    }
     texts = ["... #### 20", "... #### 21", CUT_OFF]
     ids = [[5, 6, 2], [5, 7, 2], [5, 8, 9]]
     assert score_group(reward, Group(chat, texts, ids, "20", row)) == ([1.0, 0.0, 0.0], 1)
@@ -264,8 +305,18 @@ def test_trl_reward_is_called_as_grpo_trainer_calls_it(tmp_path: Path, monkeypat
         assert call[column] == [row[column]] * 3
     assert call["reward_model"][0] is not call["reward_model"][1]  # a copy per completion
     assert call["trainer_state"] is None and callable(call["log_metric"])
-    assert set(call) == {"prompts", "completions", "completion_ids", "data_source", "reward_model",
-                         "extra_info", "gain_score", "trainer_state", "log_extra", "log_metric"}  # fmt: skip
+    assert set(call) == {
+        "prompts",
+        "completions",
+        "completion_ids",
+        "data_source",
+        "reward_model",
+        "extra_info",
+        "gain_score",
+        "trainer_state",
+        "log_extra",
+        "log_metric",
+    }
 
 
 def test_verl_reward_calls_default_compute_score_per_row(monkeypatch) -> None:
@@ -275,8 +326,8 @@ def test_verl_reward_calls_default_compute_score_per_row(monkeypatch) -> None:
     import sys
     import types
 
+    from gain_curate.checks.rewards import Group, check_reward, load_reward, score_group
     from gain_curate.errors import InputError
-    from gain_curate.rewards import Group, check_reward, load_reward, score_group
 
     calls = []
 
@@ -291,13 +342,23 @@ def test_verl_reward_calls_default_compute_score_per_row(monkeypatch) -> None:
     for name in ("verl", "verl.utils"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "verl.utils.reward_score", module)
-    row = {"data_source": "openai/gsm8k", "reward_model": {"ground_truth": "20"}, "extra_info": {"index": 7}}  # fmt: skip
+    row = {
+        "data_source": "openai/gsm8k",
+        "reward_model": {"ground_truth": "20"},
+        "extra_info": {"index": 7},
+    }
     reward = load_reward("verl")
     group = Group([], ["so #### 20", "so #### 21", CUT_OFF], [[1], [2], [3]], "unused", row)
     assert reward.name == "verl" and score_group(reward, group) == ([1.0, 0.0, 0.0], 0)
     assert calls == [("openai/gsm8k", t, "20", {"index": 7}) for t in group.completions]
     local = {**row, "data_source": "gsm8k/train"}  # what `score` names a local gsm8k/train.jsonl
-    with pytest.raises(InputError, match=r"^--reward verl: verl's default_compute_score has no reward for data_source 'gsm8k/train' \("):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=(
+            r"^--reward verl: verl's default_compute_score "
+            r"has no reward for data_source 'gsm8k/train' \("
+        ),
+    ):
         check_reward("verl", [row, local], ["20", "20"])  # before any model runs
     with pytest.raises(InputError, match=r"data_source 'gsm8k/train'"):
         score_group(reward, Group([], ["#### 20"], [[1]], "20", local))
@@ -312,17 +373,24 @@ def test_cut_off_completions_earn_nothing_and_are_counted(monkeypatch, capsys) -
     above 20 % is one warning line in validate.json's summary and on the console."""
     import types
 
-    from gain_curate import rollouts
-    from gain_curate.views import print_validate
+    from gain_curate.checks import rollout_stats, rollouts
+    from gain_curate.cli.views import print_validate
 
     eos, limit = 2, 6
-    texts = {10: CUT_OFF, 11: CUT_OFF + " store.\n#### 20", 12: "He ate 20 pies.\n#### 20", 13: "#### 21"}  # fmt: skip
+    texts = {
+        10: CUT_OFF,
+        11: CUT_OFF + " store.\n#### 20",
+        12: "He ate 20 pies.\n#### 20",
+        13: "#### 21",
+    }
     completions = [
         [[10, 3, 3, 3, 3, 3], [11, 2], [12, 2], [13, 2]],  # one of four cut off
         [[10, 3, 3, 3, 3, 3], [10, 3, 3, 3, 3, 3], [12, 3, 2], [13, 2]],  # two cut off
     ]
     monkeypatch.setattr(rollouts, "generate", lambda *a, **kw: completions)
-    monkeypatch.setattr(rollouts, "grpo_grad_norms", lambda model, prompts, *a, **kw: np.zeros(len(prompts)))  # fmt: skip
+    monkeypatch.setattr(
+        rollouts, "grpo_grad_norms", lambda model, prompts, *a, **kw: np.zeros(len(prompts))
+    )
 
     class Tok:  # what run_rollouts asks of a tokenizer
         pad_token_id, eos_token_id = 0, eos
@@ -338,21 +406,46 @@ def test_cut_off_completions_earn_nothing_and_are_counted(monkeypatch, capsys) -
 
     model = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=eos))
     chats = [[{"role": "user", "content": "Sanjay's pies?"}]] * 2
-    s = rollouts.RolloutSettings(k=4, max_new_tokens=limit)
-    rl = rollouts.run_rollouts(model, Tok(), chats, ["20", "20"], settings=s, reward=None,
-                               layer=0, folder=Path("unused"), model_revision=None)  # fmt: skip
+    s = RolloutSettings(k=4, max_new_tokens=limit)
+    rl = rollouts.run_rollouts(
+        model,
+        Tok(),
+        chats,
+        ["20", "20"],
+        settings=s,
+        reward=None,
+        layer=0,
+        folder=Path("unused"),
+        model_revision=None,
+    )
     assert [r["rewards"] for r in rl["records"]] == [[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
-    assert [r["truncated"] for r in rl["records"]] == [[True, False, False, False], [True, True, False, False]]  # fmt: skip
+    assert [r["truncated"] for r in rl["records"]] == [
+        [True, False, False, False],
+        [True, True, False, False],
+    ]
     assert rl["truncated"].tolist() == [0.25, 0.5] and rl["none_rewards"] == 0
-    signals = {name: np.array([0.1, 0.2]) for name in rollouts.SIGNALS}
-    stats_ = rollouts.rollout_statistics(signals, rl)
+    signals = {name: np.array([0.1, 0.2]) for name in rollout_stats.SIGNALS}
+    stats_ = rollout_stats.rollout_statistics(signals, rl)
     assert stats_["truncated_share"] == 0.375
     (warning,) = stats_["warnings"]
-    assert warning.startswith("38% of the completions were cut off at --max-new-tokens 6 before they ended")  # fmt: skip
-    assert rollouts.rollout_warnings({**rl, "truncated": np.array([0.25, 0.125])}) == []  # 19 %
-    result = {"model": "m", "sample": 2, "weight": "w", "rollouts": {"settings": vars(s) | {"temperature": 1.0}, **stats_}}  # fmt: skip
-    for key in ("spearman_grad_vs_score", "spearman_grad_vs_c_intra", "spearman_grad_vs_c_inter",
-                "spearman_grad_vs_question_tokens", "partial_spearman_grad_vs_score_given_length"):  # fmt: skip
+    assert warning.startswith(
+        "38% of the completions were cut off at --max-new-tokens 6 before they ended"
+    )
+    truncated = np.array([0.25, 0.125])  # 19 %
+    assert rollout_stats.rollout_warnings({**rl, "truncated": truncated}) == []
+    result = {
+        "model": "m",
+        "sample": 2,
+        "weight": "w",
+        "rollouts": {"settings": vars(s) | {"temperature": 1.0}, **stats_},
+    }
+    for key in (
+        "spearman_grad_vs_score",
+        "spearman_grad_vs_c_intra",
+        "spearman_grad_vs_c_inter",
+        "spearman_grad_vs_question_tokens",
+        "partial_spearman_grad_vs_score_given_length",
+    ):
         result[key] = None
     print_validate(result)
     out = capsys.readouterr().out
@@ -376,7 +469,9 @@ def test_generation_is_seeded_and_resumes(tiny_lm, tmp_path: Path) -> None:
     )
     assert [len(g) for g in first] == [3] * 5
     assert all(0 < len(c) <= 6 and (len(c) == 6 or c[-1] in eos) for g in first for c in g)
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [f"batch-0000{b}.json" for b in range(3)]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        f"batch-0000{b}.json" for b in range(3)
+    ]
     (tmp_path / "r" / "batch-00001.json").unlink()  # as if killed during the second batch
     torch.manual_seed(123)  # the global RNG state does not matter: each prompt seeds itself
     again = generate(
@@ -385,18 +480,27 @@ def test_generation_is_seeded_and_resumes(tiny_lm, tmp_path: Path) -> None:
     assert again == first
     fresh = generate(tiny_lm, prompts, s, pad_id=151643, eos_ids=eos)  # no folder at all
     assert fresh == first
-    other = generate(tiny_lm, prompts, RolloutSettings(k=3, max_new_tokens=6, seed=8, batch_rows=6), pad_id=151643, eos_ids=eos)  # fmt: skip
+    other = generate(
+        tiny_lm,
+        prompts,
+        RolloutSettings(k=3, max_new_tokens=6, seed=8, batch_rows=6),
+        pad_id=151643,
+        eos_ids=eos,
+    )
     assert other != first
 
 
 def test_batch_layout_packs_whole_groups_under_both_budgets() -> None:
-    from gain_curate.rollouts import batch_layout
+    from gain_curate.checks.generation import batch_layout
 
     lengths = [10, 50, 20, 50, 5, 30]
     s = RolloutSettings(k=4, max_new_tokens=14, batch_rows=12, batch_tokens=4 * 2 * 64)
     # longest first (ties by position); a batch's rows x (its longest + 14) within 512 tokens
     assert batch_layout(lengths, s) == [[1, 3], [5, 2], [0, 4]]
-    assert batch_layout(lengths, RolloutSettings(k=4, max_new_tokens=14, batch_rows=12)) == [[1, 3, 5], [2, 0, 4]]  # fmt: skip
+    assert batch_layout(lengths, RolloutSettings(k=4, max_new_tokens=14, batch_rows=12)) == [
+        [1, 3, 5],
+        [2, 0, 4],
+    ]
     assert batch_layout([900], RolloutSettings(k=8, batch_tokens=100)) == [
         [0]
     ]  # one prompt at least
@@ -407,7 +511,11 @@ def test_batch_layout_packs_whole_groups_under_both_budgets() -> None:
 # --- the shared-prefix sampler -----------------------------------------------------------------
 
 # different lengths, so the batch is left-padded
-SAMPLER_PROMPTS = [[151644, 872, 198, 100, 101, 102, 103], [151644, 872, 198, 555], [151644, 9, 10, 11, 12]]  # fmt: skip
+SAMPLER_PROMPTS = [
+    [151644, 872, 198, 100, 101, 102, 103],
+    [151644, 872, 198, 555],
+    [151644, 9, 10, 11, 12],
+]
 
 
 def plain_logits(model, tokens: list[int]) -> torch.Tensor:
@@ -420,7 +528,7 @@ def test_shared_prefix_sampler_draws_from_the_plain_models_distribution(tiny_lm)
     """Each prompt is prefilled once and its K rows continue from the repeated KV cache: the
     logits every row samples from, at its first and at every later new token, equal a plain
     forward of the prompt and the tokens drawn so far (fp32, 1e-4); finished rows leave."""
-    from gain_curate.sampling import sample_groups
+    from gain_curate.checks.sampling import sample_groups
 
     k, seen = 4, {}
 
@@ -429,8 +537,17 @@ def test_shared_prefix_sampler_draws_from_the_plain_models_distribution(tiny_lm)
             seen[r, step] = row.clone()
 
     eos = [151645, *range(1000, 30000)]  # ~20 % of the vocabulary: rows end at different steps
-    groups = sample_groups(tiny_lm, SAMPLER_PROMPTS, k, max_new_tokens=7, temperature=0.9,
-                           eos_ids=eos, pad_id=151643, seeds=[1, 2, 3], on_step=on_step)  # fmt: skip
+    groups = sample_groups(
+        tiny_lm,
+        SAMPLER_PROMPTS,
+        k,
+        max_new_tokens=7,
+        temperature=0.9,
+        eos_ids=eos,
+        pad_id=151643,
+        seeds=[1, 2, 3],
+        on_step=on_step,
+    )
     assert [len(g) for g in groups] == [k] * 3
     for p, (prompt, group) in enumerate(zip(SAMPLER_PROMPTS, groups)):
         first = plain_logits(tiny_lm, prompt)[-1]
@@ -440,7 +557,9 @@ def test_shared_prefix_sampler_draws_from_the_plain_models_distribution(tiny_lm)
             torch.testing.assert_close(seen[p * k + j, 0], first, atol=1e-4, rtol=0)
             ref = plain_logits(tiny_lm, prompt + completion[:-1])
             for step in range(len(completion)):
-                torch.testing.assert_close(seen[p * k + j, step], ref[len(prompt) - 1 + step], atol=1e-4, rtol=0)  # fmt: skip
+                torch.testing.assert_close(
+                    seen[p * k + j, step], ref[len(prompt) - 1 + step], atol=1e-4, rtol=0
+                )
             assert (p * k + j, len(completion)) not in seen  # a finished row is not run again
     lengths = [len(c) for g in groups for c in g]
     assert min(lengths) < 7 and max(lengths) == 7  # some rows left the batch early, some ran on
@@ -457,23 +576,36 @@ def test_two_level_draw_is_the_inverse_cdf(block: int) -> None:
     """draw() picks, for the same uniforms, the token a full-vocabulary float64 inverse CDF
     picks (any block size, a vocabulary that is no multiple of it), and its frequencies
     match softmax(logits / T) (chi-square); zero-probability tokens are never drawn."""
-    from gain_curate.sampling import draw
+    from gain_curate.checks.sampling import draw
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(300, 997, generator=g) * 3
     logits[:, 500:600] = -torch.inf  # probability exactly 0
     prompt_of_row = torch.arange(300) // 100  # three prompts, 100 rows each
     seeds = [11, 12, 13]
-    got = draw(logits, 0.8, prompt_of_row, [torch.Generator().manual_seed(s) for s in seeds], block=block)  # fmt: skip
-    u = torch.cat([torch.rand(100, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds])  # fmt: skip
+    got = draw(
+        logits, 0.8, prompt_of_row, [torch.Generator().manual_seed(s) for s in seeds], block=block
+    )
+    u = torch.cat(
+        [
+            torch.rand(100, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+            for s in seeds
+        ]
+    )
     assert torch.equal(got, naive_draw(logits, 0.8, u))
     assert not ((got >= 500) & (got < 600)).any()
     probs = torch.softmax(torch.tensor([0.0, 1.0, -1.0, 2.0, -30.0, 0.5, 0.1]) / 0.7, dim=-1)
     n = 200_000
     counts = torch.bincount(
-        draw(torch.log(probs).repeat(n, 1), 1.0, torch.zeros(n, dtype=torch.long), [torch.Generator().manual_seed(3)], block=block),
+        draw(
+            torch.log(probs).repeat(n, 1),
+            1.0,
+            torch.zeros(n, dtype=torch.long),
+            [torch.Generator().manual_seed(3)],
+            block=block,
+        ),
         minlength=7,
-    )  # fmt: skip
+    )
     keep = probs * n > 5
     observed = counts[keep].double().numpy()
     expected = (probs[keep].double() / probs[keep].double().sum()).numpy() * observed.sum()
@@ -483,11 +615,19 @@ def test_two_level_draw_is_the_inverse_cdf(block: int) -> None:
 
 
 def test_shared_prefix_sampler_is_seeded_per_prompt(tiny_lm) -> None:
-    from gain_curate.sampling import sample_groups
+    from gain_curate.checks.sampling import sample_groups
 
     def draw(prompts, seeds):
-        return sample_groups(tiny_lm, prompts, 3, max_new_tokens=6, temperature=1.0,
-                             eos_ids=[151645], pad_id=151643, seeds=seeds)  # fmt: skip
+        return sample_groups(
+            tiny_lm,
+            prompts,
+            3,
+            max_new_tokens=6,
+            temperature=1.0,
+            eos_ids=[151645],
+            pad_id=151643,
+            seeds=seeds,
+        )
 
     first = draw(SAMPLER_PROMPTS, [5, 6, 7])
     torch.manual_seed(99)  # the global RNG plays no part
@@ -500,13 +640,27 @@ def test_shared_prefix_sampler_is_seeded_per_prompt(tiny_lm) -> None:
 
 def test_greedy_shared_prefix_equals_generate(tiny_lm) -> None:
     """At temperature 0 every row is the argmax path: each equals `generate`'s greedy output."""
-    from gain_curate.sampling import sample_groups
+    from gain_curate.checks.sampling import sample_groups
 
-    groups = sample_groups(tiny_lm, SAMPLER_PROMPTS, 2, max_new_tokens=8, temperature=0,
-                           eos_ids=[151645], pad_id=151643, seeds=[0, 0, 0])  # fmt: skip
+    groups = sample_groups(
+        tiny_lm,
+        SAMPLER_PROMPTS,
+        2,
+        max_new_tokens=8,
+        temperature=0,
+        eos_ids=[151645],
+        pad_id=151643,
+        seeds=[0, 0, 0],
+    )
     for prompt, group in zip(SAMPLER_PROMPTS, groups):
-        ref = tiny_lm.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                               do_sample=False, max_new_tokens=8, pad_token_id=151643, eos_token_id=[151645])  # fmt: skip
+        ref = tiny_lm.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=8,
+            pad_token_id=151643,
+            eos_token_id=[151645],
+        )
         expected = ref[0, len(prompt) :].tolist()
         assert group == [expected, expected]
 
@@ -522,20 +676,54 @@ def test_validate_rollouts_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path, monk
     from gain_curate.cli import main
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "parity.py").write_text("def odd(completion, answer):\n    return float(len(completion) % 2)\n")  # fmt: skip
-    rows = [{"question": f"What is {i} plus {i + 3}? Think it through.", "answer": str(2 * i + 3)} for i in range(12)]  # fmt: skip
+    (tmp_path / "parity.py").write_text(
+        "def odd(completion, answer):\n    return float(len(completion) % 2)\n"
+    )
+    rows = [
+        {"question": f"What is {i} plus {i + 3}? Think it through.", "answer": str(2 * i + 3)}
+        for i in range(12)
+    ]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run, val = tmp_path / "run", tmp_path / "val"
-    r = CliRunner().invoke(main, ["score", "--model", str(tiny_qwen2_dir), "--data", "d.jsonl", "--out", str(run)])  # fmt: skip
+    r = CliRunner().invoke(
+        main, ["score", "--model", str(tiny_qwen2_dir), "--data", "d.jsonl", "--out", str(run)]
+    )
     assert r.exit_code == 0, r.output
-    argv = ["validate", "--run", str(run), "--sample", "8", "--out", str(val), "--rollouts", "4",
-            "--max-new-tokens", "5", "--reward", "parity:odd", "--rollout-batch", "8"]  # fmt: skip
+    argv = [
+        "validate",
+        "--run",
+        str(run),
+        "--sample",
+        "8",
+        "--out",
+        str(val),
+        "--rollouts",
+        "4",
+        "--max-new-tokens",
+        "5",
+        "--reward",
+        "parity:odd",
+        "--rollout-batch",
+        "8",
+    ]
     r = CliRunner().invoke(main, [*argv, "--json"])
     assert r.exit_code == 0, r.output
     result = json.loads(r.output[r.output.index("{") :])
     rl = result["rollouts"]
-    assert rl["settings"] == {"k": 4, "max_new_tokens": 5, "temperature": 1.0, "seed": 0, "batch_rows": 8, "batch_tokens": 131072, "engine": "hf"}  # fmt: skip
-    assert rl["reward"] == "parity:odd" and [x["keep"] for x in rl["keep_top_by_score"]] == [0.25, 0.5, 0.75]  # fmt: skip
+    assert rl["settings"] == {
+        "k": 4,
+        "max_new_tokens": 5,
+        "temperature": 1.0,
+        "seed": 0,
+        "batch_rows": 8,
+        "batch_tokens": 131072,
+        "engine": "hf",
+    }
+    assert rl["reward"] == "parity:odd" and [x["keep"] for x in rl["keep_top_by_score"]] == [
+        0.25,
+        0.5,
+        0.75,
+    ]
     saved = json.loads((val / "validate.json").read_text())["rows"]
     p = np.array(saved["pass_rate"])
     assert np.all((p >= 0) & (p <= 1)) and len(p) == 8
@@ -549,12 +737,17 @@ def test_validate_rollouts_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path, monk
     zero = np.array(saved["zero_variance"])
     assert np.all(np.array(saved["grpo_grad_norm"])[zero] == 0)
     assert np.all(np.array(saved["grpo_grad_norm"])[~zero] > 0)
-    records = [json.loads(line) for line in (val / "rollouts" / "completions.jsonl").read_text().splitlines()]  # fmt: skip
+    records = [
+        json.loads(line)
+        for line in (val / "rollouts" / "completions.jsonl").read_text().splitlines()
+    ]
     assert len(records) == 8 and all(len(x["completions"]) == 4 for x in records)
-    from gain_curate.template import ScoringTemplate
+    from gain_curate.scoring.template import ScoringTemplate
 
     # the rollout prompt is the scored conversation: system prompt, few-shot turn, question
-    assert [x["prompt"] for x in records] == [ScoringTemplate().messages(q) for q in saved["question"]]  # fmt: skip
+    assert [x["prompt"] for x in records] == [
+        ScoringTemplate().messages(q) for q in saved["question"]
+    ]
     assert [np.mean(x["rewards"]) for x in records] == pytest.approx(p.tolist())
     cut = [x["truncated"] for x in records]
     assert rl["truncated_share"] == pytest.approx(np.mean(cut)) and rl["none_rewards"] == 0
@@ -585,40 +778,83 @@ def test_vllm_engine_calling_contract(tmp_path: Path, monkeypatch) -> None:
         def generate(self, prompts, params, use_tqdm=False):
             calls.append(([p["prompt_token_ids"] for p in prompts], params.kw))
             seed = params.kw["seed"]
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=[seed % 97, k, 2, 9])
-                                                   for k in range(params.kw["n"])]) for _ in prompts]  # fmt: skip
+            return [
+                types.SimpleNamespace(
+                    outputs=[
+                        types.SimpleNamespace(token_ids=[seed % 97, k, 2, 9])
+                        for k in range(params.kw["n"])
+                    ]
+                )
+                for _ in prompts
+            ]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=SamplingParams))
     s = RolloutSettings(k=2, max_new_tokens=4, temperature=0.8, seed=1, batch_rows=4, engine="vllm")
     prompts = [[5, 6], [7], [8, 9, 10]]
     out = generate(Engine(), prompts, s, pad_id=0, eos_ids=[2], folder=tmp_path, key="k")
     seeds = [1_000_003, 1_000_004]
-    assert calls == [([[5, 6], [7]], {"n": 2, "temperature": 0.8, "max_tokens": 4, "seed": seeds[0]}),
-                     ([[8, 9, 10]], {"n": 2, "temperature": 0.8, "max_tokens": 4, "seed": seeds[1]})]  # fmt: skip
-    assert out == [[[seeds[0] % 97, 0, 2], [seeds[0] % 97, 1, 2]]] * 2 + [[[seeds[1] % 97, 0, 2], [seeds[1] % 97, 1, 2]]]  # fmt: skip
+    assert calls == [
+        ([[5, 6], [7]], {"n": 2, "temperature": 0.8, "max_tokens": 4, "seed": seeds[0]}),
+        ([[8, 9, 10]], {"n": 2, "temperature": 0.8, "max_tokens": 4, "seed": seeds[1]}),
+    ]
+    assert out == [[[seeds[0] % 97, 0, 2], [seeds[0] % 97, 1, 2]]] * 2 + [
+        [[seeds[1] % 97, 0, 2], [seeds[1] % 97, 1, 2]]
+    ]
     assert generate(Engine(), prompts, s, pad_id=0, eos_ids=[2], folder=tmp_path, key="k") == out
     assert len(calls) == 2  # the saved batches are reused
 
 
-def test_validate_fits_saves_and_applies_the_probes(tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+def test_validate_fits_saves_and_applies_the_probes(
+    tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
     """validate --rollouts on a run scored with --keep-states: a probe per pooled state at the
     scored layer (the run's own states) and the middle layer (the sample scored there), each
     saved, compared beside the angle score and applied by `predict`; a middle-layer probe is
     refused by a run that kept the scored layer's states."""
     from click.testing import CliRunner
 
+    from gain_curate.checks.probe import ProbeFit
     from gain_curate.cli import main
-    from gain_curate.probe import ProbeFit
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "parity.py").write_text("def odd(completion, answer):\n    return float(len(completion) % 2)\n")  # fmt: skip
-    rows = [{"question": f"What is {i} plus {i + 3}? Think it through.", "answer": str(2 * i + 3)} for i in range(30)]  # fmt: skip
+    (tmp_path / "parity.py").write_text(
+        "def odd(completion, answer):\n    return float(len(completion) % 2)\n"
+    )
+    rows = [
+        {"question": f"What is {i} plus {i + 3}? Think it through.", "answer": str(2 * i + 3)}
+        for i in range(30)
+    ]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run, val = tmp_path / "run", tmp_path / "val"
-    r = CliRunner().invoke(main, ["score", "--model", str(tiny_qwen2_dir), "--data", "d.jsonl", "--out", str(run), "--keep-states"])  # fmt: skip
+    r = CliRunner().invoke(
+        main,
+        [
+            "score",
+            "--model",
+            str(tiny_qwen2_dir),
+            "--data",
+            "d.jsonl",
+            "--out",
+            str(run),
+            "--keep-states",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    argv = ["validate", "--run", str(run), "--sample", "24", "--out", str(val), "--rollouts", "4",
-            "--max-new-tokens", "4", "--reward", "parity:odd"]  # fmt: skip
+    argv = [
+        "validate",
+        "--run",
+        str(run),
+        "--sample",
+        "24",
+        "--out",
+        str(val),
+        "--rollouts",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--reward",
+        "parity:odd",
+    ]
     r = CliRunner().invoke(main, [*argv, "--json"])
     assert r.exit_code == 0, r.output
     result = json.loads(r.output[r.output.index("{") :])
@@ -632,7 +868,10 @@ def test_validate_fits_saves_and_applies_the_probes(tiny_qwen2_dir: Path, tmp_pa
     assert list(rl["probe_files"]) == names and list(rl["probes"]) == names
     assert rl["curriculum"]["n_run"] == 30  # the run's size, not the sample's
     for name in names:
-        assert f"probe pass rate ({name})" in rl["rankings"] and f"probe learnability ({name})" in rl["rankings"]  # fmt: skip
+        assert (
+            f"probe pass rate ({name})" in rl["rankings"]
+            and f"probe learnability ({name})" in rl["rankings"]
+        )
         fit = ProbeFit.load(Path(rl["probe_files"][name]))
         assert fit.meta["features"] == name and fit.meta["n"] == 24 and len(fit.heldout) == 24
     # the scored layer's features are the run's kept states of the sampled rows
@@ -644,12 +883,18 @@ def test_validate_fits_saves_and_applies_the_probes(tiny_qwen2_dir: Path, tmp_pa
     p = np.array(saved["pass_rate"])
     refit = fit_probe(x, p, seed=0)
     np.testing.assert_allclose(fit.heldout, refit.heldout, rtol=1e-9, atol=1e-12)
-    r = CliRunner().invoke(main, ["predict", str(run), "--probe", rl["probe_files"]["last_token@L3"], "--json"])  # fmt: skip
+    r = CliRunner().invoke(
+        main, ["predict", str(run), "--probe", rl["probe_files"]["last_token@L3"], "--json"]
+    )
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(
         main, ["predict", str(run), "--probe", rl["probe_files"]["last_token@L2"]]
     )
-    assert r.exit_code != 0 and "fit the probe at layer 3" in r.output and len(r.output.strip().splitlines()) == 1  # fmt: skip
+    assert (
+        r.exit_code != 0
+        and "fit the probe at layer 3" in r.output
+        and len(r.output.strip().splitlines()) == 1
+    )
     text = CliRunner().invoke(main, argv).output
     assert (
         "probe learnability (last_token@L3)" in text and "gain-curate predict RUN --probe" in text

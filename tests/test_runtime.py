@@ -7,13 +7,20 @@ import pytest
 import torch
 from transformers import Qwen2Config
 
-from gain_curate import reduction, runtime
-from gain_curate.config import ScoreConfig
-from gain_curate.runtime import Runtime, activation_bytes_per_token, auto_token_budget
+from gain_curate.runtime import kernel
+from gain_curate.runtime import resolve as runtime
+from gain_curate.runtime.resolve import Runtime, activation_bytes_per_token, auto_token_budget
+from gain_curate.scoring.config import ScoreConfig
 
 GIB = 1 << 30
-QWEN25_7B = Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                        num_attention_heads=28, num_key_value_heads=4, vocab_size=152064)  # fmt: skip
+QWEN25_7B = Qwen2Config(
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=152064,
+)
 
 
 def gpu(monkeypatch, free_gib: float, total_gib: float = 141, count: int = 1) -> None:
@@ -21,8 +28,10 @@ def gpu(monkeypatch, free_gib: float, total_gib: float = 141, count: int = 1) ->
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H200")
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (int(free_gib * GIB), int(total_gib * GIB)))  # fmt: skip
-    monkeypatch.setattr(reduction, "triton_problem", lambda device: None)
+    monkeypatch.setattr(
+        torch.cuda, "mem_get_info", lambda d=None: (int(free_gib * GIB), int(total_gib * GIB))
+    )
+    monkeypatch.setattr(kernel, "triton_problem", lambda device: None)
 
 
 def test_activation_bytes_follow_the_shapes() -> None:
@@ -48,9 +57,17 @@ def test_budget_from_free_memory(monkeypatch) -> None:
 def test_resolved_once_on_a_gpu(monkeypatch) -> None:
     gpu(monkeypatch, free_gib=139)
     rt = runtime.resolve_runtime(ScoreConfig(data="d", model="m", out="o"), QWEN25_7B, 27)
-    assert (rt.device, rt.dtype, rt.kernel, rt.placement, rt.hardware) == ("cuda", "bfloat16", "triton", "replica", "NVIDIA H200")  # fmt: skip
+    assert (rt.device, rt.dtype, rt.kernel, rt.placement, rt.hardware) == (
+        "cuda",
+        "bfloat16",
+        "triton",
+        "replica",
+        "NVIDIA H200",
+    )
     assert Runtime.from_dict(rt.to_dict()) == rt
-    pinned = runtime.resolve_runtime(ScoreConfig(data="d", model="m", out="o", token_budget=4096, dtype="float16"), QWEN25_7B, 27)  # fmt: skip
+    pinned = runtime.resolve_runtime(
+        ScoreConfig(data="d", model="m", out="o", token_budget=4096, dtype="float16"), QWEN25_7B, 27
+    )
     assert (pinned.token_budget, pinned.budget_from, pinned.dtype) == (
         4096,
         "--token-budget",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gain_curate.schedule import GainSchedule, ScheduleParams, mu_update
-from gain_curate.simulate import AccuracyCurve, decile_shares, run_open_loop
+from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams, mu_update
+from gain_curate.curriculum.simulate import AccuracyCurve, decile_shares, run_open_loop
 
 
 def frozen(n: int, b: int, mu: float, sigma: float, seed: int = 0) -> GainSchedule:
@@ -72,8 +72,12 @@ def test_update_rule_by_hand() -> None:
 
 def test_offline_scores_never_push_mu() -> None:
     """The bug this replaces: the offline score as ang was a constant +495 per step."""
-    s = GainSchedule(2000, ScheduleParams(batch_size=10, sigma=5, seed=3),
-                     uids=[f"u{i}" for i in range(2000)], scores=np.full(2000, 1.34))  # fmt: skip
+    s = GainSchedule(
+        2000,
+        ScheduleParams(batch_size=10, sigma=5, seed=3),
+        uids=[f"u{i}" for i in range(2000)],
+        scores=np.full(2000, 1.34),
+    )
     plan = s.plan_epoch()
     s.observe([f"u{r}" for r in plan], [1, 0, 1, 1, 0, 1, 1, 1, 0, 1])
     rec = s.end_epoch()
@@ -85,7 +89,9 @@ def test_offline_scores_never_push_mu() -> None:
 def test_change_angle_is_online_minus_offline_relative_to_the_first_step() -> None:
     scores = np.linspace(0.5, -0.5, 100)  # by rank
     uids = [f"u{i}" for i in range(100)]
-    s = GainSchedule(100, ScheduleParams(batch_size=2, sigma=5, adj_min=-1000), uids=uids, scores=scores)  # fmt: skip
+    s = GainSchedule(
+        100, ScheduleParams(batch_size=2, sigma=5, adj_min=-1000), uids=uids, scores=scores
+    )
     # step 0: online - offline = +0.10 and +0.20 -> mean 0.15 is the offset; ang = 0
     s.observe_accuracy([0.5])
     s.observe_angles(["u0", "u10"], [scores[0] + 0.10, scores[10] + 0.20])
@@ -99,19 +105,25 @@ def test_change_angle_is_online_minus_offline_relative_to_the_first_step() -> No
     assert rec["ang"] == pytest.approx(0.10)
     assert rec["mu_next"] == pytest.approx(500 * math.tanh(0.2))  # 98.69 positions
     # an unscored prompt (NaN offline score) gives no measurement
-    s2 = GainSchedule(3, ScheduleParams(batch_size=1), uids=["a", "b", "c"], scores=[0.1, np.nan, 0.2])  # fmt: skip
+    s2 = GainSchedule(
+        3, ScheduleParams(batch_size=1), uids=["a", "b", "c"], scores=[0.1, np.nan, 0.2]
+    )
     s2.observe_angles(["b"], [0.9])
     assert s2.angle_term() is None
 
 
 def test_level_angle_is_the_batch_mean_and_off_ignores_measurements() -> None:
     uids = [f"u{i}" for i in range(50)]
-    s = GainSchedule(50, ScheduleParams.paper(batch_size=2, n=4, adj_max=100), uids=uids, scores=np.zeros(50))  # fmt: skip
+    s = GainSchedule(
+        50, ScheduleParams.paper(batch_size=2, n=4, adj_max=100), uids=uids, scores=np.zeros(50)
+    )
     s.observe_accuracy([1.0, 0.0])  # acc 0.5: the accuracy term is 0
     s.observe_angles(["u1", "u2"], [0.3, 0.5])
     rec = s.end_epoch()
     assert rec["ang"] == pytest.approx(0.4) and rec["delta"] == pytest.approx(4 * math.tanh(0.8))
-    off = GainSchedule(50, ScheduleParams(batch_size=2, angle="off"), uids=uids, scores=np.zeros(50))  # fmt: skip
+    off = GainSchedule(
+        50, ScheduleParams(batch_size=2, angle="off"), uids=uids, scores=np.zeros(50)
+    )
     off.observe_accuracy([0.5])
     off.observe_angles(["u1"], [0.9])
     assert off.end_epoch()["ang"] is None and off.mu == 0.0
@@ -143,10 +155,13 @@ def test_end_of_ranking_policies_by_hand() -> None:
 
 @pytest.mark.parametrize(
     ("bad", "match"),
-    [({"angle": "offline"}, "angle 'offline' is not one of change, level, off"),
-     ({"at_end": "wrap"}, "at_end 'wrap' is not one of restart, hold, uniform, past"),
-     ({"sigma": 0.0}, "sigma must be positive"), ({"sigma_fraction": -0.1}, "sigma must be positive")],
-)  # fmt: skip
+    [
+        ({"angle": "offline"}, "angle 'offline' is not one of change, level, off"),
+        ({"at_end": "wrap"}, "at_end 'wrap' is not one of restart, hold, uniform, past"),
+        ({"sigma": 0.0}, "sigma must be positive"),
+        ({"sigma_fraction": -0.1}, "sigma must be positive"),
+    ],
+)
 def test_params_refuse_impossible_values(bad: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ScheduleParams(batch_size=1, **bad)
@@ -181,10 +196,29 @@ def test_observe_rejects_unknown_uids() -> None:
 def test_state_of_gain_curate_0_1_loads_and_a_newer_one_is_refused() -> None:
     """Version 1 (no version key, offline angle tally): mu, epoch and draws carry over; the
     offline tally is dropped because this version never feeds offline scores to the rule."""
-    v1 = {"params": {"batch_size": 16, "mu0": 0.0, "sigma": 30.0, "sigma_fraction": None, "n": 500.0,
-                     "alpha": 2.0, "beta": 0.5, "adj_min": 0.0, "adj_max": 1000.0, "seed": 7},
-          "n_prompts": 500, "mu": 123.5, "epoch": 4, "consumed": 5, "correct": 2.0, "seen": 3,
-          "ang_sum": 3 * 1.34, "ang_seen": 3, "history": [{"epoch": 0, "mu": 0.0}]}  # fmt: skip
+    v1 = {
+        "params": {
+            "batch_size": 16,
+            "mu0": 0.0,
+            "sigma": 30.0,
+            "sigma_fraction": None,
+            "n": 500.0,
+            "alpha": 2.0,
+            "beta": 0.5,
+            "adj_min": 0.0,
+            "adj_max": 1000.0,
+            "seed": 7,
+        },
+        "n_prompts": 500,
+        "mu": 123.5,
+        "epoch": 4,
+        "consumed": 5,
+        "correct": 2.0,
+        "seen": 3,
+        "ang_sum": 3 * 1.34,
+        "ang_seen": 3,
+        "history": [{"epoch": 0, "mu": 0.0}],
+    }
     s = GainSchedule(500, ScheduleParams(batch_size=16, sigma=30, seed=7))
     s.load_state_dict(v1)
     assert (s.mu, s.epoch, s.consumed, s.passes) == (123.5, 4, 5, 0)
@@ -199,8 +233,12 @@ def test_state_of_gain_curate_0_1_loads_and_a_newer_one_is_refused() -> None:
 
 def test_state_dict_round_trips_every_field() -> None:
     uids = [f"u{i}" for i in range(300)]
-    a = GainSchedule(300, ScheduleParams(batch_size=8, sigma=20, at_end="uniform"), uids=uids,
-                     scores=np.linspace(1, 0, 300))  # fmt: skip
+    a = GainSchedule(
+        300,
+        ScheduleParams(batch_size=8, sigma=20, at_end="uniform"),
+        uids=uids,
+        scores=np.linspace(1, 0, 300),
+    )
     a.observe_angles(["u1"], [1.5])
     a.observe_accuracy([1.0])
     a.end_epoch()
@@ -224,9 +262,16 @@ def naive_draw_order(s: GainSchedule, k: int, epoch: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("n", "b", "mu", "sigma"),
-    [(100, 60, 99, 0.5), (100, 60, 0, 1.0), (1000, 32, 100, 50), (5000, 8, 2500, 3),
-     (50, 50, 10, 2), (1000, 10, 5000, 10), (200_003, 500, 1000, 30)],
-)  # fmt: skip
+    [
+        (100, 60, 99, 0.5),
+        (100, 60, 0, 1.0),
+        (1000, 32, 100, 50),
+        (5000, 8, 2500, 3),
+        (50, 50, 10, 2),
+        (1000, 10, 5000, 10),
+        (200_003, 500, 1000, 30),
+    ],
+)
 def test_windowed_draw_order_is_the_full_race(n: int, b: int, mu: float, sigma: float) -> None:
     """The cached plan (keys only near mu, plus the tail positions that can compete) is the
     race over all N, also continued past B (mu past the end: at_end = "past")."""
@@ -244,7 +289,9 @@ def test_an_epoch_is_planned_once_and_draws_do_not_replan(monkeypatch) -> None:
     s = frozen(10_000, 64, mu=500, sigma=100)
     calls = []
     plan = GainSchedule._smallest_keys
-    monkeypatch.setattr(GainSchedule, "_smallest_keys", lambda self, k: calls.append(k) or plan(self, k))  # fmt: skip
+    monkeypatch.setattr(
+        GainSchedule, "_smallest_keys", lambda self, k: calls.append(k) or plan(self, k)
+    )
     whole = s.plan_epoch()
     drawn = np.concatenate([s.take(1) for _ in range(64)])
     assert np.array_equal(drawn, whole) and calls == [64] and len(s.take(1)) == 0
@@ -295,7 +342,11 @@ def test_state_dict_mid_epoch_resumes_identical_next_draws() -> None:
 
 def _run(accuracy: str, steps: int, **kw: object) -> tuple[GainSchedule, list[np.ndarray]]:
     n = 7_473
-    params = ScheduleParams.paper(batch_size=256, **kw) if kw.pop("paper", False) else ScheduleParams(batch_size=256, **kw)  # fmt: skip
+    params = (
+        ScheduleParams.paper(batch_size=256, **kw)
+        if kw.pop("paper", False)
+        else ScheduleParams(batch_size=256, **kw)
+    )
     sched = GainSchedule(n, params, uids=[f"u{i}" for i in range(n)], scores=np.full(n, 1.34))
     return sched, run_open_loop(sched, steps, AccuracyCurve.parse(accuracy))
 
@@ -356,11 +407,13 @@ def _reference_update(mean: float, records: list[dict[str, float]]) -> float:
 
 
 def test_paper_mode_matches_the_reference_rule_step_by_step() -> None:
-    """A fixed, seeded (synthetic) run: 60 steps of 8 prompts x 4 responses, 0/1 correctness and online angle
-    levels per response, accuracy and angles drifting as a learning model's would."""
+    """A fixed, seeded (synthetic) run: 60 steps of 8 prompts x 4 responses, 0/1 correctness and
+    online angle levels per response, accuracy and angles drifting as a learning model's would."""
     rng = np.random.default_rng(1234)
     n_prompts, b, g = 5_000, 8, 4
-    sched = GainSchedule(n_prompts, ScheduleParams.paper(batch_size=b), uids=[f"u{i}" for i in range(n_prompts)])  # fmt: skip
+    sched = GainSchedule(
+        n_prompts, ScheduleParams.paper(batch_size=b), uids=[f"u{i}" for i in range(n_prompts)]
+    )
     mean = 0.0
     for step in range(60):
         p_correct = 0.15 + 0.7 * step / 59
@@ -371,6 +424,8 @@ def test_paper_mode_matches_the_reference_rule_step_by_step() -> None:
         sched.observe(uids, correct.tolist())
         sched.observe_angles(uids, angles.tolist())
         rec = sched.end_epoch()
-        mean = _reference_update(mean, [{"accuracy": 2.0 * c, "angle": a} for c, a in zip(correct, angles)])  # fmt: skip
+        mean = _reference_update(
+            mean, [{"accuracy": 2.0 * c, "angle": a} for c, a in zip(correct, angles)]
+        )
         assert rec["mu_next"] == pytest.approx(mean, abs=1e-3), step
     assert mean > n_prompts  # the sequence drives mu past the end: never clamped, as there

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -12,16 +14,26 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gain_curate.angles import naive_angle_concentration
-from gain_curate.launch import run_score
-from gain_curate.score import ScoreConfig
-from gain_curate.template import ScoringTemplate
+from gain_curate.scoring.angles import naive_angle_concentration
+from gain_curate.scoring.launch import run_score
+from gain_curate.scoring.score import ScoreConfig
+from gain_curate.scoring.template import ScoringTemplate
 
 QUESTIONS = [
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
-    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
+    (
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as "
+        "many clips in May. How many clips did Natalia sell altogether in April and May?"
+    ),
+    (
+        "Weng earns $12 an hour for babysitting. Yesterday, she "
+        "just did 50 minutes of babysitting. How much did she earn?"
+    ),
     "What is 7 times 8?",
-    "Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. Her parents decided to give her $15 for that purpose, and her grandparents twice as much as her parents. How much more money does Betty need to buy the wallet?",
+    (
+        "Betty is saving money for a new wallet which costs $100. Betty has only half of the money "
+        "she needs. Her parents decided to give her $15 for that purpose, and her grandparents "
+        "twice as much as her parents. How much more money does Betty need to buy the wallet?"
+    ),
     "  Leading and trailing spaces are part of this question.  ",
 ]
 
@@ -37,15 +49,21 @@ def read_run(out: Path) -> tuple[pa.Table, dict]:
     return pa.concat_tables(tables), manifest
 
 
+@functools.cache
+def load_reference(model_dir: Path) -> tuple[Any, Any]:
+    """The full causal LM and its tokenizer, loaded once per model for the whole run."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return tok, AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
 def dense_reference(
     model_dir: Path, template: ScoringTemplate, question: str
 ) -> tuple[float, float]:
     """The paper's metric the slow, obvious way: full causal LM with logits, a hook on the
     last layer's MLP input, the n x n cosine matrix of the WHOLE rendered prompt."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok, model = load_reference(model_dir)
     text = tok.apply_chat_template(
         template.messages(question), tokenize=False, add_generation_prompt=True
     )
@@ -110,10 +128,21 @@ def test_run_writes_ranked_verl_shards_and_manifest(tiny_qwen2_dir: Path, tmp_pa
     out = tmp_path / "out"
     run_score(
         ScoreConfig(
-            data=str(data), model=str(tiny_qwen2_dir), out=out, rows_per_shard=4, device="cpu"
+            data=str(data),
+            model=str(tiny_qwen2_dir),
+            out=out,
+            rows_per_shard=4,
+            device="cpu",
+            dtype="float32",
         )
     )
     table, m = read_run(out)
+    # each row holds ITS prompt's scores (a swap of two rows' scores fails here), by input row
+    by_index = {r["extra_info"]["index"]: r for r in table.to_pylist()}
+    for i, q in enumerate(qs):
+        intra, inter = dense_reference(tiny_qwen2_dir, ScoringTemplate(), q)
+        assert by_index[i]["gain_c_intra"] == pytest.approx(intra, abs=1e-4), q
+        assert by_index[i]["gain_c_inter"] == pytest.approx(inter, abs=1e-4), q
     assert len(m["shards"]) == 3 and [s["rows"] for s in m["shards"]] == [4, 4, 3]
     schemas = {pq.read_schema(out / s["path"]) for s in m["shards"]}
     assert len(schemas) == 1  # one explicit schema: the shards concatenate
@@ -173,7 +202,11 @@ def test_run_writes_ranked_verl_shards_and_manifest(tiny_qwen2_dir: Path, tmp_pa
     assert m["input"]["rows"] == 11 and len(m["input"]["content_hash"]) == 64
     from scipy import stats
 
-    pairs = [(r["gain_score"], r["gain_tokens_question"]) for r in table.to_pylist() if r["gain_score"] is not None]  # fmt: skip
+    pairs = [
+        (r["gain_score"], r["gain_tokens_question"])
+        for r in table.to_pylist()
+        if r["gain_score"] is not None
+    ]
     expected = stats.spearmanr(*zip(*pairs)).statistic
     assert m["stats"]["spearman_score_vs_question_tokens"] == pytest.approx(expected, abs=1e-12)
     assert not (out / ".gain-curate" / "staging").exists()
@@ -285,31 +318,61 @@ def test_batched_equals_one_at_a_time(tiny_qwen2_dir: Path, tmp_path: Path) -> N
 # --- data_source and one conversation ------------------------------------------------------
 
 
-def test_gsm8k_lines_become_verls_own_rows(tiny_qwen2_dir: Path, shared_data: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_gsm8k_lines_become_verls_own_rows(
+    tiny_qwen2_dir: Path, shared_data: Path, tmp_path: Path
+) -> None:
     """Raw GSM8K lines with the CLI's defaults (template_flags=()): data_source openai/gsm8k,
     the prompt verl's own preprocessing writes (the shared verl Parquet IS that), the number
     after #### as ground truth, and the `prompt` is the conversation that was scored."""
     out = tmp_path / "o"
-    run_score(ScoreConfig(data=str(shared_data / "gsm8k" / "train.jsonl"), model=str(tiny_qwen2_dir),
-                          out=out, limit=6, device="cpu", template_flags=()))  # fmt: skip
+    run_score(
+        ScoreConfig(
+            data=str(shared_data / "gsm8k" / "train.jsonl"),
+            model=str(tiny_qwen2_dir),
+            out=out,
+            limit=6,
+            device="cpu",
+            template_flags=(),
+        )
+    )
     table, m = read_run(out)
     verl_rows = pq.read_table(shared_data / "verl" / "gsm8k_train.parquet").slice(0, 6).to_pylist()
     for row in table.to_pylist():
         want = verl_rows[row["extra_info"]["index"]]
-        assert (row["data_source"], row["prompt"], row["reward_model"]) == (want["data_source"], want["prompt"], want["reward_model"])  # fmt: skip
+        assert (row["data_source"], row["prompt"], row["reward_model"]) == (
+            want["data_source"],
+            want["prompt"],
+            want["reward_model"],
+        )
     assert m["input"]["data_source"] == "openai/gsm8k"
     assert m["input"]["data_source_from"].startswith("recognised as GSM8K")
     conv = m["signal"]["conversation"]
     assert conv["trained_differs"] is False and conv["train_prompt"] == "conversation"
-    assert conv["template_from"] == dict.fromkeys(("system_prompt", "few_shot", "instruction"), "data_source default")  # fmt: skip
-    assert m["signal"]["template"]["separator"] == " " and m["signal"]["template"]["system_prompt"] is None  # fmt: skip
+    assert conv["template_from"] == dict.fromkeys(
+        ("system_prompt", "few_shot", "instruction"), "data_source default"
+    )
+    assert (
+        m["signal"]["template"]["separator"] == " "
+        and m["signal"]["template"]["system_prompt"] is None
+    )
 
 
-def test_verl_input_scored_as_its_own_chat_and_data_source_flag(tiny_qwen2_dir: Path, shared_data: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_verl_input_scored_as_its_own_chat_and_data_source_flag(
+    tiny_qwen2_dir: Path, shared_data: Path, tmp_path: Path
+) -> None:
     src = shared_data / "verl" / "math_train.parquet"
     out = tmp_path / "o"
-    run_score(ScoreConfig(data=str(src), model=str(tiny_qwen2_dir), out=out, limit=4, device="cpu",
-                          data_source="lighteval/MATH", template_flags=()))  # fmt: skip
+    run_score(
+        ScoreConfig(
+            data=str(src),
+            model=str(tiny_qwen2_dir),
+            out=out,
+            limit=4,
+            device="cpu",
+            data_source="lighteval/MATH",
+            template_flags=(),
+        )
+    )
     table, m = read_run(out)
     original = pq.read_table(src).slice(0, 4).to_pylist()
     for row in table.to_pylist():
@@ -317,18 +380,34 @@ def test_verl_input_scored_as_its_own_chat_and_data_source_flag(tiny_qwen2_dir: 
         assert row["data_source"] == "lighteval/MATH"  # the flag replaces the input's column
         assert row["prompt"] == want["prompt"]
         # the question found in the chat, less verl's instruction: what online measurement finds
-        assert want["prompt"][-1]["content"].startswith(row["extra_info"]["question"] + " Let's think step by step")  # fmt: skip
+        assert want["prompt"][-1]["content"].startswith(
+            row["extra_info"]["question"] + " Let's think step by step"
+        )
     assert m["input"]["data_source_from"] == "--data-source"
     assert m["signal"]["conversation"]["scored"] == "the input's own chat prompt"
     assert m["signal"]["template"]["few_shot_name"] == "input"
 
 
-def test_chat_input_with_template_flags_is_one_line(tiny_qwen2_dir: Path, shared_data: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_chat_input_with_template_flags_is_one_line(
+    tiny_qwen2_dir: Path, shared_data: Path, tmp_path: Path
+) -> None:
     from gain_curate.errors import InputError
 
-    cfg = ScoreConfig(data=str(shared_data / "verl" / "gsm8k_train.parquet"), model=str(tiny_qwen2_dir),
-                      out=tmp_path / "o", limit=3, device="cpu", template_flags=("few_shot",))  # fmt: skip
-    with pytest.raises(InputError, match=r"^--few-shot: .* already holds the conversation the trainer renders .* --train-prompt question"):  # fmt: skip
+    cfg = ScoreConfig(
+        data=str(shared_data / "verl" / "gsm8k_train.parquet"),
+        model=str(tiny_qwen2_dir),
+        out=tmp_path / "o",
+        limit=3,
+        device="cpu",
+        template_flags=("few_shot",),
+    )
+    with pytest.raises(
+        InputError,
+        match=(
+            r"^--few-shot: .* already holds the conversation "
+            r"the trainer renders .* --train-prompt question"
+        ),
+    ):
         run_score(cfg)
     # --train-prompt question: the template is scored, the input's own prompt is trained on
     run_score(ScoreConfig(**{**cfg.__dict__, "train_prompt": "question"}))
@@ -342,11 +421,23 @@ def test_chat_input_with_template_flags_is_one_line(tiny_qwen2_dir: Path, shared
 def test_question_mode_trains_on_one_user_turn(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", [{"question": q} for q in QUESTIONS[:3]])
     template = ScoringTemplate(instruction="Answer with a number.")
-    run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp_path / "o", device="cpu",
-                          template=template, train_prompt="question"))  # fmt: skip
+    run_score(
+        ScoreConfig(
+            data=str(data),
+            model=str(tiny_qwen2_dir),
+            out=tmp_path / "o",
+            device="cpu",
+            template=template,
+            train_prompt="question",
+        )
+    )
     table, m = read_run(tmp_path / "o")
     for row in table.to_pylist():
         q = QUESTIONS[row["extra_info"]["index"]]
         assert row["prompt"] == [{"content": q + "\n\nAnswer with a number.", "role": "user"}]
     conv = m["signal"]["conversation"]
-    assert (conv["trained_differs"], conv["rows_differing"], conv["template_from"]) == (True, 3, "as given (library call)")  # fmt: skip
+    assert (conv["trained_differs"], conv["rows_differing"], conv["template_from"]) == (
+        True,
+        3,
+        "as given (library call)",
+    )

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gain_curate import prefill
-from gain_curate.angles import angle_scores
-from gain_curate.models import resolve_model
-from gain_curate.prefill import LoadedModel, PrefillStats, load_model, segment_sums
-from gain_curate.template import ScoringTemplate, Segments, segment_batch
+from gain_curate.runtime.models import resolve_model
+from gain_curate.runtime.truncated import LoadedModel, load_model
+from gain_curate.scoring import forward
+from gain_curate.scoring.angles import angle_scores
+from gain_curate.scoring.conversation import Segments, segment_batch
+from gain_curate.scoring.prefill import PrefillStats, segment_sums
+from gain_curate.scoring.template import ScoringTemplate
 
 WINDOW = 16
 QUESTIONS = [
@@ -128,10 +130,20 @@ def test_shared_prefix_equals_unshared_path(model_dirs, segments, family, layer)
         torch.testing.assert_close(fast[i][1], plain[i][1], rtol=0, atol=1e-5)
     q = torch.tensor([float(s.q) for s in segments])
     p = torch.tensor([float(s.p) for s in segments])
-    a = angle_scores(torch.stack([fast[i][1] for i in range(len(segments))]), q,
-                     torch.stack([fast[i][0] for i in range(len(segments))]), p, 1.0)  # fmt: skip
-    b = angle_scores(torch.stack([plain[i][1] for i in range(len(segments))]), q,
-                     torch.stack([plain[i][0] for i in range(len(segments))]), p, 1.0)  # fmt: skip
+    a = angle_scores(
+        torch.stack([fast[i][1] for i in range(len(segments))]),
+        q,
+        torch.stack([fast[i][0] for i in range(len(segments))]),
+        p,
+        1.0,
+    )
+    b = angle_scores(
+        torch.stack([plain[i][1] for i in range(len(segments))]),
+        q,
+        torch.stack([plain[i][0] for i in range(len(segments))]),
+        p,
+        1.0,
+    )
     torch.testing.assert_close(a.score, b.score, rtol=0, atol=1e-5, equal_nan=True)
 
 
@@ -142,13 +154,13 @@ def test_padded_question_batch_equals_whole_runs(model_dirs, segments, family) -
     lm = _load(model_dirs, family, None)
     segs = segments[:-1]
     p = segs[0].p
-    prefix = prefill.run_prefix(lm, segs[0].input_ids[:p], "torch")
+    prefix = forward.run_prefix(lm, segs[0].input_ids[:p], "torch")
     # every layer keeps the whole prefix, so the cache length is p on every layer
     assert [k.shape[-2] for k, _ in prefix.kv] == [p] * len(prefix.kv)
     qs = [s.input_ids[p:] for s in segs]
-    h = prefill._question_batch(lm, prefix, qs, pad_id=0)
+    h = forward.question_batch(lm, prefix, qs, pad_id=0)
     for i, s in enumerate(segs):
-        whole = prefill._full_batch(lm, [s.input_ids], pad_id=0)[0, p:]
+        whole = forward.full_batch(lm, [s.input_ids], pad_id=0)[0, p:]
         torch.testing.assert_close(h[i, : s.q], whole, rtol=1e-4, atol=1e-4)
 
 

@@ -1,4 +1,5 @@
-"""gain_curate.sources: real data shapes, local formats, column keys, and every input error."""
+"""gain_curate.scoring.sources: real data shapes, local formats, column keys, and every input
+error."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from gain_curate.errors import InputError
-from gain_curate.sources import _last_boxed, load_source
+from gain_curate.scoring.answers import _last_boxed
+from gain_curate.scoring.sources import load_source
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
@@ -287,7 +289,10 @@ def test_missing_named_key_lists_columns(tmp_path):
     path = write_jsonl(tmp_path / "k.jsonl", [{"question": "a", "meta": {"gt": "1"}}])
     with pytest.raises(
         InputError,
-        match=r"column 'nope' \(--question-key\) not found in .*k\.jsonl; columns: question, meta, meta\.gt$",
+        match=(
+            r"column 'nope' \(--question-key\) not found in "
+            r".*k\.jsonl; columns: question, meta, meta\.gt$"
+        ),
     ):
         load_source(str(path), question_key="nope")
     with pytest.raises(InputError, match=r"column 'meta\.x' \(--answer-key\) not found"):
@@ -420,18 +425,49 @@ def hub_copy(root: Path, repo: str, config: str, files: dict[str, list[dict]]) -
 
 
 def test_presets_load_through_datasets_at_their_pinned_revision(offline_hub):
-    from gain_curate.sources import PRESETS
+    from gain_curate.scoring.readers import PRESETS
 
-    hub_copy(offline_hub, "openai/gsm8k", "main", {"main/train-00000-of-00001.parquet": [
-        {"question": "Tom has 2 apples and buys 3 more. How many now?", "answer": "2+3=5\n#### 5"},
-        {"question": "What is 1,000 + 234?", "answer": "#### 1,234"}]})  # fmt: skip
+    hub_copy(
+        offline_hub,
+        "openai/gsm8k",
+        "main",
+        {
+            "main/train-00000-of-00001.parquet": [
+                {
+                    "question": "Tom has 2 apples and buys 3 more. How many now?",
+                    "answer": "2+3=5\n#### 5",
+                },
+                {"question": "What is 1,000 + 234?", "answer": "#### 1,234"},
+            ]
+        },
+    )
     src = load_source("gsm8k")
-    assert (src.spec.kind, src.spec.hub_id, src.spec.data_source) == ("preset", "openai/gsm8k", "openai/gsm8k")  # fmt: skip
-    assert src.spec.revision == PRESETS["gsm8k"].revision and re.fullmatch("[0-9a-f]{40}", src.spec.revision)  # fmt: skip
+    assert (src.spec.kind, src.spec.hub_id, src.spec.data_source) == (
+        "preset",
+        "openai/gsm8k",
+        "openai/gsm8k",
+    )
+    assert src.spec.revision == PRESETS["gsm8k"].revision and re.fullmatch(
+        "[0-9a-f]{40}", src.spec.revision
+    )
     assert src.answers == ["5", "1234"] and src.spec.answer_extraction == "gsm8k_hashes"
-    hub_copy(offline_hub, "DigitalLearningGmbH/MATH-lighteval", "default", {
-        "data/test-00000-of-00001.parquet": [{"problem": "Half of 1?", "solution": r"so $\boxed{\frac{1}{2}}$", "level": "Level 1"}],
-        "data/train-00000-of-00001.parquet": [{"problem": "p", "solution": "s", "level": "Level 2"}]})  # fmt: skip
+    hub_copy(
+        offline_hub,
+        "DigitalLearningGmbH/MATH-lighteval",
+        "default",
+        {
+            "data/test-00000-of-00001.parquet": [
+                {
+                    "problem": "Half of 1?",
+                    "solution": r"so $\boxed{\frac{1}{2}}$",
+                    "level": "Level 1",
+                }
+            ],
+            "data/train-00000-of-00001.parquet": [
+                {"problem": "p", "solution": "s", "level": "Level 2"}
+            ],
+        },
+    )
     src = load_source("math", split="test")
     assert src.answers == [r"\frac{1}{2}"] and src.spec.answer_extraction == "last_boxed"
     assert src.spec.revision == PRESETS["math"].revision and src.spec.rows == 1
@@ -442,13 +478,17 @@ def test_presets_load_through_datasets_at_their_pinned_revision(offline_hub):
 
 @pytest.mark.parametrize("data", ["gsm8k", "math", "someone/some-dataset@v1"])
 def test_hub_unreachable_is_one_line(offline_hub, data):
-    hub_id = {"gsm8k": "openai/gsm8k", "math": "DigitalLearningGmbH/MATH-lighteval"}.get(data, "someone/some-dataset")  # fmt: skip
+    hub_id = {"gsm8k": "openai/gsm8k", "math": "DigitalLearningGmbH/MATH-lighteval"}.get(
+        data, "someone/some-dataset"
+    )
     with pytest.raises(InputError) as err:
         load_source(data)
     assert str(err.value) == (
-        f"cannot load '{hub_id}' from the Hugging Face hub: the hub cannot be reached (offline or no network) "
-        "and no copy is cached; give --data path/to/file.jsonl|.json|.parquet|.csv (a local copy) instead"
-    )  # fmt: skip
+        f"cannot load '{hub_id}' from the Hugging Face hub: "
+        "the hub cannot be reached (offline or no network) "
+        "and no copy is cached; give --data "
+        "path/to/file.jsonl|.json|.parquet|.csv (a local copy) instead"
+    )
 
 
 def test_hub_id_records_the_commit_the_hub_resolved(monkeypatch):
@@ -473,7 +513,12 @@ def test_hub_id_records_the_commit_the_hub_resolved(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset_builder", load_dataset_builder)
     src = load_source("owner/name@v1.0", split="test")
     assert calls == [("owner/name", None, "v1.0")] and src.questions == ["q from test"]
-    assert (src.spec.kind, src.spec.hub_id, src.spec.revision, src.spec.data_source) == ("hub", "owner/name", commit, "owner/name")  # fmt: skip
+    assert (src.spec.kind, src.spec.hub_id, src.spec.revision, src.spec.data_source) == (
+        "hub",
+        "owner/name",
+        commit,
+        "owner/name",
+    )
 
 
 # --- data_source: what verl's reward router dispatches on ---------------------------------
@@ -485,10 +530,18 @@ def test_hub_id_records_the_commit_the_hub_resolved(monkeypatch):
     [
         ("gsm8k/train.jsonl", "openai/gsm8k", "recognised as GSM8K"),
         ("verl/gsm8k_train.parquet", "openai/gsm8k", "the input's data_source column"),
-        ("verl/math_train.parquet", "DigitalLearningGmbH/MATH-lighteval", "the input's data_source column"),
-        ("math/train.json", "DigitalLearningGmbH/MATH-lighteval", "recognised as MATH: a problem column and type"),
+        (
+            "verl/math_train.parquet",
+            "DigitalLearningGmbH/MATH-lighteval",
+            "the input's data_source column",
+        ),
+        (
+            "math/train.json",
+            "DigitalLearningGmbH/MATH-lighteval",
+            "recognised as MATH: a problem column and type",
+        ),
     ],
-)  # fmt: skip
+)
 def test_data_source_of_the_shared_shapes(rel, name, how):
     spec = load_source(str(DATA / rel), limit=4).spec
     assert spec.data_source == name and spec.data_source_from.startswith(how)
@@ -503,8 +556,10 @@ def test_data_source_flag_wins_and_empty_is_one_line(tmp_path):
 
 
 def test_data_source_recognised_from_boxed_solutions_else_the_file_name(tmp_path):
-    rows = [{"question": "Add 1 and 2.", "solution": "1 + 2 = 3, so \\boxed{3}."},
-            {"question": "Halve 1.", "solution": "It is $\\boxed{\\frac{1}{2}}$."}]  # fmt: skip
+    rows = [
+        {"question": "Add 1 and 2.", "solution": "1 + 2 = 3, so \\boxed{3}."},
+        {"question": "Halve 1.", "solution": "It is $\\boxed{\\frac{1}{2}}$."},
+    ]
     src = load_source(str(write_jsonl(tmp_path / "sols.jsonl", rows)))
     assert src.spec.data_source == "DigitalLearningGmbH/MATH-lighteval"
     assert src.spec.answer_extraction == "last_boxed" and src.answers == ["3", "\\frac{1}{2}"]
@@ -516,9 +571,11 @@ def test_data_source_recognised_from_boxed_solutions_else_the_file_name(tmp_path
 
 
 def test_data_source_column_of_a_plain_file_is_kept_and_named(tmp_path):
-    rows = [{"question": "a?", "answer": "1", "data_source": "openai/gsm8k"},
-            {"question": "b?", "answer": "2", "data_source": "openai/gsm8k"},
-            {"question": "c?", "answer": "3", "data_source": "lighteval/MATH"}]  # fmt: skip
+    rows = [
+        {"question": "a?", "answer": "1", "data_source": "openai/gsm8k"},
+        {"question": "b?", "answer": "2", "data_source": "openai/gsm8k"},
+        {"question": "c?", "answer": "3", "data_source": "lighteval/MATH"},
+    ]
     spec = load_source(str(write_jsonl(tmp_path / "mixed.jsonl", rows))).spec
     assert spec.data_source == "openai/gsm8k"
     assert (
@@ -528,8 +585,11 @@ def test_data_source_column_of_a_plain_file_is_kept_and_named(tmp_path):
 
 
 def test_gsm8k_ground_truth_as_verl_writes_it(tmp_path):
-    rows = [{"question": "q1?", "answer": "so #### 1,234"}, {"question": "q2?", "answer": "#### +5"},
-            {"question": "q3?", "answer": "#### -0.5"}]  # fmt: skip
+    rows = [
+        {"question": "q1?", "answer": "so #### 1,234"},
+        {"question": "q2?", "answer": "#### +5"},
+        {"question": "q3?", "answer": "#### -0.5"},
+    ]
     assert load_source(str(write_jsonl(tmp_path / "g.jsonl", rows))).answers == [
         "1234",
         "5",
@@ -538,7 +598,7 @@ def test_gsm8k_ground_truth_as_verl_writes_it(tmp_path):
 
 
 def test_input_chats(tmp_path):
-    from gain_curate.sources import input_chats
+    from gain_curate.scoring.answers import input_chats
 
     chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "What is 2+2?"}]
     src = load_source(str(write_jsonl(tmp_path / "c.jsonl", [{"prompt": chat}, {"prompt": None}])))

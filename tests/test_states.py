@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gain_curate.config import ScoreConfig
-from gain_curate.launch import PartsDone, run_score
-from gain_curate.merge import merge_run
-from gain_curate.models import resolve_model
-from gain_curate.prefill import load_model, mlp_inputs
-from gain_curate.store import STATES, read_npz
+from gain_curate.runtime.models import resolve_model
+from gain_curate.runtime.truncated import load_model, mlp_inputs
+from gain_curate.scoring.config import ScoreConfig
+from gain_curate.scoring.launch import PartsDone, run_score
+from gain_curate.scoring.merge import merge_run
+from gain_curate.scoring.store import STATES, read_npz
 
 QUESTIONS = [
     "A shop sells 12 pens at 3 dollars each. What do they cost?",
@@ -41,16 +41,35 @@ ALONE = 2  # the row whose system prompt differs: it runs whole
 def data(tmp_path_factory) -> Path:
     """Chat rows: one system prompt shared by all but row ALONE."""
     path = tmp_path_factory.mktemp("states") / "q.jsonl"
-    rows = [{"prompt": [{"role": "system", "content": "Solve it." if i != ALONE else "Think step by step, then answer."},
-                        {"role": "user", "content": q}], "answer": "1"} for i, q in enumerate(QUESTIONS)]  # fmt: skip
+    rows = [
+        {
+            "prompt": [
+                {
+                    "role": "system",
+                    "content": "Solve it." if i != ALONE else "Think step by step, then answer.",
+                },
+                {"role": "user", "content": q},
+            ],
+            "answer": "1",
+        }
+        for i, q in enumerate(QUESTIONS)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def cfg_for(model: Path, data: Path, out: Path, **kw) -> ScoreConfig:
     # a small budget and part size: several batches and parts
-    base = dict(data=str(data), model=str(model), out=out, device="cpu", dtype="float32",
-                token_budget=64, part_rows=2, keep_states=True)  # fmt: skip
+    base = dict(
+        data=str(data),
+        model=str(model),
+        out=out,
+        device="cpu",
+        dtype="float32",
+        token_budget=64,
+        part_rows=2,
+        keep_states=True,
+    )
     return ScoreConfig(**{**base, **kw})
 
 
@@ -58,11 +77,15 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))}
 
 
-def reference_states(model: Path, out: Path, rows: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+def reference_states(
+    model: Path, out: Path, rows: list[int]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per input row: (mean of its question tokens' MLP inputs, its last token's), fp32, from
     one plain forward over the prepared token ids, with no cache, batch or prefix sharing."""
     prepared = pq.read_table(out / ".gain-curate" / "prepared" / "rows.parquet").to_pydict()
-    lm = load_model(resolve_model(str(model)), dtype=torch.float32, device=torch.device("cpu"), layer=None)  # fmt: skip
+    lm = load_model(
+        resolve_model(str(model)), dtype=torch.float32, device=torch.device("cpu"), layer=None
+    )
     want = {}
     for r in rows:
         ids, p = prepared["input_ids"][r], prepared["p"][r]
@@ -72,7 +95,9 @@ def reference_states(model: Path, out: Path, rows: list[int]) -> dict[int, tuple
 
 
 @pytest.mark.parametrize("share", [True, False], ids=["shared-prefix", "unshared"])
-def test_stored_states_equal_the_states_score_used(tiny_qwen2_dir: Path, data: Path, tmp_path: Path, share: bool) -> None:  # fmt: skip
+def test_stored_states_equal_the_states_score_used(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path, share: bool
+) -> None:
     out = tmp_path / "run"
     res = run_score(cfg_for(tiny_qwen2_dir, data, out, share_prefix=share))
     prefill = res.manifest["prefill"]
@@ -101,7 +126,9 @@ def test_stored_states_equal_the_states_score_used(tiny_qwen2_dir: Path, data: P
     assert np.array_equal(st["last_token"][5], st["last_token"][0])
 
 
-def test_keeping_states_changes_no_shard_byte_and_no_config_hash(tiny_qwen2_dir: Path, data: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_keeping_states_changes_no_shard_byte_and_no_config_hash(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path
+) -> None:
     plain = run_score(cfg_for(tiny_qwen2_dir, data, tmp_path / "plain", keep_states=False))
     kept = run_score(cfg_for(tiny_qwen2_dir, data, tmp_path / "kept"))
     assert shard_bytes(tmp_path / "plain") == shard_bytes(tmp_path / "kept")
@@ -109,7 +136,9 @@ def test_keeping_states_changes_no_shard_byte_and_no_config_hash(tiny_qwen2_dir:
     assert "states" not in plain.manifest and not (tmp_path / "plain" / STATES).exists()
 
 
-def test_states_are_the_same_bytes_from_every_launcher(tiny_qwen2_dir: Path, data: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_states_are_the_same_bytes_from_every_launcher(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path
+) -> None:
     """The batch plan is global and parts are whole batches: one process and 3 --shard
     workers + merge write the same states.npz, byte for byte."""
     run_score(cfg_for(tiny_qwen2_dir, data, tmp_path / "local"))
@@ -117,11 +146,16 @@ def test_states_are_the_same_bytes_from_every_launcher(tiny_qwen2_dir: Path, dat
     assert all(isinstance(run_score(cfg, shard=(i, 3), env={}), PartsDone) for i in (2, 0, 1))
     merged = merge_run(tmp_path / "shards")
     assert (tmp_path / "shards" / STATES).read_bytes() == (tmp_path / "local" / STATES).read_bytes()
-    assert merged.manifest["states"]["sha256"] == json.loads((tmp_path / "local" / "gain_manifest.json").read_text())["states"]["sha256"]  # fmt: skip
+    assert (
+        merged.manifest["states"]["sha256"]
+        == json.loads((tmp_path / "local" / "gain_manifest.json").read_text())["states"]["sha256"]
+    )
     assert shard_bytes(tmp_path / "shards") == shard_bytes(tmp_path / "local")
 
 
-def test_a_run_scored_without_states_keeps_them_when_asked_again(tiny_qwen2_dir: Path, data: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_a_run_scored_without_states_keeps_them_when_asked_again(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     cfg = cfg_for(tiny_qwen2_dir, data, out, keep_states=False)
     run_score(cfg)

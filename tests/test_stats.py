@@ -1,4 +1,4 @@
-"""stats.py: every statistic with its seeded bootstrap interval, against a bootstrap done by
+"""bootstrap.py: every statistic with its seeded bootstrap interval, against a bootstrap done by
 hand here (scipy for each resample's statistic), and the undefined and small-n cases."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gain_curate.stats import (
+from gain_curate.bootstrap import (
     Estimate,
     auroc_ci,
     format_estimate,
@@ -68,15 +68,21 @@ def test_intervals_match_a_hand_computed_bootstrap() -> None:
     for seed in (0, 7):
         est = spearman_ci(x, y, seed=seed)
         assert est.value == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
-        assert (est.low, est.high) == pytest.approx(by_hand(scipy_spearman, (x, y), seed=seed), abs=1e-10)  # fmt: skip
+        assert (est.low, est.high) == pytest.approx(
+            by_hand(scipy_spearman, (x, y), seed=seed), abs=1e-10
+        )
         assert est.n == n and est.reason is None
         est = partial_spearman_ci(x, y, z, seed=seed)
         assert est.value == pytest.approx(scipy_partial(x, y, z), abs=1e-10)
-        assert (est.low, est.high) == pytest.approx(by_hand(scipy_partial, (x, y, z), seed=seed), abs=1e-8)  # fmt: skip
+        assert (est.low, est.high) == pytest.approx(
+            by_hand(scipy_partial, (x, y, z), seed=seed), abs=1e-8
+        )
         positive = y == 0
         est = auroc_ci(x, positive, seed=seed)
         assert est.value == pytest.approx(scipy_auroc(x, positive), abs=1e-12)
-        assert (est.low, est.high) == pytest.approx(by_hand(scipy_auroc, (x, positive), seed=seed), abs=1e-12)  # fmt: skip
+        assert (est.low, est.high) == pytest.approx(
+            by_hand(scipy_auroc, (x, positive), seed=seed), abs=1e-12
+        )
     assert spearman_ci(x, y, seed=0) == spearman_ci(x, y, seed=0)  # seeded: the same twice
     assert spearman_ci(x, y, seed=0) != spearman_ci(x, y, seed=1)
 
@@ -95,13 +101,21 @@ def test_non_finite_pairs_are_left_out() -> None:
 def test_undefined_statistics_are_none_with_a_reason_never_a_fake_number() -> None:
     y = np.linspace(0, 1, 12)
     est = spearman_ci(np.ones(12), y, what=("gain_score", "the pass rate"))
-    assert est == Estimate(None, None, None, 12, reason="gain_score is the same for every prompt: nothing to rank")  # fmt: skip
+    assert est == Estimate(
+        None, None, None, 12, reason="gain_score is the same for every prompt: nothing to rank"
+    )
     assert spearman_ci(y, np.zeros(12), what=("gain_score", "the pass rate")).reason == (
         "the pass rate is the same for every prompt: nothing to rank"
     )
-    assert spearman_ci([1.0, 2.0], [2.0, 1.0]).reason == "2 prompts with a value: a correlation needs at least 3"  # fmt: skip
+    assert (
+        spearman_ci([1.0, 2.0], [2.0, 1.0]).reason
+        == "2 prompts with a value: a correlation needs at least 3"
+    )
     est = auroc_ci(y, np.zeros(12, bool), what="are zero-variance groups")
-    assert est.value is None and est.reason == "one class only: 0 of 12 prompts are zero-variance groups"  # fmt: skip
+    assert (
+        est.value is None
+        and est.reason == "one class only: 0 of 12 prompts are zero-variance groups"
+    )
     est = partial_spearman_ci(-y, y**2, y, what=("length, shortest first", "p", "question length"))
     assert est.value is None and "ranks the prompts exactly as question length does" in est.reason
     assert format_estimate(est) == "n/a"
@@ -131,6 +145,9 @@ def test_format_estimate() -> None:
     e = Estimate(0.41, 0.2, 0.58, 64)
     assert format_estimate(e) == "+0.41 [+0.20, +0.58] (n = 64)"
     assert format_estimate(e.to_dict(), show_n=False) == "+0.41 [+0.20, +0.58]"
-    assert format_estimate(Estimate(0.43, 0.3, 0.561, 48), signed=False) == "0.43 [0.30, 0.56] (n = 48)"  # fmt: skip
+    assert (
+        format_estimate(Estimate(0.43, 0.3, 0.561, 48), signed=False)
+        == "0.43 [0.30, 0.56] (n = 48)"
+    )
     assert format_estimate(Estimate(1.0, None, None, 3)) == "+1.00 (n = 3)"
     assert format_estimate(None) == "n/a" and format_estimate(0.1234) == "+0.123"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from gain_curate.template import ScoringTemplate, render_chat, segment_batch
+from gain_curate.scoring.conversation import render_chat, segment_batch
+from gain_curate.scoring.template import ScoringTemplate
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
 FAMILIES = ["qwen2.5", "llama3", "qwen3", "gemma3"]
@@ -86,8 +87,13 @@ def test_role_name_question_is_not_found_in_the_generation_prompt(tokenizers) ->
     tok = tokenizers["qwen2.5"]
     [s, ref] = segment_batch(tok, ScoringTemplate(), ["assistant", "What is 2 + 2?"])
     assert s.p == ref.p and s.q == 1 and tok.decode(s.input_ids[s.p :]) == "assistant"
-    text = tok.apply_chat_template(ScoringTemplate().messages("assistant"), tokenize=False, add_generation_prompt=True)  # fmt: skip
-    assert text.rfind("assistant") > render_chat(tok, ScoringTemplate().messages("assistant"), "assistant")[1]  # fmt: skip
+    text = tok.apply_chat_template(
+        ScoringTemplate().messages("assistant"), tokenize=False, add_generation_prompt=True
+    )
+    assert (
+        text.rfind("assistant")
+        > render_chat(tok, ScoringTemplate().messages("assistant"), "assistant")[1]
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -139,7 +145,9 @@ def test_qwen3_rewrites_the_few_shot_turn_and_the_question_is_still_found(tokeni
 # --- every unscored reason, produced by a real input -------------------------------------
 
 
-def score_rows_of(tmp_path: Path, model: Path, questions: list[str], *flags: str) -> dict[str, str | None]:  # fmt: skip
+def score_rows_of(
+    tmp_path: Path, model: Path, questions: list[str], *flags: str
+) -> dict[str, str | None]:
     from click.testing import CliRunner
 
     from gain_curate.cli import main
@@ -147,10 +155,23 @@ def score_rows_of(tmp_path: Path, model: Path, questions: list[str], *flags: str
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": "1"}) + "\n" for q in questions))
     out = tmp_path / "out"
-    argv = ["score", "--model", str(model), "--data", str(data), "--out", str(out), "--overwrite", *flags]  # fmt: skip
+    argv = [
+        "score",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--overwrite",
+        *flags,
+    ]
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 0, result.output
-    return {r["extra_info"]["question"]: r["gain_unscored_reason"] for r in pq.read_table(out / "data").to_pylist()}  # fmt: skip
+    return {
+        r["extra_info"]["question"]: r["gain_unscored_reason"]
+        for r in pq.read_table(out / "data").to_pylist()
+    }
 
 
 def test_question_too_short(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
@@ -162,16 +183,36 @@ def test_no_prefix(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
     """A template that renders the user's text first, with no system prompt or few-shot."""
     bare = tmp_path / "bare.jinja"
     bare.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
-    reasons = score_rows_of(tmp_path, tiny_qwen2_dir, ["What is 2 + 2?"], "--chat-template", str(bare), "--no-system-prompt", "--few-shot", "none")  # fmt: skip
+    reasons = score_rows_of(
+        tmp_path,
+        tiny_qwen2_dir,
+        ["What is 2 + 2?"],
+        "--chat-template",
+        str(bare),
+        "--no-system-prompt",
+        "--few-shot",
+        "none",
+    )
     assert reasons == {"What is 2 + 2?": "no_prefix"}
 
 
 def test_question_not_found_in_template(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
     """A template that changes the text it renders: the question is nowhere in it."""
     shouting = tmp_path / "upper.jinja"
-    shouting.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] | upper }}\n{% endfor %}")  # fmt: skip
-    reasons = score_rows_of(tmp_path, tiny_qwen2_dir, ["what is two plus two?", "WHAT IS 2 + 2?"], "--chat-template", str(shouting))  # fmt: skip
-    assert reasons == {"what is two plus two?": "question_not_found_in_template", "WHAT IS 2 + 2?": None}  # fmt: skip
+    shouting.write_text(
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] | upper }}\n{% endfor %}"
+    )
+    reasons = score_rows_of(
+        tmp_path,
+        tiny_qwen2_dir,
+        ["what is two plus two?", "WHAT IS 2 + 2?"],
+        "--chat-template",
+        str(shouting),
+    )
+    assert reasons == {
+        "what is two plus two?": "question_not_found_in_template",
+        "WHAT IS 2 + 2?": None,
+    }
 
 
 def test_non_finite_hidden_states(tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path) -> None:
@@ -190,14 +231,17 @@ def test_non_finite_hidden_states(tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path
         weights[name][token] = torch.nan
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     reasons = score_rows_of(tmp_path, model, ["How many stripes has a zebra?", "What is 2 + 2?"])
-    assert reasons == {"How many stripes has a zebra?": "non_finite_hidden_states", "What is 2 + 2?": None}  # fmt: skip
+    assert reasons == {
+        "How many stripes has a zebra?": "non_finite_hidden_states",
+        "What is 2 + 2?": None,
+    }
 
 
 # --- one conversation: what is scored is what the trainer renders from `prompt` ------------
 
 
 def test_data_source_defaults_are_verls_own_preprocessing() -> None:
-    from gain_curate.template import (
+    from gain_curate.scoring.template import (
         BOXED_INSTRUCTION,
         GSM8K_INSTRUCTION,
         data_source_template,
@@ -221,7 +265,8 @@ def test_data_source_defaults_are_verls_own_preprocessing() -> None:
 
 
 def test_conversations_per_mode() -> None:
-    from gain_curate.template import GSM8K_INSTRUCTION, conversations, split_instruction
+    from gain_curate.scoring.conversation import conversations, split_instruction
+    from gain_curate.scoring.template import GSM8K_INSTRUCTION
 
     t = ScoringTemplate(instruction="Answer briefly.")
     plain = conversations(t, ["What is 2+2?", None], None)
@@ -246,11 +291,16 @@ def test_conversations_per_mode() -> None:
         conversations(t, ["q"], None, train_prompt="bare")
 
 
-def test_scored_ids_equal_apply_chat_template_of_prompt(tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path) -> None:  # fmt: skip
+def test_scored_ids_equal_apply_chat_template_of_prompt(
+    tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path
+) -> None:
     """The one-conversation rule at the token level, Qwen2.5 template: the ids the scorer ran
     are the start of `apply_chat_template(prompt, add_generation_prompt=True)` (what verl's
     RLHFDataset and agent loop render), and the whole conversations are as long."""
-    questions = ["A crate holds 4 rows of 7 jars. How many jars?", "Tom has 3 apples and eats one. How many are left?"]  # fmt: skip
+    questions = [
+        "A crate holds 4 rows of 7 jars. How many jars?",
+        "Tom has 3 apples and eats one. How many are left?",
+    ]
     for flags in ([], ["--instruction", "Show your work."], ["--data-source", "openai/gsm8k"]):
         score_rows_of(tmp_path, tiny_qwen2_dir, questions, *flags)
         out = tmp_path / "out"
@@ -258,7 +308,9 @@ def test_scored_ids_equal_apply_chat_template_of_prompt(tiny_qwen2_dir: Path, qw
         assert manifest["signal"]["conversation"]["trained_differs"] is False
         prepared = pq.read_table(out / ".gain-curate" / "prepared" / "rows.parquet").to_pylist()
         for row in pq.read_table(out / "data").to_pylist():
-            ids = qwen_tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)  # fmt: skip
+            ids = qwen_tokenizer.apply_chat_template(
+                row["prompt"], add_generation_prompt=True, tokenize=True
+            )
             ids = list(
                 ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
             )

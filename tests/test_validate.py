@@ -12,12 +12,16 @@ import pytest
 import torch
 from scipy import stats
 
+from gain_curate.checks.supervised import build_examples, grad_norms
+from gain_curate.scoring.template import ScoringTemplate
 from gain_curate.stats import partial_spearman, spearman
-from gain_curate.template import ScoringTemplate
-from gain_curate.validate import build_examples, grad_norms
 
-QUESTIONS = ["What is 2 + 3?", "A farmer has 12 cows and buys 5 more. How many cows now?", "Name a prime number larger than 10.",
-             "If a book costs 7 dollars, what do 6 books cost?"]  # fmt: skip
+QUESTIONS = [
+    "What is 2 + 3?",
+    "A farmer has 12 cows and buys 5 more. How many cows now?",
+    "Name a prime number larger than 10.",
+    "If a book costs 7 dollars, what do 6 books cost?",
+]
 SOLUTIONS = [
     "2 + 3 = 5. #### 5",
     "12 + 5 = 17 cows. #### 17",
@@ -122,24 +126,48 @@ def test_validate_run_reuses_the_runs_model_data_and_template(
     from gain_curate.cli import main
 
     data = tmp_path / "d.jsonl"
-    rows = [{"question": f"{q} (case {k})", "answer": a} for k in range(2) for q, a in zip(QUESTIONS, SOLUTIONS)]  # fmt: skip
+    rows = [
+        {"question": f"{q} (case {k})", "answer": a}
+        for k in range(2)
+        for q, a in zip(QUESTIONS, SOLUTIONS)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run, val = tmp_path / "run", tmp_path / "val"
-    flags = ["--no-system-prompt", "--few-shot", "none", "--instruction", "Answer with a number.", "--inter-weight", "2"]  # fmt: skip
-    r = CliRunner().invoke(main, ["score", "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(run), *flags])  # fmt: skip
+    flags = [
+        "--no-system-prompt",
+        "--few-shot",
+        "none",
+        "--instruction",
+        "Answer with a number.",
+        "--inter-weight",
+        "2",
+    ]
+    r = CliRunner().invoke(
+        main,
+        ["score", "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(run), *flags],
+    )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(main, ["validate", "--run", str(run), "--sample", "4", "--out", str(val), "--json"])  # fmt: skip
+    r = CliRunner().invoke(
+        main, ["validate", "--run", str(run), "--sample", "4", "--out", str(val), "--json"]
+    )
     assert r.exit_code == 0, r.output
     result = json.loads(r.output[r.output.index("{") :])
     manifest = json.loads((run / "gain_manifest.json").read_text())
     assert result["template"] == manifest["signal"]["template"] and result["inter_weight"] == 2.0
     assert result["template"]["instruction"] == "Answer with a number."
     assert result["model_revision"] == manifest["model"]["revision"]
-    ranked = {r["extra_info"]["question"]: r["gain_score"] for r in pq.read_table(run / "data").to_pylist()}  # fmt: skip
+    ranked = {
+        r["extra_info"]["question"]: r["gain_score"]
+        for r in pq.read_table(run / "data").to_pylist()
+    }
     saved = json.loads((val / "validate.json").read_text())["rows"]
     for q, s in zip(saved["question"], saved["gain_score"]):
         assert s == pytest.approx(ranked[q], abs=1e-6), q
-    r = CliRunner().invoke(main, ["validate", "--run", str(run), "--model", "smollm2", "--instruction", "x"], prog_name="gain-curate")  # fmt: skip
+    r = CliRunner().invoke(
+        main,
+        ["validate", "--run", str(run), "--model", "smollm2", "--instruction", "x"],
+        prog_name="gain-curate",
+    )
     assert r.exit_code == 2 and r.output.splitlines() == [
         "Error: --run takes the model, data and template from the run: drop --model, --instruction "
         "(see `gain-curate validate --help`)"

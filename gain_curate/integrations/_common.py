@@ -4,7 +4,7 @@ schedule parameters from a trainer's config.
 `rank_by` (verl `+data.gain.rank_by=learnability`, TRL `gain_params={"rank_by": ...}`):
 the order the schedule draws over, `angle` (default: extra_info.gain_rank), `learnability`
 (the gain_learn_rank column `gain-curate predict` adds) or `length` (gain_tokens_question,
-shortest first); store.order_by decides, the same function `gain-curate schedule` uses."""
+shortest first); rank_by.order_by decides, the same function `gain-curate schedule` uses."""
 
 from __future__ import annotations
 
@@ -15,16 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from gain_curate.schedule import GainSchedule, ScheduleParams
-from gain_curate.store import RANK_BY, RANK_COLUMNS, order_by
+from gain_curate.curriculum.rank_by import RANK_BY, RANK_COLUMNS, order_by
+from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams
 
 PARAM_KEYS = ("mu0", "n", "alpha", "beta", "adj_min", "adj_max", "seed", "angle", "at_end")
 
 
 def ranking(
-    extra_info: Sequence[Mapping[str, Any]], scores: Sequence[float | None] | None,
-    rank_by: str = "angle", keys: Sequence[Any] | None = None,
-) -> tuple[list[int], list[str], np.ndarray]:  # fmt: skip
+    extra_info: Sequence[Mapping[str, Any]],
+    scores: Sequence[float | None] | None,
+    rank_by: str = "angle",
+    keys: Sequence[Any] | None = None,
+) -> tuple[list[int], list[str], np.ndarray]:
     """Rows as a trainer loaded them (possibly filtered or reordered) -> rank order.
 
     Returns (row index at each rank position, gain_uid by position, gain_score by position).
@@ -35,7 +37,8 @@ def ranking(
         e is None or "gain_uid" not in e or "gain_rank" not in e for e in extra_info
     ):
         raise ValueError(
-            "the dataset has no extra_info.gain_uid / gain_rank: train on shards written by `gain-curate score`"
+            "the dataset has no extra_info.gain_uid / gain_rank: "
+            "train on shards written by `gain-curate score`"
         )
     ranks = [extra_info[i]["gain_rank"] for i in range(len(extra_info))]
     rows = order_by(rank_by, ranks, keys, where="the trainer's dataset").tolist()
@@ -83,7 +86,11 @@ def schedule_params(cfg: Mapping[str, Any] | None, batch_size: int) -> ScheduleP
     mode = cfg.get("mode", "default")
     if mode not in ("default", "paper"):
         raise ValueError(f"gain mode {mode!r} is not one of default, paper")
-    return ScheduleParams.paper(batch_size, **kw) if mode == "paper" else ScheduleParams(batch_size=batch_size, **kw)  # fmt: skip
+    return (
+        ScheduleParams.paper(batch_size, **kw)
+        if mode == "paper"
+        else ScheduleParams(batch_size=batch_size, **kw)
+    )
 
 
 def offline_scores(table: Any, inter_weight: float) -> list[float | None] | None:
@@ -91,8 +98,10 @@ def offline_scores(table: Any, inter_weight: float) -> list[float | None] | None
     from a dataset with the gain_* columns; gain_score where the parts are missing."""
     cols = set(table.column_names)
     if {"gain_c_intra", "gain_c_inter"} <= cols:
-        return [None if a is None or b is None else a + inter_weight * b
-                for a, b in zip(table["gain_c_intra"], table["gain_c_inter"])]  # fmt: skip
+        return [
+            None if a is None or b is None else a + inter_weight * b
+            for a, b in zip(table["gain_c_intra"], table["gain_c_inter"])
+        ]
     return list(table["gain_score"]) if "gain_score" in cols else None
 
 
@@ -110,7 +119,10 @@ def step_metrics(rec: Mapping[str, Any], online_mean: float | None = None) -> di
     }
     ang = "not measured" if rec["ang"] is None else f"{rec['ang']:+.4f}"
     event = f", {rec['event']}" if rec.get("event") else ""
-    LOG.info(f"gain-curate step {rec['epoch']}: acc {rec['acc']:.3f}, ang {ang}, mu {rec['mu']:.1f} -> {rec['mu_next']:.1f} (pass {rec['pass']}{event})")  # fmt: skip
+    LOG.info(
+        f"gain-curate step {rec['epoch']}: acc {rec['acc']:.3f}, ang {ang}, "
+        f"mu {rec['mu']:.1f} -> {rec['mu_next']:.1f} (pass {rec['pass']}{event})"
+    )
     return out
 
 
@@ -127,9 +139,13 @@ def _stream_log() -> logging.Logger:
 LOG = _stream_log()
 
 
-def build_schedule(extra_info: Sequence[Mapping[str, Any]], scores: Sequence[float | None] | None,
-                   params: ScheduleParams, rank_by: str = "angle",
-                   keys: Sequence[Any] | None = None) -> tuple[GainSchedule, list[int]]:  # fmt: skip
+def build_schedule(
+    extra_info: Sequence[Mapping[str, Any]],
+    scores: Sequence[float | None] | None,
+    params: ScheduleParams,
+    rank_by: str = "angle",
+    keys: Sequence[Any] | None = None,
+) -> tuple[GainSchedule, list[int]]:
     """The schedule over the rows in `rank_by` order, and the dataset row at each position."""
     rows, uids, s = ranking(extra_info, scores, rank_by, keys)
     return GainSchedule(len(rows), params, uids=uids, scores=s), rows

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from gain_curate import store
+from gain_curate.curriculum.export import plan_order, ranked_table, read_plan
 from gain_curate.errors import OutputError
-from gain_curate.export import plan_order, ranked_table, read_plan
+from gain_curate.scoring import store
 
 ENV_RUN = "GAIN_CURATE_RUN"
 
@@ -55,10 +55,19 @@ def export_epoch(out: Path, epoch: int, rank_by: str | None = None) -> Path:
     lines = []
     for r in rows:
         user = [m["content"] for m in r["prompt"] if m["role"] == "user"]
-        lines.append(json.dumps({
-            "datasource": r["data_source"], "prompt": r["prompt"], "input": user[-1] if user else "",
-            "label": (r["reward_model"] or {}).get("ground_truth"), "gain_uid": r["gain_uid"], "gain_rank": r["gain_rank"],
-        }, ensure_ascii=False))  # fmt: skip
+        lines.append(
+            json.dumps(
+                {
+                    "datasource": r["data_source"],
+                    "prompt": r["prompt"],
+                    "input": user[-1] if user else "",
+                    "label": (r["reward_model"] or {}).get("ground_truth"),
+                    "gain_uid": r["gain_uid"],
+                    "gain_rank": r["gain_rank"],
+                },
+                ensure_ascii=False,
+            )
+        )
     tmp = out / store.WORK_DIR / (path.name + ".tmp")
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -111,8 +120,13 @@ def follow_plan(prepare_datasets: Any, run: Path) -> Any:
         items = list(result) if isinstance(result, tuple) else [result]
         for i, item in enumerate(items):
             if isinstance(item, StatefulDataLoader):
-                items[i] = StatefulDataLoader(item.dataset, batch_size=item.batch_size, sampler=PlanSampler(plans, len(item.dataset)),
-                                              collate_fn=item.collate_fn, num_workers=0)  # fmt: skip
+                items[i] = StatefulDataLoader(
+                    item.dataset,
+                    batch_size=item.batch_size,
+                    sampler=PlanSampler(plans, len(item.dataset)),
+                    collate_fn=item.collate_fn,
+                    num_workers=0,
+                )
                 break  # the first loader is the prompt loader; eval loaders follow it
         return tuple(items) if isinstance(result, tuple) else items[0]
 
@@ -137,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--run" not in argv or "--" not in argv:
         sys.exit(
-            "usage: python -m gain_curate.integrations.openrlhf --run OUT [--rank-by angle|learnability|length] -- <openrlhf train_ppo_ray arguments>"
+            "usage: python -m gain_curate.integrations.openrlhf --run OUT "
+            "[--rank-by angle|learnability|length] -- <openrlhf train_ppo_ray arguments>"
         )
     ours = argv[: argv.index("--")]
     run = Path(ours[ours.index("--run") + 1]).resolve()

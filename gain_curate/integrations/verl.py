@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
+from gain_curate.curriculum.schedule import GainSchedule
 from gain_curate.integrations._common import (
     build_schedule,
     offline_scores,
@@ -46,7 +47,6 @@ from gain_curate.integrations._common import (
     schedule_params,
     step_metrics,
 )
-from gain_curate.schedule import GainSchedule
 
 try:  # verl 0.5-0.7
     from verl.experimental.dataset.sampler import AbstractCurriculumSampler
@@ -92,7 +92,9 @@ class _Follower:
         params = schedule_params(gain, b)
         scores = offline_scores(frame, float(gain.get("inter_weight", 1.0)))
         rank_by = rank_by_of(gain)  # the order the schedule draws over (_common)
-        self.schedule, self.rows = build_schedule(frame["extra_info"], scores, params, rank_by, rank_keys(frame, rank_by))  # fmt: skip
+        self.schedule, self.rows = build_schedule(
+            frame["extra_info"], scores, params, rank_by, rank_keys(frame, rank_by)
+        )
         self.batch_size = b
         self.length = (len(self.rows) // b) * b  # constant: verl derives its step count from it
         self.closed_loop = False

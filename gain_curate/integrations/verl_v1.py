@@ -68,11 +68,21 @@ def builtin_kwargs(trainer: Any) -> dict[str, Any]:
     metric = trainer._resolve_filter_groups_metric()
     refill_failed = bool(config.trainer.v1.sampler.get("sync_refill_failed_groups", False))
     train_batch_size = config.data.train_batch_size
-    inflight = 1 if metric is None else config.algorithm.filter_groups.get("max_inflight_gen_batches", 1)  # fmt: skip
-    gen = 1 if metric is not None or refill_failed else (config.data.get("gen_batch_size", None) or train_batch_size)  # fmt: skip
-    return {"filter_groups_metric": metric, "sync_refill_failed_groups": refill_failed,
-            "train_batch_size": train_batch_size, "gen_batch_size": gen,
-            "max_inflight_gen_batches": inflight}  # fmt: skip
+    inflight = (
+        1 if metric is None else config.algorithm.filter_groups.get("max_inflight_gen_batches", 1)
+    )
+    gen = (
+        1
+        if metric is not None or refill_failed
+        else (config.data.get("gen_batch_size", None) or train_batch_size)
+    )
+    return {
+        "filter_groups_metric": metric,
+        "sync_refill_failed_groups": refill_failed,
+        "train_batch_size": train_batch_size,
+        "gen_batch_size": gen,
+        "max_inflight_gen_batches": inflight,
+    }
 
 
 def trajectory_results(keys: list[str], partition_id: str) -> tuple[list[str], list[float]] | None:
@@ -83,7 +93,9 @@ def trajectory_results(keys: list[str], partition_id: str) -> tuple[list[str], l
     if not keys:
         return [], []
     try:
-        data = tq.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=["extra_info", "rm_scores"])  # fmt: skip
+        data = tq.kv_batch_get(
+            keys=keys, partition_id=partition_id, select_fields=["extra_info", "rm_scores"]
+        )
     except (KeyError, ValueError, RuntimeError):  # no rm_scores yet: a colocated reward model
         return None
     infos = list(data["extra_info"])
@@ -115,14 +127,15 @@ class GainReplayBuffer(ReplayBuffer):
         self._trainer = getattr(refill_fn, "__self__", None)
         if getattr(self._trainer, "config", None) is None:
             raise ValueError(
-                "GainReplayBuffer is built by verl's V1 trainer (trainer.v1.sampler.custom_sampler), "
-                "whose refill_fn leads it to the trainer's config and train dataset; this refill_fn "
-                f"({refill_fn!r}) is no trainer's method"
+                "GainReplayBuffer is built by verl's V1 trainer "
+                "(trainer.v1.sampler.custom_sampler), whose refill_fn leads it to the trainer's "
+                f"config and train dataset; this refill_fn ({refill_fn!r}) is no trainer's method"
             )
         if trainer_mode != "sync":
             raise ValueError(
-                f"GainReplayBuffer runs in verl's sync V1 trainer, not trainer.v1.trainer_mode={trainer_mode}: "
-                "set trainer.v1.trainer_mode=sync, or train on the open-loop plan (gain-curate export --format verl)"
+                "GainReplayBuffer runs in verl's sync V1 trainer, "
+                f"not trainer.v1.trainer_mode={trainer_mode}: set trainer.v1.trainer_mode=sync, "
+                "or train on the open-loop plan (gain-curate export --format verl)"
             )
         # verl passes a custom sampler none of these (0.9.1); should a later verl, its win
         kwargs = {**builtin_kwargs(self._trainer), **kwargs}
@@ -147,9 +160,9 @@ class GainReplayBuffer(ReplayBuffer):
             )
         if ds.follower is None:
             raise ValueError(
-                "GainReplayBuffer reports each step to GainRLHFDataset, but the train dataset passes "
-                "through (data.gain.passthrough=true, or data.train_files equal to data.val_files): "
-                "unset it, or drop trainer.v1.sampler.custom_sampler"
+                "GainReplayBuffer reports each step to GainRLHFDataset, but the train dataset "
+                "passes through (data.gain.passthrough=true, or data.train_files equal to "
+                "data.val_files): unset it, or drop trainer.v1.sampler.custom_sampler"
             )
         return ds.follower
 
@@ -165,14 +178,22 @@ class GainReplayBuffer(ReplayBuffer):
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
         if partition_id != "train":
-            return super().sample(global_steps=global_steps, partition_id=partition_id, batch_size=batch_size)  # fmt: skip
+            return super().sample(
+                global_steps=global_steps, partition_id=partition_id, batch_size=batch_size
+            )
         follower = self._follower()
         follower.close_loop()  # this step ends here; refills continue its draws
         self._cleared = []
-        meta, metrics = super().sample(global_steps=global_steps, partition_id=partition_id, batch_size=batch_size)  # fmt: skip
+        meta, metrics = super().sample(
+            global_steps=global_steps, partition_id=partition_id, batch_size=batch_size
+        )
         kept = trajectory_results(meta.keys, partition_id)
         if kept is None or not kept[0]:
-            LOG.warning("gain-curate: step %s: trajectories carry no gain_uid/score; the schedule did not move", global_steps)  # fmt: skip
+            LOG.warning(
+                "gain-curate: step %s: trajectories carry no gain_uid/score; "
+                "the schedule did not move",
+                global_steps,
+            )
             follower.skip()
             return meta, metrics
         uids = kept[0] + [u for got in self._cleared for u in got[0]]

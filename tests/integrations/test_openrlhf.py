@@ -16,15 +16,21 @@ import pytest
 pytest.importorskip("torchdata", reason="torchdata not installed: run `make test-integrations`")
 from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 
-from gain_curate.export import read_plan  # noqa: E402
+from gain_curate.curriculum.export import read_plan  # noqa: E402
 from gain_curate.integrations.openrlhf import PlanSampler, follow_plan  # noqa: E402
 
 
 def write_plan(out: Path, plans: list[list[int]]) -> None:
     (out / "schedule").mkdir(parents=True)
     rows = [(e, i, f"u{r}", r) for e, p in enumerate(plans) for i, r in enumerate(p)]
-    t = pa.table({"epoch": [r[0] for r in rows], "position": [r[1] for r in rows],
-                  "gain_uid": [r[2] for r in rows], "gain_rank": [r[3] for r in rows]})  # fmt: skip
+    t = pa.table(
+        {
+            "epoch": [r[0] for r in rows],
+            "position": [r[1] for r in rows],
+            "gain_uid": [r[2] for r in rows],
+            "gain_rank": [r[3] for r in rows],
+        }
+    )
     pq.write_table(t, out / "schedule" / "plan.parquet")
 
 
@@ -54,10 +60,14 @@ def test_follow_plan_replaces_the_shuffled_prompt_loader(tmp_path: Path) -> None
     assert [b for b in loader] == [["prompt 0", "prompt 3"], ["prompt 6", "prompt 4"]]
 
 
-openrlhf = pytest.importorskip("openrlhf.datasets", reason="openrlhf not installed: run `make test-integrations`")  # fmt: skip
+openrlhf = pytest.importorskip(
+    "openrlhf.datasets", reason="openrlhf not installed: run `make test-integrations`"
+)
 
 
-def test_export_reads_through_openrlhf_0_11s_own_prompt_dataset(tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path) -> None:  # fmt: skip
+def test_export_reads_through_openrlhf_0_11s_own_prompt_dataset(
+    tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path
+) -> None:
     """OpenRLHF 0.11.2 installed --no-deps: its real blending_datasets + PromptDataset read the
     export with the documented flags, in plan order, labels and datasources intact."""
     import json
@@ -67,21 +77,36 @@ def test_export_reads_through_openrlhf_0_11s_own_prompt_dataset(tiny_qwen2_dir: 
     from openrlhf.datasets.utils import blending_datasets
 
     from gain_curate.integrations.openrlhf import export_epoch
-    from gain_curate.launch import run_score
-    from gain_curate.score import ScoreConfig
+    from gain_curate.scoring.launch import run_score
+    from gain_curate.scoring.score import ScoreConfig
 
     data = tmp_path / "q.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(10)))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+            for i in range(10)
+        )
+    )
     run = tmp_path / "run"
     run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=run, device="cpu"))
     uids = pq.read_table(run / "data").column("gain_uid").to_pylist()
     plan = [[4, 1, 7], [2, 9, 0]]
     (run / "schedule").mkdir()
     rows = [(e, i, uids[r], r) for e, p in enumerate(plan) for i, r in enumerate(p)]
-    pq.write_table(pa.table({"epoch": [r[0] for r in rows], "position": [r[1] for r in rows],
-                             "gain_uid": [r[2] for r in rows], "gain_rank": [r[3] for r in rows]}), run / "schedule" / "plan.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "epoch": [r[0] for r in rows],
+                "position": [r[1] for r in rows],
+                "gain_uid": [r[2] for r in rows],
+                "gain_rank": [r[3] for r in rows],
+            }
+        ),
+        run / "schedule" / "plan.parquet",
+    )
     path = export_epoch(run, 1)
-    # --data.prompt_dataset PATH --data.input_key prompt --data.apply_chat_template --data.label_key label
+    # --data.prompt_dataset PATH --data.input_key prompt --data.apply_chat_template
+    # --data.label_key label
     args = SimpleNamespace(
         data=SimpleNamespace(input_key="prompt", label_key="label", apply_chat_template=True)
     )
@@ -109,8 +134,13 @@ def test_documented_flags_exist_in_openrlhf_0_11s_parser() -> None:
         / "cli"
         / "train_ppo_ray.py"
     )
-    flags = {a.value for node in ast.walk(ast.parse(src.read_text())) if isinstance(node, ast.Call)
-             and getattr(node.func, "attr", "") == "add_argument" for a in node.args[:1] if isinstance(a, ast.Constant)}  # fmt: skip
+    flags = {
+        a.value
+        for node in ast.walk(ast.parse(src.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
+        for a in node.args[:1]
+        if isinstance(a, ast.Constant)
+    }
     assert {
         "--data.prompt_dataset",
         "--data.input_key",
@@ -119,7 +149,9 @@ def test_documented_flags_exist_in_openrlhf_0_11s_parser() -> None:
     } <= flags
 
 
-def test_setup_patches_prepare_datasets_in_the_sync_and_async_trainer_modules(tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+def test_setup_patches_prepare_datasets_in_the_sync_and_async_trainer_modules(
+    tmp_path: Path, monkeypatch
+) -> None:
     """In OpenRLHF 0.11.2 PPOTrainer (ppo_trainer) and the async trainer (ppo_trainer_async,
     which imports the name) call `prepare_datasets` from their module globals inside their Ray
     actors; the worker set-up hook must patch both. Stand-ins for the two modules (the real

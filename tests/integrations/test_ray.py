@@ -11,12 +11,15 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="ray not installed: run `make test-integrations`")
 
-from gain_curate.launch import run_score, run_score_ray  # noqa: E402
-from gain_curate.score import ScoreConfig  # noqa: E402
+from gain_curate.scoring.launch import run_score  # noqa: E402
+from gain_curate.scoring.ray_backend import run_score_ray  # noqa: E402
+from gain_curate.scoring.score import ScoreConfig  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_ray_two_cpu_actors_equal_local_backend(tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch, dtype: str) -> None:  # fmt: skip
+def test_ray_two_cpu_actors_equal_local_backend(
+    tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch, dtype: str
+) -> None:
     """Started from the repository root, where Ray workers import the source tree."""
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     data = tmp_path / "q.jsonl"
@@ -26,8 +29,14 @@ def test_ray_two_cpu_actors_equal_local_backend(tiny_qwen2_dir: Path, tmp_path: 
             for i in range(60)
         )
     )
-    base = dict(data=str(data), model=str(tiny_qwen2_dir), part_rows=10, device="cpu", dtype=dtype,
-                token_budget=128)  # fmt: skip
+    base = dict(
+        data=str(data),
+        model=str(tiny_qwen2_dir),
+        part_rows=10,
+        device="cpu",
+        dtype=dtype,
+        token_budget=128,
+    )
     run_score(ScoreConfig(**base, out=tmp_path / "local"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

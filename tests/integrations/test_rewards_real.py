@@ -21,8 +21,8 @@ pytest.importorskip("verl", reason="verl not installed: run `make test-integrati
 from click.testing import CliRunner  # noqa: E402
 from verl.utils.reward_score import default_compute_score  # noqa: E402
 
+from gain_curate.checks.rewards import Group, load_reward, score_group  # noqa: E402
 from gain_curate.cli import main  # noqa: E402
-from gain_curate.rewards import Group, load_reward, score_group  # noqa: E402
 
 LIMIT = 24  # --max-new-tokens
 GSM8K = "openai/gsm8k"
@@ -30,9 +30,19 @@ GSM8K = "openai/gsm8k"
 
 def gsm8k_completions(gold: int) -> list[str]:
     """Right, wrong, and two that run past LIMIT tokens with the gold said in passing."""
-    ramble = f"First {gold}, so the total is {gold} pies, and then we count all of the pies again, one by one, to be sure of it"
-    return [f"So the total is {gold}.\n#### {gold}", f"So the total is {gold + 1}.\n#### {gold + 1}",
-            ramble, f"Sanjay ate {gold} pies.\nSanjay at the store bought more pies, and then more, and then more pies again"]  # fmt: skip
+    ramble = (
+        f"First {gold}, so the total is {gold} pies, and then we count all of the pies again, "
+        "one by one, to be sure of it"
+    )
+    return [
+        f"So the total is {gold}.\n#### {gold}",
+        f"So the total is {gold + 1}.\n#### {gold + 1}",
+        ramble,
+        (
+            f"Sanjay ate {gold} pies.\nSanjay at the store bought more pies, and then more, "
+            "and then more pies again"
+        ),
+    ]
 
 
 def test_verl_reward_is_verls_default_compute_score() -> None:
@@ -40,14 +50,24 @@ def test_verl_reward_is_verls_default_compute_score() -> None:
     each equal to verl's own call; the default reward agrees on all of them."""
     cases = [
         (GSM8K, "72", gsm8k_completions(72), [1.0, 0.0, 0.0, 0.0]),
-        ("DigitalLearningGmbH/MATH-lighteval", "\\frac{1}{2}",
-         ["So $x = \\boxed{\\frac{1}{2}}$.", "So $x = \\boxed{\\frac{1}{3}}$.",
-          "Halving gives \\frac{1}{2}, then we check by substituting"], [1.0, 0.0, 0.0]),
-    ]  # fmt: skip
+        (
+            "DigitalLearningGmbH/MATH-lighteval",
+            "\\frac{1}{2}",
+            [
+                "So $x = \\boxed{\\frac{1}{2}}$.",
+                "So $x = \\boxed{\\frac{1}{3}}$.",
+                "Halving gives \\frac{1}{2}, then we check by substituting",
+            ],
+            [1.0, 0.0, 0.0],
+        ),
+    ]
     verl, default = load_reward("verl"), load_reward(None)
     for data_source, truth, texts, expected in cases:
-        row = {"data_source": data_source, "reward_model": {"ground_truth": truth, "style": "rule"},
-               "extra_info": {"index": 0, "split": "train"}}  # fmt: skip
+        row = {
+            "data_source": data_source,
+            "reward_model": {"ground_truth": truth, "style": "rule"},
+            "extra_info": {"index": 0, "split": "train"},
+        }
         group = Group([{"role": "user", "content": "?"}], texts, [[0]] * len(texts), truth, row)
         ours, nones = score_group(verl, group)
         assert ours == expected and nones == 0, data_source
@@ -58,7 +78,7 @@ def test_verl_reward_is_verls_default_compute_score() -> None:
 def _stand_in_generation(monkeypatch, tokenizer, golds_by_question: dict[str, int]) -> list[int]:
     """Replace generation: each prompt's K = 4 completions from gsm8k_completions, as token
     ids (the first two end with EOS, the last two are cut at LIMIT tokens)."""
-    from gain_curate import rollouts
+    from gain_curate.checks import rollouts
 
     calls = []
 
@@ -67,7 +87,9 @@ def _stand_in_generation(monkeypatch, tokenizer, golds_by_question: dict[str, in
         out = []
         for p in prompts:
             gold = golds_by_question[re.search(r"Q\d+", tokenizer.decode(p)).group(0)]
-            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in gsm8k_completions(gold)]  # fmt: skip
+            ids = [
+                tokenizer(t, add_special_tokens=False)["input_ids"] for t in gsm8k_completions(gold)
+            ]
             assert all(len(x) > LIMIT for x in ids[2:])
             out.append([ids[0] + eos_ids[:1], ids[1] + eos_ids[:1], ids[2][:LIMIT], ids[3][:LIMIT]])
         return out
@@ -76,26 +98,57 @@ def _stand_in_generation(monkeypatch, tokenizer, golds_by_question: dict[str, in
     return calls
 
 
-def _score_run(tiny_qwen2_dir: Path, tmp_path: Path, data_source: str) -> tuple[Path, dict[str, int]]:  # fmt: skip
+def _score_run(
+    tiny_qwen2_dir: Path, tmp_path: Path, data_source: str
+) -> tuple[Path, dict[str, int]]:
     golds = {f"Q{i}": 7 * i + 5 for i in range(10)}
-    rows = [{"data_source": data_source, "question": f"{q}: Sanjay ate {g - 5} pies and 5 more. How many?",
-             "answer": f"{g - 5} + 5 = {g}\n#### {g}"} for q, g in golds.items()]  # fmt: skip
+    rows = [
+        {
+            "data_source": data_source,
+            "question": f"{q}: Sanjay ate {g - 5} pies and 5 more. How many?",
+            "answer": f"{g - 5} + 5 = {g}\n#### {g}",
+        }
+        for q, g in golds.items()
+    ]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / f"run-{data_source.replace('/', '-')}"
-    argv = ["score", "--model", str(tiny_qwen2_dir), "--data", str(tmp_path / "d.jsonl"), "--out", str(run)]  # fmt: skip
+    argv = [
+        "score",
+        "--model",
+        str(tiny_qwen2_dir),
+        "--data",
+        str(tmp_path / "d.jsonl"),
+        "--out",
+        str(run),
+    ]
     r = CliRunner().invoke(main, argv)
     assert r.exit_code == 0, r.output
     return run, golds
 
 
 def _validate(run: Path, out: Path, reward: str) -> tuple[int, str]:
-    argv = ["validate", "--run", str(run), "--sample", "6", "--out", str(out), "--rollouts", "4",
-            "--max-new-tokens", str(LIMIT), "--reward", reward]  # fmt: skip
+    argv = [
+        "validate",
+        "--run",
+        str(run),
+        "--sample",
+        "6",
+        "--out",
+        str(out),
+        "--rollouts",
+        "4",
+        "--max-new-tokens",
+        str(LIMIT),
+        "--reward",
+        reward,
+    ]
     r = CliRunner().invoke(main, argv)
     return r.exit_code, r.output
 
 
-def test_validate_reward_verl_end_to_end(tiny_qwen2_dir, qwen_tokenizer, tmp_path, monkeypatch) -> None:  # fmt: skip
+def test_validate_reward_verl_end_to_end(
+    tiny_qwen2_dir, qwen_tokenizer, tmp_path, monkeypatch
+) -> None:
     run, golds = _score_run(tiny_qwen2_dir, tmp_path, GSM8K)
     calls = _stand_in_generation(monkeypatch, qwen_tokenizer, golds)
     code, output = _validate(run, tmp_path / "val", "verl")
@@ -103,9 +156,14 @@ def test_validate_reward_verl_end_to_end(tiny_qwen2_dir, qwen_tokenizer, tmp_pat
     records = [json.loads(x) for x in (tmp_path / "val" / "rollouts" / "completions.jsonl").open()]
     assert len(records) == 6
     for r in records:  # the run's own data_source and reward_model.ground_truth reached verl
-        assert r["rewards"] == [float(default_compute_score(GSM8K, t, r["answer"])) for t in r["completions"]]  # fmt: skip
+        assert r["rewards"] == [
+            float(default_compute_score(GSM8K, t, r["answer"])) for t in r["completions"]
+        ]
         assert r["rewards"] == [1.0, 0.0, 0.0, 0.0] and r["truncated"] == [False, False, True, True]
-        assert str(golds[re.search(r"Q\d+", r["prompt"][-1]["content"]).group(0)]) in r["completions"][2]  # fmt: skip
+        assert (
+            str(golds[re.search(r"Q\d+", r["prompt"][-1]["content"]).group(0)])
+            in r["completions"][2]
+        )
     summary = json.loads((tmp_path / "val" / "validate.json").read_text())["summary"]["rollouts"]
     assert summary["reward"] == "verl" and summary["pass_rate_mean"] == 0.25
     assert summary["truncated_share"] == 0.5 and len(summary["warnings"]) == 1
@@ -120,7 +178,9 @@ def test_validate_reward_verl_end_to_end(tiny_qwen2_dir, qwen_tokenizer, tmp_pat
     assert "verl's default_compute_score has no reward for data_source 'gsm8k/train'" in output
 
 
-def test_validate_reward_trl_as_grpo_trainer_calls_it(tiny_qwen2_dir, qwen_tokenizer, tmp_path, monkeypatch) -> None:  # fmt: skip
+def test_validate_reward_trl_as_grpo_trainer_calls_it(
+    tiny_qwen2_dir, qwen_tokenizer, tmp_path, monkeypatch
+) -> None:
     """The same rollouts through a TRL reward function: our call and REAL TRL's
     `_calculate_rewards` over the run's rows (as `load_dataset("parquet")` gives them) pass
     the same arguments and give the same rewards (TRL's NaN for a None is our counted 0)."""
@@ -139,13 +199,14 @@ def test_validate_reward_trl_as_grpo_trainer_calls_it(tiny_qwen2_dir, qwen_token
         "import re\n"
         "CALLS = []\n"
         "def accuracy(prompts, completions, reward_model, **kwargs):\n"
-        "    CALLS.append(dict(prompts=prompts, completions=completions, reward_model=reward_model, **kwargs))\n"
+        "    CALLS.append(dict(prompts=prompts, completions=completions, "
+        "reward_model=reward_model, **kwargs))\n"
         "    out = []\n"
         "    for c, rm in zip(completions, reward_model):\n"
         "        m = re.search(r'#### (\\S+)', c[0]['content'])\n"
         "        out.append(None if m is None else float(m.group(1) == rm['ground_truth']))\n"
         "    return out\n"
-    )  # fmt: skip
+    )
     code, output = _validate(run, tmp_path / "val", "trl:trl_rewards:accuracy")
     assert code == 0, output
     import trl_rewards
@@ -168,12 +229,18 @@ def test_validate_reward_trl_as_grpo_trainer_calls_it(tiny_qwen2_dir, qwen_token
         completions = [[{"role": "assistant", "content": t}] for t in record["completions"]]
         trainer = types.SimpleNamespace(
             accelerator=types.SimpleNamespace(device=torch.device("cpu"), is_main_process=True),
-            state=types.SimpleNamespace(global_step=0), args=types.SimpleNamespace(report_to=[]),
-            reward_funcs=[trl_rewards.accuracy], reward_processing_classes=[None],
-            reward_func_names=["accuracy"], environments=None,
-            _log_completion_extra=lambda *a: None, _log_metric=lambda *a: None,
-        )  # fmt: skip
-        theirs = GRPOTrainer._calculate_rewards(trainer, inputs, prompts, completions, call["completion_ids"])  # fmt: skip
+            state=types.SimpleNamespace(global_step=0),
+            args=types.SimpleNamespace(report_to=[]),
+            reward_funcs=[trl_rewards.accuracy],
+            reward_processing_classes=[None],
+            reward_func_names=["accuracy"],
+            environments=None,
+            _log_completion_extra=lambda *a: None,
+            _log_metric=lambda *a: None,
+        )
+        theirs = GRPOTrainer._calculate_rewards(
+            trainer, inputs, prompts, completions, call["completion_ids"]
+        )
         assert torch.nan_to_num(theirs[:, 0]).tolist() == record["rewards"]
         (trl_call,) = trl_rewards.CALLS
         skip = ("trainer_state", "log_extra", "log_metric")

@@ -14,10 +14,11 @@ pytest.importorskip("trl", reason="trl not installed: run `make test-integration
 from datasets import load_dataset  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
-from gain_curate.integrations.trl import GainGRPOTrainer, GainRepeatSampler  # noqa: E402
-from gain_curate.launch import run_score  # noqa: E402
-from gain_curate.schedule import mu_update  # noqa: E402
-from gain_curate.score import ScoreConfig  # noqa: E402
+from gain_curate.curriculum.schedule import mu_update  # noqa: E402
+from gain_curate.integrations.trl import GainGRPOTrainer  # noqa: E402
+from gain_curate.integrations.trl_state import GainRepeatSampler  # noqa: E402
+from gain_curate.scoring.launch import run_score  # noqa: E402
+from gain_curate.scoring.score import ScoreConfig  # noqa: E402
 
 
 def test_grpo_steps_move_mu_by_the_rule(
@@ -48,11 +49,28 @@ def test_grpo_steps_move_mu_by_the_rule(
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
-    args = GRPOConfig(output_dir=str(tmp_path / "grpo"), use_cpu=True, per_device_train_batch_size=4, num_generations=2,
-                      max_completion_length=6, max_steps=3, report_to="none", save_strategy="no", bf16=False, seed=0,
-                      logging_steps=1, temperature=1.0)  # fmt: skip
-    trainer = GainGRPOTrainer(model=model, reward_funcs=reward_has_digit, args=args, train_dataset=dataset,
-                              processing_class=qwen_tokenizer, gain_params={"sigma": 3, "n": 4, "adj_max": 8, "adj_min": -8, "at_end": "hold"})  # fmt: skip
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=6,
+        max_steps=3,
+        report_to="none",
+        save_strategy="no",
+        bf16=False,
+        seed=0,
+        logging_steps=1,
+        temperature=1.0,
+    )
+    trainer = GainGRPOTrainer(
+        model=model,
+        reward_funcs=reward_has_digit,
+        args=args,
+        train_dataset=dataset,
+        processing_class=qwen_tokenizer,
+        gain_params={"sigma": 3, "n": 4, "adj_max": 8, "adj_min": -8, "at_end": "hold"},
+    )
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, GainRepeatSampler)
     trainer.train()
@@ -83,13 +101,31 @@ def test_online_angle_is_scores_metric_on_the_policys_current_weights(
     import pyarrow.parquet as pq
     from transformers import AutoModelForCausalLM
 
-    from gain_curate.template import ScoringTemplate
+    from gain_curate.scoring.template import ScoringTemplate
 
     data = tmp_path / "q.jsonl"
-    data.write_text("".join(json.dumps({"question": f"Tom has {i} apples and buys {2 * i + 3} more. How many now?",
-                                        "answer": str(3 * i + 3)}) + "\n" for i in range(24)))  # fmt: skip
-    res = run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp_path / "run", device="cpu",
-                                dtype="float32", template=ScoringTemplate(system_prompt=None, few_shot=())))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question": f"Tom has {i} apples and buys {2 * i + 3} more. How many now?",
+                    "answer": str(3 * i + 3),
+                }
+            )
+            + "\n"
+            for i in range(24)
+        )
+    )
+    res = run_score(
+        ScoreConfig(
+            data=str(data),
+            model=str(tiny_qwen2_dir),
+            out=tmp_path / "run",
+            device="cpu",
+            dtype="float32",
+            template=ScoringTemplate(system_prompt=None, few_shot=()),
+        )
+    )
     files = [str(tmp_path / "run" / s["path"]) for s in res.manifest["shards"]]
     offline = {r["gain_uid"]: r for r in pq.read_table(files[0]).to_pylist()}
     dataset = load_dataset("parquet", data_files=files)["train"]
@@ -102,7 +138,9 @@ def test_online_angle_is_scores_metric_on_the_policys_current_weights(
             cap = self._gain_capture
             self.steps.append({u: v for u, v in zip(uids, cap.values) if v is not None})
             model = self.accelerator.unwrap_model(self.model)
-            again = self.gain_angles.measure(model, self._gain_segments, self.processing_class.pad_token_id)  # fmt: skip
+            again = self.gain_angles.measure(
+                model, self._gain_segments, self.processing_class.pad_token_id
+            )
             self.fresh.append({u: v[2] for u, v in zip(uids, again) if v is not None})
             return super()._online_angles(uids)
 
@@ -112,11 +150,30 @@ def test_online_angle_is_scores_metric_on_the_policys_current_weights(
         return [float(len(t) % 2) for t in texts]
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
-    args = GRPOConfig(output_dir=str(tmp_path / "grpo"), use_cpu=True, per_device_train_batch_size=4, num_generations=2,
-                      max_completion_length=8, max_steps=4, report_to="none", save_strategy="no", bf16=False, seed=0,
-                      logging_steps=1, temperature=1.0, learning_rate=3e-2, gradient_checkpointing=False)  # fmt: skip
-    trainer = Recording(model=model, reward_funcs=reward_odd_length, args=args, train_dataset=dataset,
-                        processing_class=qwen_tokenizer, gain_params={"sigma": 3, "n": 40, "adj_min": -40})  # fmt: skip
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=8,
+        max_steps=4,
+        report_to="none",
+        save_strategy="no",
+        bf16=False,
+        seed=0,
+        logging_steps=1,
+        temperature=1.0,
+        learning_rate=3e-2,
+        gradient_checkpointing=False,
+    )
+    trainer = Recording(
+        model=model,
+        reward_funcs=reward_odd_length,
+        args=args,
+        train_dataset=dataset,
+        processing_class=qwen_tokenizer,
+        gain_params={"sigma": 3, "n": 40, "adj_min": -40},
+    )
     trainer.train()
 
     hist = trainer.gain_schedule.history
@@ -130,7 +187,11 @@ def test_online_angle_is_scores_metric_on_the_policys_current_weights(
         for uid, v in step.items():
             assert v[2] == pytest.approx(fresh[uid], abs=1e-4)
     # the weights move, so the same prompts measured now differ from their offline scores
-    shift = [v[2] - (offline[u]["gain_c_intra"] + offline[u]["gain_c_inter"]) for s in trainer.steps[1:] for u, v in s.items()]  # fmt: skip
+    shift = [
+        v[2] - (offline[u]["gain_c_intra"] + offline[u]["gain_c_inter"])
+        for s in trainer.steps[1:]
+        for u, v in s.items()
+    ]
     assert max(abs(x) for x in shift) > 1e-3
     assert hist[0]["ang"] == pytest.approx(
         0.0, abs=1e-12
@@ -142,7 +203,12 @@ def test_online_angle_is_scores_metric_on_the_policys_current_weights(
 
 def _scored(tiny_qwen2_dir: Path, tmp_path: Path, n: int = 12) -> Path:
     data = tmp_path / "q.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} plus {i + 4}?", "answer": str(2 * i + 4)}) + "\n" for i in range(n)))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"What is {i} plus {i + 4}?", "answer": str(2 * i + 4)}) + "\n"
+            for i in range(n)
+        )
+    )
     run_score(
         ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp_path / "run", device="cpu")
     )
@@ -154,12 +220,26 @@ def test_iterable_dataset_is_refused_in_one_line_pointing_at_the_export(
 ) -> None:
     """TRL 1.16 feeds an IterableDataset through repeat_iterable_dataset, never the sampler."""
     run = _scored(tiny_qwen2_dir, tmp_path)
-    stream = load_dataset("parquet", data_files=str(run / "data" / "*.parquet"), streaming=True)["train"]  # fmt: skip
-    args = GRPOConfig(output_dir=str(tmp_path / "g"), use_cpu=True, per_device_train_batch_size=2, num_generations=2,
-                      max_steps=1, report_to="none", bf16=False)  # fmt: skip
+    stream = load_dataset("parquet", data_files=str(run / "data" / "*.parquet"), streaming=True)[
+        "train"
+    ]
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "g"),
+        use_cpu=True,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_steps=1,
+        report_to="none",
+        bf16=False,
+    )
     with pytest.raises(ValueError, match="export OUT --format verl") as e:
-        GainGRPOTrainer(model=str(tiny_qwen2_dir), reward_funcs=lambda completions, **k: [0.0] * len(completions),
-                        args=args, train_dataset=stream, processing_class=qwen_tokenizer)  # fmt: skip
+        GainGRPOTrainer(
+            model=str(tiny_qwen2_dir),
+            reward_funcs=lambda completions, **k: [0.0] * len(completions),
+            args=args,
+            train_dataset=stream,
+            processing_class=qwen_tokenizer,
+        )
     assert "\n" not in str(e.value)
 
 
@@ -171,21 +251,38 @@ def test_plain_grpo_trainer_follows_the_exported_plan_in_order(
     import pyarrow.parquet as pq
     from trl import GRPOTrainer
 
-    from gain_curate import store
-    from gain_curate.export import export_verl
-    from gain_curate.schedule import GainSchedule, ScheduleParams
-    from gain_curate.simulate import AccuracyCurve, run_open_loop
+    from gain_curate.curriculum.export import export_verl
+    from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams
+    from gain_curate.curriculum.simulate import AccuracyCurve, run_open_loop
+    from gain_curate.scoring import store
 
     run = _scored(tiny_qwen2_dir, tmp_path)
     uids, scores = store.read_ranking(run)
-    plans = run_open_loop(GainSchedule(len(uids), ScheduleParams(batch_size=4, sigma=3, n=4)), 3, AccuracyCurve(0.8, 0.8))  # fmt: skip
+    plans = run_open_loop(
+        GainSchedule(len(uids), ScheduleParams(batch_size=4, sigma=3, n=4)),
+        3,
+        AccuracyCurve(0.8, 0.8),
+    )
     store.write_plan(run, plans, uids)
     path, _ = export_verl(run)
     dataset = load_dataset("parquet", data_files=str(path))["train"]
-    args = GRPOConfig(output_dir=str(tmp_path / "g"), use_cpu=True, per_device_train_batch_size=8, num_generations=2,
-                      max_steps=1, report_to="none", bf16=False, shuffle_dataset=False)  # fmt: skip
-    trainer = GRPOTrainer(model=str(tiny_qwen2_dir), reward_funcs=lambda completions, **k: [0.0] * len(completions),
-                          args=args, train_dataset=dataset, processing_class=qwen_tokenizer)  # fmt: skip
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "g"),
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        num_generations=2,
+        max_steps=1,
+        report_to="none",
+        bf16=False,
+        shuffle_dataset=False,
+    )
+    trainer = GRPOTrainer(
+        model=str(tiny_qwen2_dir),
+        reward_funcs=lambda completions, **k: [0.0] * len(completions),
+        args=args,
+        train_dataset=dataset,
+        processing_class=qwen_tokenizer,
+    )
     order = list(trainer._get_train_sampler())[::2]  # each prompt num_generations times in a row
     got = [dataset[i]["extra_info"]["gain_uid"] for i in order]
     want = [p["gain_uid"] for p in pq.read_table(run / "schedule" / "plan.parquet").to_pylist()]
@@ -193,7 +290,7 @@ def test_plain_grpo_trainer_follows_the_exported_plan_in_order(
 
 
 def test_repeat_sampler_contract() -> None:
-    from gain_curate.schedule import GainSchedule, ScheduleParams
+    from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams
 
     sched = GainSchedule(10, ScheduleParams(batch_size=3, sigma=2, seed=0))
     s = GainRepeatSampler(
@@ -267,15 +364,35 @@ def test_resume_draws_what_an_uninterrupted_run_draws_and_format_is_not_correctn
                 control.should_training_stop = True
 
     def trainer(out: Path, rec: Recorder, **over) -> GainGRPOTrainer:
-        args = GRPOConfig(**{"output_dir": str(out), "use_cpu": True, "per_device_train_batch_size": 4,
-                             "num_generations": 2, "max_completion_length": 6, "max_steps": 6,
-                             "report_to": "none", "save_strategy": "steps", "save_steps": 3, "bf16": False,
-                             "seed": 0, "logging_steps": 1, "temperature": 1.0, "learning_rate": 3e-2, **over})  # fmt: skip
+        args = GRPOConfig(
+            **{
+                "output_dir": str(out),
+                "use_cpu": True,
+                "per_device_train_batch_size": 4,
+                "num_generations": 2,
+                "max_completion_length": 6,
+                "max_steps": 6,
+                "report_to": "none",
+                "save_strategy": "steps",
+                "save_steps": 3,
+                "bf16": False,
+                "seed": 0,
+                "logging_steps": 1,
+                "temperature": 1.0,
+                "learning_rate": 3e-2,
+                **over,
+            }
+        )
         model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
         funcs = [rec.answer, rec.format_only]
-        return GainGRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
-                               processing_class=qwen_tokenizer,
-                               gain_params={"sigma": 2, "n": 3, "adj_min": -3, "adj_max": 3})  # fmt: skip
+        return GainGRPOTrainer(
+            model=model,
+            reward_funcs=funcs,
+            args=args,
+            train_dataset=dataset,
+            processing_class=qwen_tokenizer,
+            gain_params={"sigma": 2, "n": 3, "adj_min": -3, "adj_max": 3},
+        )
 
     straight = Recorder()
     a = trainer(tmp_path / "a", straight, save_strategy="no")
@@ -302,12 +419,16 @@ def test_resume_draws_what_an_uninterrupted_run_draws_and_format_is_not_correctn
     have = [{k: h[k] for k in keys} for h in c.gain_schedule.history]
     print("mu per step:", [h["mu"] for h in want], [h["mu"] for h in have])
     assert have == want
-    assert [h["ang"] for h in c.gain_schedule.history] == pytest.approx([h["ang"] for h in a.gain_schedule.history], abs=1e-6)  # fmt: skip
+    assert [h["ang"] for h in c.gain_schedule.history] == pytest.approx(
+        [h["ang"] for h in a.gain_schedule.history], abs=1e-6
+    )
     assert not c._gain_warned
 
     # correct = the answer reward > 0; the format reward alone never makes a completion correct
     weighted_differs = False
-    for h, right, fmt, uids in zip(a.gain_schedule.history, straight.right, straight.format, straight.steps):  # fmt: skip
+    for h, right, fmt, uids in zip(
+        a.gain_schedule.history, straight.right, straight.format, straight.steps
+    ):
         by_uid: dict[str, list[float]] = {}
         for u, r in zip(uids, right):
             by_uid.setdefault(u, []).append(r)
@@ -326,11 +447,18 @@ def test_sampler_state_continues_the_stream_after_a_data_skip() -> None:
     """A sampler read ahead of training, saved, then a fresh one loaded with the batches a
     resumed Trainer will skip: after the placeholders it yields exactly what the first one
     would have yielded from the first untrained batch on, and nothing is drawn twice."""
-    from gain_curate.schedule import GainSchedule, ScheduleParams
+    from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams
 
     def make() -> GainRepeatSampler:
         sched = GainSchedule(12, ScheduleParams(batch_size=2, sigma=3, seed=1))
-        return GainRepeatSampler(list(range(12)), mini_repeat_count=2, batch_size=2, repeat_count=1, schedule=sched, rows=list(range(12)))  # fmt: skip
+        return GainRepeatSampler(
+            list(range(12)),
+            mini_repeat_count=2,
+            batch_size=2,
+            repeat_count=1,
+            schedule=sched,
+            rows=list(range(12)),
+        )
 
     ref = make()
     stream = list(ref) + list(ref)  # two dataloader epochs
@@ -349,7 +477,14 @@ def test_sampler_state_continues_the_stream_after_a_data_skip() -> None:
     assert head == stream[:20]
     assert list(t) == stream[len(t) :]  # the next epoch continues the stream
     with pytest.raises(ValueError, match="same num_generations"):
-        GainRepeatSampler(list(range(12)), mini_repeat_count=4, batch_size=2, repeat_count=1, schedule=t.schedule, rows=list(range(12))).load_state_dict(state)  # fmt: skip
+        GainRepeatSampler(
+            list(range(12)),
+            mini_repeat_count=4,
+            batch_size=2,
+            repeat_count=1,
+            schedule=t.schedule,
+            rows=list(range(12)),
+        ).load_state_dict(state)
 
 
 def test_correct_is_one_reward_function_over_a_threshold() -> None:

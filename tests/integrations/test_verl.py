@@ -17,10 +17,10 @@ from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn  # noqa: E402
 
+from gain_curate.curriculum.schedule import mu_update  # noqa: E402
 from gain_curate.integrations.verl import GainCurriculumSampler, GainRLHFDataset  # noqa: E402
-from gain_curate.launch import run_score  # noqa: E402
-from gain_curate.schedule import mu_update  # noqa: E402
-from gain_curate.score import ScoreConfig  # noqa: E402
+from gain_curate.scoring.launch import run_score  # noqa: E402
+from gain_curate.scoring.score import ScoreConfig  # noqa: E402
 
 B = 8
 
@@ -49,19 +49,28 @@ def shards(tiny_qwen2_dir: Path, tmp_path_factory) -> list[str]:
 
 
 def data_config(**gain) -> OmegaConf:
-    return OmegaConf.create({
-        "prompt_key": "prompt", "max_prompt_length": 512, "filter_overlong_prompts": False,
-        "train_batch_size": B, "dataloader_num_workers": 0, "shuffle": False, "val_files": None,
-        "gain": {"sigma": 4, "n": 3, "adj_max": 12, "seed": 1, **gain},
-    })  # fmt: skip
+    return OmegaConf.create(
+        {
+            "prompt_key": "prompt",
+            "max_prompt_length": 512,
+            "filter_overlong_prompts": False,
+            "train_batch_size": B,
+            "dataloader_num_workers": 0,
+            "shuffle": False,
+            "val_files": None,
+            "gain": {"sigma": 4, "n": 3, "adj_max": 12, "seed": 1, **gain},
+        }
+    )
 
 
 def step_batch(rows: dict, acc: list[float] | None, n: int = 2) -> DataProto:
     """A trainer batch as verl has it after the reward: n rollouts per prompt, shuffled."""
     k = len(rows["extra_info"])
     order = np.random.default_rng(0).permutation(np.repeat(np.arange(k), n))
-    non_tensor = {"extra_info": np.array(rows["extra_info"], dtype=object)[order],
-                  "uid": np.array([f"u{i}" for i in order], dtype=object)}  # fmt: skip
+    non_tensor = {
+        "extra_info": np.array(rows["extra_info"], dtype=object)[order],
+        "uid": np.array([f"u{i}" for i in order], dtype=object),
+    }
     scores = torch.zeros(len(order), 5)
     if acc is not None:
         non_tensor["acc"] = np.array([acc[i] for i in order], dtype=np.float64)
@@ -207,7 +216,9 @@ def test_the_metrics_shim_still_matches_verls_fit_loop() -> None:
     log = src.index("logger.log(data=metrics, step=self.global_steps)", call)
     assert "metrics = {}" in src[:call] and "metrics =" not in src[call:log]
     sep = "experimental/separation/ray_trainer.py"
-    assert "self.train_dataloader.sampler.update(batch=batch)" in _fit_source(sep, "SeparateRayPPOTrainer", "_fit_experimental")  # fmt: skip
+    assert "self.train_dataloader.sampler.update(batch=batch)" in _fit_source(
+        sep, "SeparateRayPPOTrainer", "_fit_experimental"
+    )
     post = _fit_source(sep, "SeparateRayPPOTrainer", "_fit_postprocess_step")
     assert "metrics = self.metrics" in post and "self.logger.log(data=metrics" in post
     step = _fit_source(sep, "SeparateRayPPOTrainer", "fit_step")

@@ -23,8 +23,8 @@ from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler  # noqa:
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn  # noqa: E402
 
 from gain_curate.integrations.verl import GainRLHFDataset  # noqa: E402
-from gain_curate.launch import run_score  # noqa: E402
-from gain_curate.score import ScoreConfig  # noqa: E402
+from gain_curate.scoring.launch import run_score  # noqa: E402
+from gain_curate.scoring.score import ScoreConfig  # noqa: E402
 
 B = 8
 
@@ -33,8 +33,13 @@ B = 8
 def run(tiny_qwen2_dir: Path, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("verl09")
     data = tmp / "q.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} times {i + 3}?", "answer": str(i * (i + 3))}) + "\n"
-                            for i in range(40)))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"What is {i} times {i + 3}?", "answer": str(i * (i + 3))})
+            + "\n"
+            for i in range(40)
+        )
+    )
     run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp / "run", device="cpu"))
     return tmp / "run"
 
@@ -53,10 +58,20 @@ def main_ppo_config(*overrides: str):
 
 
 def our_flags(run: Path, *extra: str) -> list[str]:
-    return [f"data.train_files=[{','.join(shards(run))}]", f"data.train_batch_size={B}",
-            "data.custom_cls.path=pkg://gain_curate.integrations.verl", "data.custom_cls.name=GainRLHFDataset",
-            "data.shuffle=False", "data.dataloader_num_workers=0", "data.max_prompt_length=512",
-            "+data.gain.sigma=4", "+data.gain.n=3", "+data.gain.adj_max=12", "+data.gain.seed=1", *extra]  # fmt: skip
+    return [
+        f"data.train_files=[{','.join(shards(run))}]",
+        f"data.train_batch_size={B}",
+        "data.custom_cls.path=pkg://gain_curate.integrations.verl",
+        "data.custom_cls.name=GainRLHFDataset",
+        "data.shuffle=False",
+        "data.dataloader_num_workers=0",
+        "data.max_prompt_length=512",
+        "+data.gain.sigma=4",
+        "+data.gain.n=3",
+        "+data.gain.adj_max=12",
+        "+data.gain.seed=1",
+        *extra,
+    ]
 
 
 def test_verls_create_rl_dataset_builds_our_class_from_main_ppos_config(
@@ -64,8 +79,14 @@ def test_verls_create_rl_dataset_builds_our_class_from_main_ppos_config(
 ) -> None:
     cfg = main_ppo_config(*our_flags(run))
     assert cfg.trainer.use_v1  # 0.9's default: the V1 trainer
-    ds = create_rl_dataset(cfg.data.train_files, cfg.data, qwen_tokenizer, None, is_train=True,
-                           max_samples=cfg.data.get("train_max_samples", -1))  # fmt: skip
+    ds = create_rl_dataset(
+        cfg.data.train_files,
+        cfg.data,
+        qwen_tokenizer,
+        None,
+        is_train=True,
+        max_samples=cfg.data.get("train_max_samples", -1),
+    )
     assert isinstance(ds, GainRLHFDataset) and not ds.passthrough and len(ds) == 40
     first = [ds[i]["extra_info"]["gain_rank"] for i in range(B)]
     assert len(set(first)) == B and max(first) < 20  # mu0 = 0: the top of the ranking
@@ -86,8 +107,14 @@ def test_schedule_state_travels_in_verls_dataloader_checkpoint(run: Path, qwen_t
 
     def loader():
         ds = create_rl_dataset(cfg.data.train_files, cfg.data, qwen_tokenizer, None)
-        return ds, StatefulDataLoader(ds, batch_size=B, num_workers=0, drop_last=True, collate_fn=collate_fn,
-                                      sampler=create_rl_sampler(cfg.data, ds))  # fmt: skip
+        return ds, StatefulDataLoader(
+            ds,
+            batch_size=B,
+            num_workers=0,
+            drop_last=True,
+            collate_fn=collate_fn,
+            sampler=create_rl_sampler(cfg.data, ds),
+        )
 
     ds1, l1 = loader()
     it = iter(l1)
@@ -112,17 +139,46 @@ def test_exported_plan_iterates_in_plan_order_through_verls_builders(
 
     from gain_curate.cli import main
 
-    assert CliRunner().invoke(main, ["schedule", str(run), "--epochs", "4", "--batch-size", str(B),
-                                     "--sigma", "4", "--n", "5"]).exit_code == 0  # fmt: skip
+    assert (
+        CliRunner()
+        .invoke(
+            main,
+            [
+                "schedule",
+                str(run),
+                "--epochs",
+                "4",
+                "--batch-size",
+                str(B),
+                "--sigma",
+                "4",
+                "--n",
+                "5",
+            ],
+        )
+        .exit_code
+        == 0
+    )
     res = CliRunner().invoke(main, ["export", str(run), "--format", "verl"])
     assert res.exit_code == 0, res.output
     path = run / "export" / "verl" / "plan.parquet"
-    cfg = main_ppo_config(f"data.train_files=[{path}]", "data.shuffle=False", f"data.train_batch_size={B}",
-                          "data.dataloader_num_workers=0", "data.max_prompt_length=512")  # fmt: skip
+    cfg = main_ppo_config(
+        f"data.train_files=[{path}]",
+        "data.shuffle=False",
+        f"data.train_batch_size={B}",
+        "data.dataloader_num_workers=0",
+        "data.max_prompt_length=512",
+    )
     ds = create_rl_dataset(cfg.data.train_files, cfg.data, qwen_tokenizer, None)
     assert type(ds) is RLHFDataset
-    loader = StatefulDataLoader(ds, batch_size=cfg.data.train_batch_size, num_workers=0, drop_last=True,
-                                collate_fn=collate_fn, sampler=create_rl_sampler(cfg.data, ds))  # fmt: skip
+    loader = StatefulDataLoader(
+        ds,
+        batch_size=cfg.data.train_batch_size,
+        num_workers=0,
+        drop_last=True,
+        collate_fn=collate_fn,
+        sampler=create_rl_sampler(cfg.data, ds),
+    )
     plan = pq.read_table(run / "schedule" / "plan.parquet").to_pylist()
     for step, batch in enumerate(loader):
         assert [e["gain_uid"] for e in batch["extra_info"]] == [
@@ -153,18 +209,43 @@ def put_group(tq, uid: str, info: dict, scores: list[float], step: int) -> None:
     then each trajectory with its fields and an rm_scores row holding the reward at the end."""
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-    tq.kv_batch_put(keys=[uid], partition_id="train", tags=[{"is_prompt": True, "status": "pending", "global_steps": step}])  # fmt: skip
+    tq.kv_batch_put(
+        keys=[uid],
+        partition_id="train",
+        tags=[{"is_prompt": True, "status": "pending", "global_steps": step}],
+    )
     for session, score in enumerate(scores):
         prompts, responses = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6, 7][: 2 + session])
         mask = torch.ones(len(responses), dtype=torch.int64)
         rm = torch.zeros(len(responses), dtype=torch.float32)
         rm[-1] = score
-        field = {"prompts": prompts, "responses": responses, "response_mask": mask, "input_ids": torch.cat([prompts, responses]),
-                 "rm_scores": rm, "extra_info": dict(info), "uid": uid, "session_id": session, "global_steps": step,
-                 "extra_fields": {"min_global_steps": step, "max_global_steps": step}}  # fmt: skip
-        tag = {"status": "success", "prompt_len": 3, "response_len": len(responses), "seq_len": 3 + len(responses),
-               "global_steps": step, "min_global_steps": step, "max_global_steps": step}  # fmt: skip
-        tq.kv_batch_put(keys=[f"{uid}_{session}_0"], fields=list_of_dict_to_tensordict([field]), tags=[tag], partition_id="train")  # fmt: skip
+        field = {
+            "prompts": prompts,
+            "responses": responses,
+            "response_mask": mask,
+            "input_ids": torch.cat([prompts, responses]),
+            "rm_scores": rm,
+            "extra_info": dict(info),
+            "uid": uid,
+            "session_id": session,
+            "global_steps": step,
+            "extra_fields": {"min_global_steps": step, "max_global_steps": step},
+        }
+        tag = {
+            "status": "success",
+            "prompt_len": 3,
+            "response_len": len(responses),
+            "seq_len": 3 + len(responses),
+            "global_steps": step,
+            "min_global_steps": step,
+            "max_global_steps": step,
+        }
+        tq.kv_batch_put(
+            keys=[f"{uid}_{session}_0"],
+            fields=list_of_dict_to_tensordict([field]),
+            tags=[tag],
+            partition_id="train",
+        )
     tq.kv_put(key=uid, partition_id="train", tag={"status": "finished"})
 
 
@@ -221,23 +302,37 @@ def sample_within(rb, seconds: int = 60):
 
 
 def gain_flags(run: Path, *extra: str) -> list[str]:
-    return our_flags(run, "trainer.v1.sampler.custom_sampler.path=pkg://gain_curate.integrations.verl_v1",
-                     "trainer.v1.sampler.custom_sampler.name=GainReplayBuffer", *extra)  # fmt: skip
+    return our_flags(
+        run,
+        "trainer.v1.sampler.custom_sampler.path=pkg://gain_curate.integrations.verl_v1",
+        "trainer.v1.sampler.custom_sampler.name=GainReplayBuffer",
+        *extra,
+    )
 
 
 def v1_loader(cfg, ds, batch_size: int):
-    return iter(StatefulDataLoader(ds, batch_size=batch_size, num_workers=0, drop_last=True, collate_fn=collate_fn,
-                                   sampler=create_rl_sampler(cfg.data, ds)))  # fmt: skip
+    return iter(
+        StatefulDataLoader(
+            ds,
+            batch_size=batch_size,
+            num_workers=0,
+            drop_last=True,
+            collate_fn=collate_fn,
+            sampler=create_rl_sampler(cfg.data, ds),
+        )
+    )
 
 
-def test_v1_replay_buffer_feeds_the_steps_rewards_to_the_schedule(run: Path, qwen_tokenizer, transfer_queue) -> None:  # fmt: skip
+def test_v1_replay_buffer_feeds_the_steps_rewards_to_the_schedule(
+    run: Path, qwen_tokenizer, transfer_queue
+) -> None:
     """The closed loop under verl 0.9's default trainer: verl builds our dataset, and builds our
     replay buffer from main_ppo's config; sample() over real TransferQueue trajectories moves
     mu by the rule, and the next batch is drawn at the new mu."""
     import numpy as np
 
+    from gain_curate.curriculum.schedule import mu_update
     from gain_curate.integrations.verl_v1 import GainReplayBuffer
-    from gain_curate.schedule import mu_update
 
     cfg = main_ppo_config(*gain_flags(run))
     ds = create_rl_dataset(cfg.data.train_files, cfg.data, qwen_tokenizer, None)
@@ -246,8 +341,14 @@ def test_v1_replay_buffer_feeds_the_steps_rewards_to_the_schedule(run: Path, qwe
     ranks = [e["gain_rank"] for e in rows["extra_info"]]
     # two rollouts per prompt: both right on even ranks, one of two on odd ranks
     queue = iter(rows["extra_info"])
-    trainer = StubTrainer(cfg, ds, lambda: next(queue), lambda i: [1.0, 1.0] if ranks[i] % 2 == 0 else [1.0, 0.0],
-                          transfer_queue, tag="c")  # fmt: skip
+    trainer = StubTrainer(
+        cfg,
+        ds,
+        lambda: next(queue),
+        lambda i: [1.0, 1.0] if ranks[i] % 2 == 0 else [1.0, 0.0],
+        transfer_queue,
+        tag="c",
+    )
     trainer.put(B)
     rb = trainer.replay_buffer()
     assert type(rb) is GainReplayBuffer and rb.filter_groups_metric is None
@@ -265,10 +366,24 @@ def test_v1_replay_buffer_feeds_the_steps_rewards_to_the_schedule(run: Path, qwe
 def test_v1_replay_buffer_gets_verls_own_filter_settings(run: Path, qwen_tokenizer) -> None:
     """verl hands a custom sampler no DAPO settings; ours resolves exactly those verl gives its
     own buffer, for DAPO on and off."""
-    names = ("filter_groups_metric", "sync_refill_failed_groups", "train_batch_size", "gen_batch_size",
-             "max_inflight_gen_batches", "max_off_policy_threshold", "max_off_policy_strategy")  # fmt: skip
-    for extra in ([], ["algorithm.filter_groups.enable=True", "algorithm.filter_groups.max_inflight_gen_batches=3"],
-                  ["trainer.v1.sampler.sync_refill_failed_groups=True"], ["data.gen_batch_size=16"]):  # fmt: skip
+    names = (
+        "filter_groups_metric",
+        "sync_refill_failed_groups",
+        "train_batch_size",
+        "gen_batch_size",
+        "max_inflight_gen_batches",
+        "max_off_policy_threshold",
+        "max_off_policy_strategy",
+    )
+    for extra in (
+        [],
+        [
+            "algorithm.filter_groups.enable=True",
+            "algorithm.filter_groups.max_inflight_gen_batches=3",
+        ],
+        ["trainer.v1.sampler.sync_refill_failed_groups=True"],
+        ["data.gen_batch_size=16"],
+    ):
         ours = StubTrainer(
             main_ppo_config(*gain_flags(run, *extra)), None, None, None, None, "x"
         ).replay_buffer()
@@ -278,18 +393,27 @@ def test_v1_replay_buffer_gets_verls_own_filter_settings(run: Path, qwen_tokeniz
         assert type(verls).__name__ == "ReplayBuffer" and type(ours).__name__ == "GainReplayBuffer"
         assert {n: getattr(ours, n) for n in names} == {n: getattr(verls, n) for n in names}, extra
     assert ours.filter_groups_metric is None
-    dapo = StubTrainer(main_ppo_config(*gain_flags(run, "algorithm.filter_groups.enable=True")), None, None, None, None, "x")  # fmt: skip
+    dapo = StubTrainer(
+        main_ppo_config(*gain_flags(run, "algorithm.filter_groups.enable=True")),
+        None,
+        None,
+        None,
+        None,
+        "x",
+    )
     assert dapo.replay_buffer().filter_groups_metric == "reward"
 
 
-def test_v1_replay_buffer_under_dapo_keeps_what_verls_buffer_keeps(run: Path, qwen_tokenizer, transfer_queue) -> None:  # fmt: skip
+def test_v1_replay_buffer_under_dapo_keeps_what_verls_buffer_keeps(
+    run: Path, qwen_tokenizer, transfer_queue
+) -> None:
     """algorithm.filter_groups.enable=True: on the same input (B prompts of which 2 have
     zero-variance groups; each refill half zero-variance), GainReplayBuffer evicts, refills
     and keeps exactly what verl's own ReplayBuffer does. The refills continue the step's
     draws, and the step's accuracy counts the filtered groups too."""
     import numpy as np
 
-    from gain_curate.schedule import GainSchedule, mu_update
+    from gain_curate.curriculum.schedule import GainSchedule, mu_update
 
     def scores_of(i: int) -> list[float]:  # prompts 0, 1 and every even refill: all right
         return [1.0, 1.0] if i < 2 or (i >= B and i % 2 == 0) else [1.0, 0.0]
@@ -306,7 +430,14 @@ def test_v1_replay_buffer_under_dapo_keeps_what_verls_buffer_keeps(run: Path, qw
     assert ours.refills == [4] and len(ours.fed) == B + 4
 
     fed = iter(ours.fed)  # verl's own buffer, on the same prompts with the same scores
-    verls = StubTrainer(main_ppo_config(*our_flags(run, *dapo)), None, lambda: next(fed), scores_of, transfer_queue, tag="v")  # fmt: skip
+    verls = StubTrainer(
+        main_ppo_config(*our_flags(run, *dapo)),
+        None,
+        lambda: next(fed),
+        scores_of,
+        transfer_queue,
+        tag="v",
+    )
     verls.put(B)
     vmeta, vmetrics = sample_within(verls.replay_buffer())
 
@@ -317,14 +448,20 @@ def test_v1_replay_buffer_under_dapo_keeps_what_verls_buffer_keeps(run: Path, qw
 
     assert kept(meta.keys, ours) == kept(vmeta.keys, verls) and len(meta.keys) == 2 * B
     assert verls.refills == ours.refills == [4]
-    assert metrics["training/filter_groups/evicted_samples"] == vmetrics["training/filter_groups/evicted_samples"] == 4  # fmt: skip
+    assert (
+        metrics["training/filter_groups/evicted_samples"]
+        == vmetrics["training/filter_groups/evicted_samples"]
+        == 4
+    )
     zero_variance = {ours.fed[i]["gain_uid"] for i in range(B + 4) if len(set(scores_of(i))) == 1}
     assert not zero_variance & {u for u, _ in kept(meta.keys, ours)}
 
     # the schedule: 12 distinct draws of one epoch (the refills continue its order), then one
     # update with the accuracy of all 12 groups (8/12; the 8 kept alone would say 0.5)
     plain = GainSchedule(40, ds.schedule.params)
-    assert [e["gain_uid"] for e in ours.fed] == [ds.schedule.uids[r] for r in plain.take(B + 4, extend=True)]  # fmt: skip
+    assert [e["gain_uid"] for e in ours.fed] == [
+        ds.schedule.uids[r] for r in plain.take(B + 4, extend=True)
+    ]
     acc = float(np.mean([np.mean(scores_of(i)) for i in range(B + 4)]))
     assert acc == pytest.approx(8 / 12) and metrics["gain/acc"] == pytest.approx(acc)
     want, _ = mu_update(0.0, acc, 0.0, ds.schedule.params, 40)

@@ -22,7 +22,7 @@ from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: E402
 from verl.utils.reward_score import default_compute_score  # noqa: E402
 
 from gain_curate.cli import main  # noqa: E402
-from gain_curate.template import render_chat  # noqa: E402
+from gain_curate.scoring.conversation import render_chat  # noqa: E402
 
 ROWS = 5
 GSM8K, MATH = "openai/gsm8k", "DigitalLearningGmbH/MATH-lighteval"
@@ -52,13 +52,30 @@ def input_file(shape: str, dataset: str, shared: Path, tmp: Path) -> Path:
     return path
 
 
-CASES = [(shape, dataset) for dataset in ("gsm8k", "math") for shape in ("jsonl", "verl-parquet", "json-array")]  # fmt: skip
+CASES = [
+    (shape, dataset)
+    for dataset in ("gsm8k", "math")
+    for shape in ("jsonl", "verl-parquet", "json-array")
+]
 
 
 def score(model: Path, data: Path, out: Path, *flags: str) -> tuple[list[dict], dict]:
     """`gain-curate score` as a user runs it; the output rows and the manifest."""
-    args = ["score", "--model", str(model), "--data", str(data), "--out", str(out),
-            "--limit", str(ROWS), "--device", "cpu", "--json", *flags]  # fmt: skip
+    args = [
+        "score",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--limit",
+        str(ROWS),
+        "--device",
+        "cpu",
+        "--json",
+        *flags,
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "gain_manifest.json").read_text())
@@ -72,7 +89,7 @@ def runs(tiny_qwen2_dir: Path, shared_data: Path, tmp_path_factory) -> dict:
         case: (
             *score(tiny_qwen2_dir, input_file(*case, shared_data, tmp), tmp / "-".join(case)),
             tmp / "-".join(case),
-        )  # fmt: skip
+        )
         for case in CASES
     }
 
@@ -111,7 +128,14 @@ def test_every_shape_of_a_dataset_gives_the_same_prompts_and_scores(runs: dict) 
         by_shape = {}
         for shape in ("jsonl", "verl-parquet", "json-array"):
             rows, _, _ = runs[(shape, dataset)]
-            by_shape[shape] = {r["extra_info"]["index"]: (r["prompt"], r["reward_model"]["ground_truth"], r["gain_score"]) for r in rows}  # fmt: skip
+            by_shape[shape] = {
+                r["extra_info"]["index"]: (
+                    r["prompt"],
+                    r["reward_model"]["ground_truth"],
+                    r["gain_score"],
+                )
+                for r in rows
+            }
         assert by_shape["jsonl"] == by_shape["json-array"] == by_shape["verl-parquet"], dataset
 
 
@@ -123,9 +147,13 @@ def verl_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
         from verl.utils.chat_template import apply_chat_template
         from verl.utils.tokenizer import normalize_token_ids
 
-        ids = apply_chat_template(tokenizer, messages, tools=None, add_generation_prompt=True, tokenize=True)  # fmt: skip
+        ids = apply_chat_template(
+            tokenizer, messages, tools=None, add_generation_prompt=True, tokenize=True
+        )
         return normalize_token_ids(ids)
-    return create_continuous_token_builder(tokenizer, hf_model_type="qwen2").build_initial_tokens(messages)  # fmt: skip
+    return create_continuous_token_builder(tokenizer, hf_model_type="qwen2").build_initial_tokens(
+        messages
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,21 +162,42 @@ def templated_run(tiny_qwen2_dir: Path, tmp_path_factory) -> tuple[list[dict], d
     in the conversation, so the check covers system and few-shot turns too."""
     tmp = tmp_path_factory.mktemp("templated")
     data = tmp / "q.jsonl"
-    data.write_text("".join(json.dumps({"question": f"A crate holds {i} rows of {i + 4} jars. How many jars?",
-                                        "answer": str(i * (i + 4))}) + "\n" for i in range(1, 6)))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question": f"A crate holds {i} rows of {i + 4} jars. How many jars?",
+                    "answer": str(i * (i + 4)),
+                }
+            )
+            + "\n"
+            for i in range(1, 6)
+        )
+    )
     return (
         *score(tiny_qwen2_dir, data, tmp / "run", "--instruction", "Show your work."),
         tmp / "run",
     )
 
 
-@pytest.mark.parametrize("case", [("jsonl", "gsm8k"), ("verl-parquet", "math"), ("json-array", "math"), "templated"])  # fmt: skip
-def test_scored_tokens_are_what_verl_renders_from_prompt(runs: dict, templated_run, qwen_tokenizer, case) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "case", [("jsonl", "gsm8k"), ("verl-parquet", "math"), ("json-array", "math"), "templated"]
+)
+def test_scored_tokens_are_what_verl_renders_from_prompt(
+    runs: dict, templated_run, qwen_tokenizer, case
+) -> None:
     rows, manifest, out = templated_run if case == "templated" else runs[case]
     assert manifest["signal"]["conversation"]["trained_differs"] is False
     shards = [str(out / s["path"]) for s in manifest["shards"]]
-    config = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 1024, "filter_overlong_prompts": True,
-                               "truncation": "error", "filter_overlong_prompts_workers": 1})  # fmt: skip
+    config = OmegaConf.create(
+        {
+            "prompt_key": "prompt",
+            "max_prompt_length": 1024,
+            "filter_overlong_prompts": True,
+            "truncation": "error",
+            "filter_overlong_prompts_workers": 1,
+        }
+    )
     dataset = RLHFDataset(data_files=shards, tokenizer=qwen_tokenizer, config=config)
     assert len(dataset) == len(rows)  # none filtered: verl measured every prompt as we did
     prepared = pq.read_table(out / ".gain-curate" / "prepared" / "rows.parquet").to_pylist()

@@ -1,0 +1,185 @@
+"""A learnability ranking from one prefill: apply a saved pass-rate probe to a scored run.
+
+    gain-curate score --keep-states --out runs/gsm8k ...        # + OUT/states.npz
+    gain-curate validate --run runs/gsm8k --rollouts 8 ...      # fits and saves a probe
+    gain-curate predict runs/gsm8k --probe probe.npz            # + gain_pred_pass, gain_learn_rank
+    gain-curate schedule runs/gsm8k --rank-by learnability ...  # draws over that order
+
+The probe (probe.py: ridge on pooled prefill states) names its features when it is fit, e.g.
+"last_token@L23", "question_mean@L23+last_token@L23" or "last token, layer 23": which pooled
+state (the mean of the question tokens' MLP inputs, or the MLP input at the question's last
+token), at which layer, concatenated in the order named. `score --keep-states` keeps both at
+the scored layer, so a probe of another layer is refused, naming the fix.
+
+The shards are rewritten whole through the store (staged, then swapped in) with two columns
+added after the others: `gain_pred_pass` (float64, the probe's predicted pass rate, as the
+probe gives it: a ridge prediction may leave [0, 1]) and `gain_learn_rank` (int64, the row's
+position in the learnability ranking: high p (1 - p) first, ties by gain_rank, rows without
+states (unscored) last in gain_rank order). Row order (gain_rank) and every other column are
+unchanged. The manifest then records the probe (path, sha256, features) and the new shard
+checksums; it is replaced right after the shards (its shard paths and every column it
+describes stay valid in between).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from gain_curate.errors import OutputError
+from gain_curate.scoring import store
+from gain_curate.scoring.record import PREDICT_FIELDS
+
+KINDS = ("question_mean", "last_token")  # the pooled states score --keep-states keeps
+_LAYER = re.compile(r"(?:@\s*L?|\blayer\s*|\bL)(-?\d+)", re.IGNORECASE)
+
+
+def feature_spec(features: Any, layer: int, num_layers: int | None = None) -> list[str]:
+    """A probe's feature name(s) -> the pooled states to concatenate, in order. Accepts a list
+    or one string joined by '+'; each part names a kind (question_mean / mean / question;
+    last_token / last) and optionally a layer (@L23, layer 23; negative counts from the end
+    of `num_layers`), which must be `layer`."""
+    parts = (
+        list(features) if isinstance(features, (list, tuple)) else str(features or "").split("+")
+    )
+    kinds = []
+    for part in (str(p).strip() for p in parts):
+        text = part.lower().replace("_", " ")
+        last, mean = "last" in text, any(w in text for w in ("mean", "question", "pool"))
+        if not part or last == mean:
+            raise OutputError(
+                f"probe features {features!r}: cannot tell which pooled state {part!r} is "
+                "(name each part question_mean@L<k> or last_token@L<k>, joined by '+')"
+            )
+        m = _LAYER.search(part)
+        named = None if m is None else int(m.group(1))
+        if named is not None and named < 0 and num_layers:
+            named += num_layers
+        if named is not None and named != layer:
+            raise OutputError(
+                f"the probe reads layer {m.group(1)}'s states ({part!r}); "
+                f"this run kept layer {layer}'s: "
+                f"fit the probe at layer {layer}, or score with --layer {m.group(1)} --keep-states"
+            )
+        kinds.append("last_token" if last else "question_mean")
+    return kinds
+
+
+def load_probe(path: Path) -> tuple[Any, Any]:
+    """(the probe, its feature name): probe.load if the module offers one, else ProbeFit.load."""
+    from gain_curate.checks import probe
+
+    loader = getattr(probe, "load", None) or probe.ProbeFit.load
+    try:
+        fit = loader(Path(path))
+    except (OSError, ValueError, KeyError) as e:
+        raise OutputError(
+            f"cannot read the probe {path}: {e}; save one with `gain-curate validate --rollouts`"
+        ) from None
+    names = getattr(fit, "features", None) or (getattr(fit, "meta", None) or {}).get("features")
+    if not names:
+        raise OutputError(
+            f"the probe {path} does not say which features it reads (its `features`): "
+            "refit it with this gain-curate"
+        )
+    return fit, names
+
+
+def learn_ranks(pred: np.ndarray) -> np.ndarray:
+    """Per rank position, its position in the learnability ranking: high p (1 - p) first
+    (probe.learnability), ties by gain_rank, positions without a prediction last."""
+    from gain_curate.checks.probe import learnability
+
+    v = learnability(pred)
+    key = np.where(np.isfinite(v), -v, np.inf)
+    order = np.lexsort((np.arange(len(v)), key))
+    ranks = np.empty(len(v), dtype=np.int64)
+    ranks[order] = np.arange(len(v))
+    return ranks
+
+
+def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
+    """Apply the probe to OUT's kept states; rewrite the shards with gain_pred_pass and
+    gain_learn_rank; record it in the manifest. Returns the manifest's `prediction` entry."""
+    manifest = store.read_manifest(out)
+    kept = manifest.get("states")
+    if kept is None:
+        raise OutputError(
+            f"{out} kept no hidden states: score it again with --keep-states "
+            "(the shards stay the same bytes), then predict"
+        )
+    path = out / kept["path"]
+    if not path.is_file() or store.file_sha256(path) != kept["sha256"]:
+        raise OutputError(
+            f"{path} is missing or is not the file the manifest lists: "
+            "score again with --keep-states"
+        )
+    fit, names = load_probe(probe_path)
+    kinds = feature_spec(names, int(kept["layer"]), manifest["model"].get("num_layers"))
+    st = store.read_npz(path)
+    x = np.concatenate([st[k].astype(np.float32) for k in kinds], axis=1)
+    try:
+        got = np.asarray(fit.predict(x), dtype=np.float64).reshape(-1)
+    except ValueError as e:
+        raise OutputError(
+            f"the probe {probe_path} does not fit this run's states ({names}): {e}"
+        ) from None
+    if len(got) != len(x):
+        raise OutputError(f"the probe {probe_path} gave {len(got)} predictions for {len(x)} rows")
+    from gain_curate.curriculum.export import ranked_table
+
+    table = ranked_table(out)
+    at = {u: i for i, u in enumerate(st["gain_uid"].tolist())}
+    pred = np.array([got[at[u]] if u in at else np.nan for u in table["gain_uid"].to_pylist()])
+    table = table.drop_columns([f.name for f in PREDICT_FIELDS if f.name in table.column_names])
+    table = table.append_column(
+        PREDICT_FIELDS[0], pa.array(pred, pa.float64(), mask=~np.isfinite(pred))
+    )
+    table = table.append_column(PREDICT_FIELDS[1], pa.array(learn_ranks(pred), pa.int64()))
+    rows_per_shard = manifest["shards"][0]["rows"] if manifest["shards"] else max(1, table.num_rows)
+    shards = store.write_shards(table, out, rows_per_shard=rows_per_shard)
+    record = prediction_record(probe_path, names, kinds, kept, pred, table)
+    manifest = store.read_manifest(out)  # as it is now: another command may have added a section
+    manifest["shards"], manifest["prediction"] = shards, record
+    store.write_manifest(out, manifest)
+    return record
+
+
+def prediction_record(
+    probe_path: Path,
+    names: Any,
+    kinds: list[str],
+    kept: dict[str, Any],
+    pred: np.ndarray,
+    table: pa.Table,
+) -> dict[str, Any]:
+    from gain_curate.stats import spearman, summary
+
+    score = np.array([np.nan if v is None else v for v in table["gain_score"].to_pylist()])
+    tokens = np.array(
+        [np.nan if v is None else v for v in table["gain_tokens_question"].to_pylist()]
+    )
+    return {
+        "probe": str(Path(probe_path).resolve()),
+        "probe_sha256": store.file_sha256(Path(probe_path)),
+        "features": names,
+        "states": [f"{k}@L{kept['layer']}" for k in kinds],
+        "rows_predicted": int(np.isfinite(pred).sum()),
+        "columns": [f.name for f in PREDICT_FIELDS],
+        "learnability": (
+            "gain_learn_rank: high p (1 - p) first (p = gain_pred_pass), ties by gain_rank, "
+            "rows without states last"
+        ),
+        "pred_pass": summary(pred),
+        "spearman_pred_pass_vs_score": spearman(pred, score),
+        "spearman_pred_pass_vs_question_tokens": spearman(pred, tokens),
+        "rank_by": (
+            "gain-curate schedule OUT --rank-by learnability; "
+            "verl +data.gain.rank_by=learnability; "
+            "TRL gain_params={'rank_by': 'learnability'}"
+        ),
+    }

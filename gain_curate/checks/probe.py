@@ -1,0 +1,211 @@
+"""A learnability ranking from one prefill: a ridge probe of the pass rate.
+
+The probe: ridge regression from a prompt's prefill hidden states (e.g. the mean of the
+question tokens' states, or the last prompt token's state, at some layer: (n, d) features)
+to its pass rate p measured by `validate --rollouts`. The ridge penalty is chosen over
+ALPHAS by k-fold cross-validation (least held-out squared error); held-out predictions then
+come from another k-fold split with that penalty, the features standardised on each fold's
+training prompts only, so every prompt's prediction comes from a model that never saw it.
+Two things would rank the held-out prompts backwards on data without any signal, so neither
+is done: adding each fold's own intercept (its training mean is low exactly where its
+held-out prompts pass often), and choosing a penalty per fold (folds then predict on
+different scales; -0.05 Spearman on average under the null, measured). The saved probe is
+refit on all prompts and predicts p for a scored run; its learnability ranking serves high
+p (1 - p) first.
+
+Ridge by SVD: with Z = U S V^T the standardised training features and y centred,
+coef(alpha) = V diag(s / (s^2 + alpha)) U^T y: one SVD gives every penalty, and d >> n
+(896 to 3584 features, 64 prompts) costs O(n^2 d).
+
+Which ranking serves a trainer best (the probes' beside the angle score): rankings.py.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ALPHAS = np.logspace(-2, 7, 19)  # ridge penalties tried, on standardised features
+MIN_PROBE_N = 20  # fewer prompts than this: no probe (k-fold folds of 3 say nothing)
+
+
+@dataclass
+class ProbeFit:
+    """A fitted linear probe: predict(features) = ((features - mean) / scale) @ coef + intercept."""
+
+    coef: np.ndarray  # (d,) on standardised features
+    intercept: float
+    mean: np.ndarray  # (d,) feature means of the prompts it was fit on
+    scale: np.ndarray  # (d,) feature standard deviations (1 where a feature is constant)
+    alpha: float  # ridge penalty of the final fit
+    heldout: np.ndarray  # (n,) each prompt's prediction from the k-fold fit that left it out
+    folds: int
+    seed: int
+    meta: dict[str, Any] = field(default_factory=dict)  # what the features are, the target
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.coef):
+            raise ValueError(f"features of shape {x.shape}: the probe takes (n, {len(self.coef)})")
+        return (x - self.mean) / self.scale @ self.coef + self.intercept
+
+    def save(self, path: Path) -> Path:
+        """One .npz: the arrays, and everything else as a JSON string (no pickle); written
+        whole or not at all. Returns the path."""
+        import io
+
+        from gain_curate.scoring.store import write_bytes_atomic
+
+        info = {
+            "intercept": self.intercept,
+            "alpha": self.alpha,
+            "folds": self.folds,
+            "seed": self.seed,
+            "meta": self.meta,
+        }
+        buf = io.BytesIO()  # a file object: savez adds no ".npz" to the name
+        np.savez(
+            buf,
+            coef=self.coef,
+            mean=self.mean,
+            scale=self.scale,
+            heldout=self.heldout,
+            info=np.array(json.dumps(info)),
+        )
+        write_bytes_atomic(Path(path), buf.getvalue())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ProbeFit:
+        """A probe saved by `save`; ValueError (or OSError) when the file is not one."""
+        try:
+            z = np.load(Path(path), allow_pickle=False)
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"not a saved probe ({e})") from None
+        if not isinstance(z, np.lib.npyio.NpzFile) or "info" not in z.files:
+            raise ValueError("not a saved probe (no probe arrays in it)")
+        with z:
+            info = json.loads(str(z["info"]))
+            return cls(
+                coef=z["coef"],
+                mean=z["mean"],
+                scale=z["scale"],
+                heldout=z["heldout"],
+                intercept=float(info["intercept"]),
+                alpha=float(info["alpha"]),
+                folds=int(info["folds"]),
+                seed=int(info["seed"]),
+                meta=dict(info["meta"]),
+            )
+
+
+def learnability(pred_pass: np.ndarray) -> np.ndarray:
+    """The learnability ranking key p (1 - p) of predicted pass rates, not clipped: equal to
+    0.25 - (p - 0.5)^2, so a prediction outside [0, 1] still ranks by its distance from 0.5."""
+    p = np.asarray(pred_pass, np.float64)
+    return p * (1 - p)
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(0)
+    scale = x.std(0)
+    return mean, np.where(scale > 1e-12 * (1 + np.abs(mean)), scale, 1.0)
+
+
+def _ridge_predictions(
+    x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, alphas: np.ndarray
+) -> np.ndarray:
+    """(m_new, len(alphas)) predictions of ridge fits on (x_fit, y_fit), standardised on x_fit."""
+    mean, scale = _standardise(x_fit)
+    u, s, vt = np.linalg.svd((x_fit - mean) / scale, full_matrices=False)
+    uty = u.T @ (y_fit - y_fit.mean())  # (r,)
+    shrink = s / (s**2 + alphas[:, None])  # (A, r)
+    return ((x_new - mean) / scale @ vt.T) @ (shrink * uty).T + y_fit.mean()
+
+
+def _folds(n: int, k: int, seed: int | list[int]) -> list[np.ndarray]:
+    return np.array_split(np.random.default_rng(seed).permutation(n), k)
+
+
+def _choose_alpha(
+    x: np.ndarray, y: np.ndarray, k: int, seed: list[int], alphas: np.ndarray
+) -> float:
+    """The penalty with the least squared error over a k-fold split of (x, y); ties: larger."""
+    sse = np.zeros(len(alphas))
+    for val in _folds(len(y), k, seed):
+        fit = np.setdiff1d(np.arange(len(y)), val)
+        sse += ((_ridge_predictions(x[fit], y[fit], x[val], alphas) - y[val, None]) ** 2).sum(0)
+    best = np.flatnonzero(sse <= sse.min() * (1 + 1e-12))
+    return float(alphas[best[-1]])
+
+
+def fit_probe(
+    features: np.ndarray,
+    target: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    alphas: np.ndarray = ALPHAS,
+    meta: dict[str, Any] | None = None,
+) -> ProbeFit:
+    """Ridge probe of `target` (n,) from `features` (n, d), with k-fold held-out predictions
+    (module docstring). Needs at least 2 prompts per fold and finite values throughout."""
+    x, y = np.asarray(features, np.float64), np.asarray(target, np.float64)
+    n = len(y)
+    if x.ndim != 2 or len(x) != n:
+        raise ValueError(f"features of shape {x.shape} for {n} targets: expected ({n}, d)")
+    if folds < 2 or n < 2 * folds:
+        raise ValueError(
+            f"{n} prompts for {folds}-fold cross-validation: need at least {2 * folds}"
+        )
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("features or targets hold NaN or inf")
+    alpha = _choose_alpha(x, y, folds, [seed, 0], np.asarray(alphas, np.float64))
+    heldout = np.empty(n)
+    for val in _folds(n, folds, seed):
+        fit = np.setdiff1d(np.arange(n), val)
+        pred = _ridge_predictions(x[fit], y[fit], x[val], np.array([alpha]))[:, 0]
+        heldout[val] = pred - y[fit].mean() + y.mean()  # one intercept for all folds
+    mean, scale = _standardise(x)
+    u, s, vt = np.linalg.svd((x - mean) / scale, full_matrices=False)
+    coef = vt.T @ (s / (s**2 + alpha) * (u.T @ (y - y.mean())))
+    return ProbeFit(
+        coef=coef,
+        intercept=float(y.mean()),
+        mean=mean,
+        scale=scale,
+        alpha=alpha,
+        heldout=heldout,
+        folds=folds,
+        seed=seed,
+        meta={"n": n, "d": x.shape[1], **(meta or {})},
+    )
+
+
+def fit_probes(
+    features: dict[str, np.ndarray], pass_rate: np.ndarray, *, folds: int = 5, seed: int = 0
+) -> dict[str, ProbeFit]:
+    """One pass-rate probe per named feature set ("last_token@L12": (n, d) array; the name
+    is kept in the probe's meta["features"]); {} below MIN_PROBE_N prompts. Prompts whose
+    features are not finite (no states: a row `score` could not run) are left out of the fit
+    and get a NaN held-out prediction."""
+    y = np.asarray(pass_rate, np.float64)
+    out = {}
+    for name, x in features.items():
+        x = np.asarray(x, np.float64)
+        ok = np.isfinite(x).all(1) & np.isfinite(y)
+        if ok.sum() < MIN_PROBE_N:
+            continue
+        fit = fit_probe(
+            x[ok], y[ok], folds=folds, seed=seed, meta={"features": name, "target": "pass_rate"}
+        )
+        heldout = np.full(len(y), np.nan)
+        heldout[ok] = fit.heldout
+        fit.heldout = heldout
+        out[name] = fit
+    return out

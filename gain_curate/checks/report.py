@@ -1,0 +1,151 @@
+"""`gain-curate inspect`: what a scored run holds, as numbers, one-line prompts and a plot."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gain_curate.scoring import store
+from gain_curate.stats import spearman, summary
+
+DIFFICULTY_KEYS = ("difficulty", "level")
+
+
+def load_run(out: Path) -> tuple[dict[str, Any], pa.Table]:
+    manifest = store.read_manifest(out)
+    tables = [pq.read_table(out / s["path"]) for s in manifest["shards"]]
+    return manifest, pa.concat_tables(tables)
+
+
+def question_text(row: dict[str, Any]) -> str:
+    ei = row.get("extra_info") or {}
+    if isinstance(ei.get("question"), str):
+        return ei["question"]
+    users = [m["content"] for m in row.get("prompt") or [] if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+def one_line(text: str, width: int = 96) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def difficulty(table: pa.Table) -> tuple[str, np.ndarray] | None:
+    """A numeric difficulty per row from a `difficulty` or `level` column (top level or in
+    extra_info); 'Level 5' reads as 5. None when the data has none."""
+    for key in DIFFICULTY_KEYS:
+        values = None
+        if key in table.column_names:
+            values = table[key].to_pylist()
+        elif (
+            "extra_info" in table.column_names
+            and key in table.schema.field("extra_info").type.names
+        ):
+            values = [e.get(key) if e else None for e in table["extra_info"].to_pylist()]
+        if values is None:
+            continue
+        nums = np.array([_number(v) for v in values], dtype=np.float64)
+        if np.isfinite(nums).sum() >= 3:
+            return key, nums
+    return None
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    m = re.search(r"-?\d+(\.\d+)?", str(v)) if v is not None else None
+    return float(m.group()) if m else float("nan")
+
+
+def _col(table: pa.Table, name: str) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in table[name].to_pylist()], dtype=np.float64)
+
+
+def summarize(out: Path, top: int = 5) -> dict[str, Any]:
+    manifest, table = load_run(out)
+    rows = table.to_pylist()
+    score, q_len = _col(table, "gain_score"), _col(table, "gain_tokens_question")
+    scored = [r for r in rows if r["gain_score"] is not None]
+    duplicates = sum(r.get("gain_duplicate_of") is not None for r in rows)
+    distinct = [r for r in scored if r.get("gain_duplicate_of") is None]  # top/bottom lists
+
+    def brief(r: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "rank": r["gain_rank"],
+            "score": r["gain_score"],
+            "question": one_line(question_text(r)),
+        }
+
+    diff = difficulty(table)
+    conv = manifest["signal"].get("conversation") or {}
+    return {
+        "out": str(out),
+        "model": manifest["model"]["name"],
+        "data_source": manifest["input"].get("data_source"),
+        "data_source_from": manifest["input"].get("data_source_from"),
+        # One conversation (DESIGN.md 4): whether `prompt` is what was scored, in one line.
+        "conversation": conv.get(
+            "note", "not recorded (a run made before gain-curate recorded it)"
+        ),
+        "trained_differs": conv.get("trained_differs"),
+        "rows": len(rows),
+        "scored": len(scored),
+        "unscored": manifest["counts"]["unscored"],
+        "duplicates": duplicates,
+        "score": summary(score),
+        "c_intra": summary(_col(table, "gain_c_intra")),
+        "c_inter": summary(_col(table, "gain_c_inter")),
+        "top": [brief(r) for r in distinct[:top]],
+        "bottom": [brief(r) for r in distinct[-top:]],
+        "spearman_score_vs_question_tokens": spearman(score, q_len),
+        "difficulty_column": diff[0] if diff else None,
+        "spearman_score_vs_difficulty": spearman(score, diff[1]) if diff else None,
+    }
+
+
+def plot(out: Path, path: Path) -> tuple[int, int]:
+    """Histogram of the score, score against question length, and score by difficulty
+    level when the data has one. Returns the image size in pixels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    manifest, table = load_run(out)
+    score, q_len = _col(table, "gain_score"), _col(table, "gain_tokens_question")
+    ok = np.isfinite(score)
+    diff = difficulty(table)
+    panels = 3 if diff else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), dpi=100)
+    axes[0].hist(score[ok], bins=40, color="#3b6ea5")
+    axes[0].set(title="gain_score", xlabel="score (C_intra + w C_inter)", ylabel="prompts")
+    rho = spearman(score, q_len)
+    axes[1].scatter(q_len[ok], score[ok], s=6, alpha=0.5, color="#3b6ea5")
+    axes[1].set(
+        title=f"score vs question length (Spearman {rho:+.2f})"
+        if rho is not None
+        else "score vs question length",
+        xlabel="question tokens",
+        ylabel="score",
+    )
+    if diff:
+        key, d = diff
+        levels = sorted({v for v in d[ok] if np.isfinite(v)})
+        axes[2].boxplot(
+            [score[ok & (d == lv)] for lv in levels], tick_labels=[f"{lv:g}" for lv in levels]
+        )
+        axes[2].set(title=f"score by {key}", xlabel=key, ylabel="score")
+    fig.suptitle(
+        f"{manifest['model']['name']} on {manifest['input']['source']}: "
+        f"{int(ok.sum()):,} scored prompts"
+    )
+    fig.tight_layout()
+    store.write_png(fig, path)
+    size = fig.canvas.get_width_height()
+    plt.close(fig)
+    return size

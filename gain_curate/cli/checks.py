@@ -1,0 +1,248 @@
+"""`gain-curate inspect`, `validate` and `predict`: the checks' verbs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+import gain_curate.cli.options as options
+from gain_curate.cli.app import main
+from gain_curate.cli.options import (
+    TEMPLATE_FLAGS,
+    template_from_flags,
+    template_options,
+)
+from gain_curate.cli.progress import phases
+from gain_curate.cli.views import print_inspect, print_validate
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a PNG overview here.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
+    """Show what a scored run holds: counts, score ranges, top and bottom prompts.
+
+    \b
+    Example:
+      gain-curate inspect runs/gsm8k --plot runs/gsm8k/overview.png
+    """
+    from gain_curate.checks.report import plot, summarize
+
+    info = summarize(out)
+    if plot_path is not None:
+        info["plot"] = {"path": str(plot_path), "size": list(plot(out, plot_path))}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    print_inspect(info)
+
+
+@main.command()
+@click.option(
+    "--run",
+    "run",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A scored run: use its model, data, split, columns, layer, weight and template.",
+)
+@click.option("--model", "model", default="smollm2", show_default=True, help="As for score.")
+@click.option(
+    "--data",
+    "data",
+    help="As for score; needs an answer column (the reference solution). Required without --run.",
+)
+@options.split_option
+@options.chat_template_option
+@click.option(
+    "--sample", type=click.IntRange(min=3), default=256, show_default=True, help="Prompts to check."
+)
+@options.layer_option
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("runs/validate"),
+    show_default=True,
+)
+@options.question_key_option
+@options.answer_key_option
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default="float32",
+    show_default=True,
+)
+@options.device_option
+@click.option("--seed", type=int, default=0, show_default=True, help="Which prompts are sampled.")
+@options.inter_weight_option
+@click.option(
+    "--rollouts",
+    type=click.IntRange(min=2),
+    help="K completions per prompt: pass rate, zero-variance groups, GRPO gradient.",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Longest completion.",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Sampling temperature (also of the GRPO log-probs).",
+)
+@click.option(
+    "--reward",
+    help="verl (verl's default_compute_score per row's data_source), trl:module:function "
+    "(a TRL reward function), or module:function (completion, answer) -> float. Default: "
+    "math-verify on the marked final answer (####, \\boxed{}, <answer>); none marked earns 0.",
+)
+@click.option(
+    "--rollout-batch",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Most sequences generated at once (whole groups of K, within 131,072 KV tokens: "
+    "rows x (prompt + --max-new-tokens)).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["hf", "vllm"]),
+    default="hf",
+    show_default=True,
+    help="Generation: hf (each prompt prefilled once, its K samples drawn from the shared KV "
+    "cache; CPU or GPU), or vLLM (GPU, pip install vllm).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@template_options
+def validate(**kw: Any) -> None:
+    """Check the signal on your model: gradient norm of the layer's mlp.up_proj vs score,
+    and with --rollouts the RL side (pass rate, zero-variance groups, GRPO gradient).
+
+    \b
+    Example:
+      gain-curate validate --model smollm2 --data ../shared/data/gsm8k/train.jsonl --sample 256
+      gain-curate validate --run runs/gsm8k --sample 256   # the run's model, data and template
+      gain-curate validate --run runs/gsm8k --sample 64 --rollouts 8   # + pass rates, GRPO gradient
+    """
+    from gain_curate.checks.run_inputs import RUN_SETTINGS, run_settings
+    from gain_curate.checks.validate import run_validate
+
+    ctx = click.get_current_context()
+    given = [
+        p
+        for p in ctx.command.params
+        if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
+    ]
+    if kw["run"] is not None:
+        clash = [p.opts[0] for p in given if p.name in (*RUN_SETTINGS, *TEMPLATE_FLAGS, "dtype")]
+        if clash:
+            raise click.UsageError(
+                f"--run takes the model, data and template from the run: drop {', '.join(clash)}"
+            )
+        settings = run_settings(kw["run"])
+    elif kw["data"] is None:
+        raise click.UsageError(
+            "give --data (a dataset with reference solutions) or --run OUT (a scored run)"
+        )
+    else:
+        settings = {k: kw[k] for k in RUN_SETTINGS if k != "template"}
+        settings["template"] = template_from_flags(kw)
+        settings["template_flags"] = options.template_flags_given(kw)  # the rest: per data source
+        settings["chat_template"] = kw["chat_template"] and str(kw["chat_template"])
+    rollouts = None
+    if kw["rollouts"] is not None:
+        from gain_curate.checks.generation import RolloutSettings
+
+        rollouts = RolloutSettings(
+            k=kw["rollouts"],
+            max_new_tokens=kw["max_new_tokens"],
+            temperature=kw["temperature"],
+            seed=kw["seed"],
+            batch_rows=kw["rollout_batch"],
+            engine=kw["engine"],
+        )
+    with phases(quiet=kw["as_json"]) as hooks:
+        dtype = settings.pop("dtype", kw["dtype"])  # --run: the run's own dtype
+        result = run_validate(
+            **settings,
+            sample=kw["sample"],
+            out=kw["out"],
+            dtype=dtype,
+            device=kw["device"],
+            seed=kw["seed"],
+            rollouts=rollouts,
+            reward=kw["reward"],
+            hooks=hooks,
+        )
+    if kw["as_json"]:
+        click.echo(json.dumps(result, indent=2))
+        return
+    print_validate(result)
+    click.echo(f"table: {kw['out'] / 'validate.parquet'}  plot: {kw['out'] / 'validate.png'}")
+    if "rollouts" in result:
+        click.echo(f"completions: {kw['out'] / 'rollouts' / 'completions.jsonl'}")
+        files = result["rollouts"].get("probe_files") or {}
+        if files:  # the scored layer's last-token probe first: a --keep-states run takes it
+            first = next(
+                (f for n, f in files.items() if n == f"last_token@L{result['layer']}"),
+                next(iter(files.values())),
+            )
+            click.echo(
+                f"probes: {', '.join(Path(f).name for f in files.values())} "
+                f"in {Path(first).parent}; "
+                "apply one to a run scored with --keep-states: "
+                f"gain-curate predict RUN --probe '{first}'"
+            )
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--probe",
+    "probe_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="A probe saved by `validate --rollouts` (predicts the pass rate from pooled "
+    "prefill states).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the manifest's prediction entry as JSON."
+)
+def predict(out: Path, probe_path: Path, as_json: bool) -> None:
+    """Apply a pass-rate probe to a run scored with --keep-states: the shards gain
+    gain_pred_pass and gain_learn_rank (high p(1-p) first), beside the angle ranking.
+
+    \b
+    Example:
+      gain-curate score --model qwen2.5-coder-0.5b --data gsm8k --out runs/gsm8k --keep-states
+      gain-curate predict runs/gsm8k --probe runs/validate/probe.npz
+      gain-curate schedule runs/gsm8k --epochs 200 --batch-size 256 --rank-by learnability
+    """
+    from gain_curate.checks.predict import predict_run
+
+    record = predict_run(out, probe_path)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    s = record["pred_pass"] or {}
+    click.echo(
+        f"predicted pass rate for {record['rows_predicted']:,} rows ({record['features']}): "
+        f"mean {s.get('mean', float('nan')):.3f}, "
+        f"from {s.get('min', float('nan')):.3f} to {s.get('max', float('nan')):.3f}"
+    )
+    rho = record["spearman_pred_pass_vs_score"]
+    click.echo(f"Spearman with gain_score: {'n/a' if rho is None else f'{rho:+.3f}'}")
+    click.echo(f"shards: {out / 'data'} (+ gain_pred_pass, gain_learn_rank)")
+    click.echo(f"next: gain-curate schedule {out} --rank-by learnability --epochs E --batch-size B")

@@ -1,0 +1,101 @@
+"""`gain-curate score` and `gain-curate merge`: the scoring pipeline's verbs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+import gain_curate.cli.options as options
+from gain_curate.cli.app import main
+from gain_curate.cli.options import (
+    score_options,
+    template_options,
+)
+from gain_curate.cli.progress import progress
+from gain_curate.cli.views import print_summary
+
+
+@main.command()
+@score_options
+@template_options
+def score(**kw: Any) -> None:
+    """Score every prompt, rank, and write verl-ready Parquet shards plus a manifest.
+
+    \b
+    Example:
+      gain-curate score --model Qwen2.5-7B-Instruct --data gsm8k --out runs/gsm8k
+    """
+    cfg = options.score_config(kw)
+    with progress(quiet=kw["as_json"]) as hooks:
+        if kw["backend"] == "ray":
+            from gain_curate.scoring.ray_backend import run_score_ray
+
+            result = run_score_ray(cfg, hooks, address=kw["ray_address"], num_gpus=kw["num_gpus"])
+        else:
+            from gain_curate.scoring.launch import run_score
+
+            result = run_score(cfg, hooks, shard=kw["shard"])
+    if not hasattr(result, "manifest"):  # a shard or a torchrun rank that does not merge
+        what = "shard" if result.kind == "shard" else "rank"
+        then = (
+            f"run `gain-curate merge {result.out}` once every shard is done"
+            if result.kind == "shard"
+            else "rank 0 merges once every rank is done"
+        )
+        if kw["as_json"]:
+            click.echo(
+                json.dumps(
+                    {
+                        "out": str(result.out),
+                        what: [result.index, result.count],
+                        "device": result.device,
+                    }
+                )
+            )
+        else:
+            click.echo(
+                f"{what} {result.index}/{result.count} done on {result.device}: its parts are in "
+                f"{result.out / '.gain-curate' / 'parts'}; {then}"
+            )
+        return
+    if kw["as_json"]:
+        click.echo(json.dumps(_summary_json(result), indent=2))
+    else:
+        print_summary(result)
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+def merge(out: Path, as_json: bool) -> None:
+    """Rank-merge the parts that `score --shard I/N` workers wrote; write shards + manifest.
+
+    \b
+    Example:
+      for i in 0 1 2 3; do gain-curate score ... --out runs/big --shard $i/4 & done; wait
+      gain-curate merge runs/big
+    """
+    from gain_curate.scoring.merge import merge_run
+
+    with progress(quiet=as_json) as hooks:
+        result = merge_run(out, hooks)
+    if as_json:
+        click.echo(json.dumps(_summary_json(result), indent=2))
+    else:
+        print_summary(result)
+
+
+def _summary_json(result: Any) -> dict[str, Any]:
+    m = result.manifest
+    return {
+        "out": str(result.out),
+        "manifest": str(result.out / "gain_manifest.json"),
+        "shards": [str(result.out / s["path"]) for s in m["shards"]],
+        "counts": m["counts"],
+        "seconds": m["seconds"],
+        "spearman_score_vs_question_tokens": m["stats"]["spearman_score_vs_question_tokens"],
+        "config_hash": m["config_hash"],
+    }

@@ -1,0 +1,189 @@
+"""Each row's scoring conversation and its token segments (DESIGN.md section 1).
+
+The conversation is rendered by the model's own chat template with
+add_generation_prompt=True and tokenized with add_special_tokens=False.
+
+Segments come from character offsets, never hard-coded token counts:
+    P = every token before the first token that overlaps the question text,
+    Q = the tokens whose character span overlaps the question text,
+    the rest (instruction, end of turn, generation prompt) is in no segment.
+Causal attention means tokens after Q never influence P or Q, so they are never run.
+
+One conversation (DESIGN.md 4): by default the conversation scored is the one the trainer
+renders from the output's `prompt` column. `conversations()` decides both, per row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from gain_curate.errors import InputError, ModelError
+from gain_curate.scoring.template import BOXED_INSTRUCTION, GSM8K_INSTRUCTION, ScoringTemplate
+
+TRAIN_PROMPTS = ("conversation", "question")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One row: the messages scored, the question text inside their last user turn, and the
+    messages the trainer renders from the output's `prompt` column."""
+
+    scored: list[dict[str, Any]]
+    question: str
+    trained: list[dict[str, Any]]
+    from_input: bool = False  # `trained` is the input's own chat
+
+    @property
+    def differs(self) -> bool:
+        turns = [
+            [(m.get("role"), m.get("content")) for m in c] for c in (self.scored, self.trained)
+        ]
+        return turns[0] != turns[1]
+
+
+def conversations(
+    template: ScoringTemplate,
+    questions: list[str | None],
+    chats: list[Any] | None,
+    *,
+    train_prompt: str = "conversation",
+) -> list[Conversation | None]:
+    """Per row, what is scored and what the trainer sees; None where there is no question.
+
+    A row that comes with its own chat (`chats[i]`: the input's `prompt` column, or a chat
+    question column) trains on that chat as it is. "conversation" (the default) scores that
+    very chat; its question is the last user turn's text less a trailing instruction the run
+    knows (the template's, verl's GSM8K and MATH ones), so the instruction is in no segment,
+    as for any other input. "question" scores the template around that question instead.
+    A row without a chat: "conversation" scores and trains on template.messages(question);
+    "question" scores that and trains on one user turn, the question plus the instruction
+    (the paper's split: its scoring template, a bare training prompt)."""
+    if train_prompt not in TRAIN_PROMPTS:
+        raise InputError(f"--train-prompt {train_prompt!r}: use one of {', '.join(TRAIN_PROMPTS)}")
+    known = [i for i in (template.instruction, GSM8K_INSTRUCTION, BOXED_INSTRUCTION) if i]
+    out: list[Conversation | None] = []
+    for i, q in enumerate(questions):
+        chat = chats[i] if chats is not None else None
+        if q is None:
+            out.append(None)
+        elif isinstance(chat, list) and chat:
+            q = split_instruction(q, known)
+            scored = chat if train_prompt == "conversation" else template.messages(q)
+            out.append(Conversation(scored, q, chat, from_input=True))
+        else:
+            scored = template.messages(q)
+            trained = (
+                scored
+                if train_prompt == "conversation"
+                else [{"role": "user", "content": template.user_content(q)}]
+            )
+            out.append(Conversation(scored, q, trained))
+    return out
+
+
+def split_instruction(text: str, instructions: list[str]) -> str:
+    """`text` less a trailing instruction (and the whitespace before it), if it ends with one."""
+    for instruction in instructions:
+        if text.endswith(instruction) and (question := text[: -len(instruction)].rstrip()):
+            return question
+    return text
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Token ids of one scoring conversation up to the end of the question.
+
+    input_ids[:p] is P, input_ids[p:] is Q (q = len(input_ids) - p); total_tokens is the
+    length of the whole rendered conversation (what --max-tokens limits).
+    """
+
+    input_ids: list[int]
+    p: int
+    total_tokens: int
+
+    @property
+    def q(self) -> int:
+        return len(self.input_ids) - self.p
+
+
+# Stands in for the last user turn's content to find where that turn starts in the text.
+_SENTINEL = "GAINCURATELASTUSERTURNSTARTSHERE"
+
+
+def render_chat(
+    tokenizer: Any, messages: list[dict[str, Any]], question: str, **kwargs: Any
+) -> tuple[str, int, int]:
+    """Chat-template text of `messages` (+ generation prompt) and the character span
+    [start, end) of `question` inside the LAST user turn; (-1, -1) when it is not there.
+
+    The turn's start is found by rendering the same conversation with a sentinel as that
+    turn's content, so a question that also occurs in an earlier turn, in the generation
+    prompt or as a role name ("assistant") is never found in the wrong place. Templates
+    that trim content are handled by falling back to the stripped question."""
+    kwargs = {"add_generation_prompt": True, **kwargs}
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        if last < 0:
+            return text, -1, -1
+        probe = [*messages[:last], {**messages[last], "content": _SENTINEL}, *messages[last + 1 :]]
+        turn = tokenizer.apply_chat_template(probe, tokenize=False, **kwargs).find(_SENTINEL)
+    except Exception as e:  # jinja errors: a template that rejects the roles we use
+        raise ModelError(
+            f"the model's chat template failed to render the conversation: {e}"
+        ) from None
+    if (
+        turn < 0
+        or text[:turn] != tokenizer.apply_chat_template(probe, tokenize=False, **kwargs)[:turn]
+    ):
+        turn = 0  # a template that rewrites earlier turns by content: search the whole text
+    stripped = question.strip()
+    for needle in (question, stripped):
+        start = text.find(needle, turn) if needle else -1
+        if start >= 0:
+            return text, start, start + len(needle)
+    return text, -1, -1
+
+
+def render(tokenizer: Any, template: ScoringTemplate, question: str) -> tuple[str, int, int]:
+    """The scoring conversation's text and the question's character span in it."""
+    return render_chat(tokenizer, template.messages(question), question)
+
+
+def token_segments(tokenizer: Any, rendered: list[tuple[str, int, int]]) -> list[Segments | None]:
+    """Tokenize rendered conversations (add_special_tokens=False: the template carries BOS)
+    and cut each into P and Q by character offsets; None where Q is not found."""
+    if not rendered:  # a part whose rows all have a problem already
+        return []
+    enc = tokenizer(
+        [text for text, _, _ in rendered],
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+    )
+    out: list[Segments | None] = []
+    for (_, q_start, q_end), ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        overlap = [i for i, (s, e) in enumerate(offsets) if s < q_end and e > q_start and e > s]
+        if q_start < 0 or not overlap:
+            out.append(None)
+            continue
+        first, last = overlap[0], overlap[-1]
+        out.append(Segments(input_ids=list(ids[: last + 1]), p=first, total_tokens=len(ids)))
+    return out
+
+
+def segment_batch(
+    tokenizer: Any, template: ScoringTemplate, questions: list[str]
+) -> list[Segments | None]:
+    """Tokenize each scoring conversation and cut it into P and Q; None where Q is not found."""
+    return token_segments(tokenizer, [render(tokenizer, template, q) for q in questions])
+
+
+def conversation_segments(tokenizer: Any, convs: list[Conversation]) -> list[Segments | None]:
+    """Each row's scored conversation tokenized and cut into P and Q (None: Q not found)."""
+    return token_segments(tokenizer, [render_chat(tokenizer, c.scored, c.question) for c in convs])
+
+
+def template_hash(tokenizer: Any) -> str:
+    return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]

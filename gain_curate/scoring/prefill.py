@@ -1,0 +1,258 @@
+"""The truncated prefill that yields per-prompt segment sums, a planned batch at a time.
+
+Only what the signal needs runs: the truncated model (runtime.truncated) up to the chosen
+layer's MLP input. Tokens after the question are never run either: attention is causal,
+they cannot change P or Q. The shared prefix P runs once and only question tokens run
+after it (forward); a prompt whose tokens do not start with it runs whole. The batches
+come from the plan (batching); out of memory, the rest is re-planned at half the budget.
+
+Pooled states (`keep_states`, what `score --keep-states` stores for a learnability probe):
+per prompt, the mean of its question tokens' MLP inputs (the very rows the reduction reads)
+and the MLP input at its LAST token that runs, which is the question's last token (the
+prefill stops at the end of the question: no instruction, no generation prompt), float16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from gain_curate.runtime.truncated import LoadedModel
+from gain_curate.scoring.batching import Batch, RowTooLarge, group, plan_batches
+from gain_curate.scoring.conversation import Segments
+from gain_curate.scoring.forward import (
+    PrefixState,
+    full_batch,
+    packed,
+    question_batch,
+    run_prefix,
+)
+from gain_curate.scoring.reduction import reduce_rows
+
+
+@dataclass(frozen=True)
+class BatchSums:
+    """Segment sums of one batch: indices into the caller's list, (B, d) fp32 sums on CPU;
+    with keep_states also (B, 2, d) float16 pooled states on CPU: [:, 0] the mean of the
+    question tokens' MLP inputs, [:, 1] the MLP input at the question's last token."""
+
+    indices: list[int]
+    s_p: torch.Tensor
+    s_q: torch.Tensor
+    states: torch.Tensor | None = None
+
+
+@dataclass
+class PrefillStats:
+    """What the prefill did, for the manifest and the benchmark."""
+
+    prompts: int = 0
+    tokens_run: int = 0  # real tokens through the model (shared prefix counted once)
+    tokens_padded: int = 0  # B x T summed over batches
+    shared_prefix_tokens: int = 0
+    prompts_sharing_prefix: int = 0
+    oom_retries: int = 0
+    seconds: float = 0.0  # the model's forward + the reduction only (what MFU divides by)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+@contextlib.contextmanager
+def _timed(stats: PrefillStats) -> Iterator[None]:
+    """Add the block's device time to stats.seconds: CUDA events on a GPU (the block ends in
+    a .cpu() copy, so the end event has completed), the wall clock elsewhere."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        t0 = time.perf_counter()
+        yield
+        stats.seconds += time.perf_counter() - t0
+        return
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    yield
+    end.record()
+    end.synchronize()
+    stats.seconds += start.elapsed_time(end) / 1e3
+
+
+def run_plan(
+    lm: LoadedModel,
+    segments: Mapping[int, Segments],
+    prefix_ids: list[int] | None,
+    batches: list[Batch],
+    *,
+    token_budget: int,
+    pad_id: int = 0,
+    kernel: str = "torch",
+    on_batch: Callable[[int, int], None] | None = None,
+    stats: PrefillStats | None = None,
+    recover_after: int = 8,
+    keep_states: bool = False,
+) -> Iterator[BatchSums]:
+    """Run planned batches and yield their P and Q unit-vector sums (BatchSums.indices are
+    the segments' keys), with `keep_states` also each prompt's pooled states. Out of memory:
+    halve the budget and re-plan everything not yet run
+    at it (not just the failed batch, so later batches do not each fail first); after
+    `recover_after` batches in a row succeed, double it again (up to the start) and re-plan.
+    A row that does not fit even alone raises RowTooLarge."""
+    stats = stats if stats is not None else PrefillStats()
+    p = len(prefix_ids) if prefix_ids else 0
+    prefix: PrefixState | None = None
+    budget, pending, streak = token_budget, list(batches), 0
+
+    def replan(todo: list[Batch]) -> list[Batch]:
+        out = []
+        for shared in (True, False):
+            keys = [k for b in todo if b.shared == shared for k in b.rows]
+            out += group(segments, keys, shared, budget, p, lm.device.type)
+        return out
+
+    while pending:
+        batch = pending.pop(0)
+        if batch.shared and prefix is None:
+            prefix = lm.prefixes.get(tuple(prefix_ids))
+            if prefix is None:  # once per loaded model: every part of this process reuses it
+                prefix = lm.prefixes[tuple(prefix_ids)] = run_prefix(lm, prefix_ids, kernel)
+                stats.tokens_run += p
+            stats.shared_prefix_tokens = p
+        oom = False
+        # keep_states only when asked: the runners' positional signature stays as it was
+        keep = {"keep_states": True} if keep_states else {}
+        try:
+            with _timed(stats):
+                result = (
+                    _run_shared(
+                        lm, prefix, segments, batch, pad_id, kernel, stats, on_batch, **keep
+                    )
+                    if batch.shared
+                    else _run_alone(lm, segments, batch, pad_id, kernel, stats, on_batch, **keep)
+                )
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            if not _is_oom(e):
+                raise
+            if len(batch.rows) == 1:
+                key = batch.rows[0]
+                raise RowTooLarge(key, len(segments[key].input_ids)) from None
+            oom = True
+        if oom:  # outside the except block: the failed batch's tensors are released by now
+            torch.cuda.empty_cache()
+            stats.oom_retries += 1
+            budget, streak = max(1, budget // 2), 0
+            pending = replan([batch, *pending])
+            continue
+        yield result
+        streak += 1
+        if budget < token_budget and streak >= recover_after and pending:
+            budget, streak = min(token_budget, budget * 2), 0
+            pending = replan(pending)
+
+
+def _run_shared(
+    lm: LoadedModel,
+    prefix: PrefixState,
+    segments: Mapping[int, Segments],
+    batch: Batch,
+    pad_id: int,
+    kernel: str,
+    stats: PrefillStats,
+    on_batch: Callable[[int, int], None] | None,
+    *,
+    keep_states: bool = False,
+) -> BatchSums:
+    p = len(prefix.ids)
+    qs = [segments[k].input_ids[p:] for k in batch.rows]
+    lengths = [len(q) for q in qs]
+    h = question_batch(lm, prefix, qs, pad_id)
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    s_q = reduce_rows(packed(h, lengths), offsets, kernel).cpu()
+    _count(stats, len(qs), sum(lengths), h.shape[0] * h.shape[1], on_batch)
+    stats.prompts_sharing_prefix += len(qs)
+    states = pooled_states(h, [0] * len(qs), lengths) if keep_states else None
+    return BatchSums(list(batch.rows), prefix.s_p.expand(len(qs), -1), s_q, states)
+
+
+def _run_alone(
+    lm: LoadedModel,
+    segments: Mapping[int, Segments],
+    batch: Batch,
+    pad_id: int,
+    kernel: str,
+    stats: PrefillStats,
+    on_batch: Callable[[int, int], None] | None,
+    *,
+    keep_states: bool = False,
+) -> BatchSums:
+    segs = [segments[k] for k in batch.rows]
+    lengths = [len(s.input_ids) for s in segs]
+    h = full_batch(lm, [s.input_ids for s in segs], pad_id)
+    bounds = [0]
+    for s in segs:  # P then Q of each prompt, consecutive in the packed rows
+        bounds += [bounds[-1] + s.p, bounds[-1] + len(s.input_ids)]
+    sums = (
+        reduce_rows(packed(h, lengths), torch.tensor(bounds), kernel).cpu().view(len(segs), 2, -1)
+    )
+    _count(stats, len(segs), sum(lengths), h.shape[0] * h.shape[1], on_batch)
+    states = pooled_states(h, [s.p for s in segs], lengths) if keep_states else None
+    return BatchSums(list(batch.rows), sums[:, 0], sums[:, 1], states)
+
+
+def pooled_states(h: torch.Tensor, starts: list[int], ends: list[int]) -> torch.Tensor:
+    """(B, T, d) MLP inputs, question tokens of row i at [starts[i], ends[i]) -> (B, 2, d)
+    float16 on CPU: the fp32 mean of those rows, and the row at ends[i] - 1 (the last token
+    that ran: the question's last). float16 halves the file; a probe needs no more."""
+    pooled = [
+        torch.stack([h[i, a:b].float().mean(0), h[i, b - 1].float()])
+        for i, (a, b) in enumerate(zip(starts, ends))
+    ]
+    return torch.stack(pooled).to(torch.float16).cpu()  # one copy off the device per batch
+
+
+def segment_sums(
+    lm: LoadedModel,
+    segments: list[Segments],
+    *,
+    token_budget: int,
+    pad_id: int = 0,
+    kernel: str = "torch",
+    share_prefix: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+    stats: PrefillStats | None = None,
+    keep_states: bool = False,
+) -> Iterator[BatchSums]:
+    """Plan and run: the P and Q unit-vector sums of every segment, a batch at a time
+    (indices into `segments`); with `keep_states` also the pooled states (BatchSums)."""
+    keyed = dict(enumerate(segments))
+    plan = plan_batches(
+        keyed, token_budget=token_budget, share_prefix=share_prefix, device_type=lm.device.type
+    )
+    yield from run_plan(
+        lm,
+        keyed,
+        plan.prefix_ids,
+        plan.batches,
+        token_budget=token_budget,
+        pad_id=pad_id,
+        kernel=kernel,
+        on_batch=on_batch,
+        stats=stats,
+        keep_states=keep_states,
+    )
+
+
+def _count(
+    stats: PrefillStats,
+    prompts: int,
+    tokens: int,
+    padded: int,
+    on_batch: Callable[[int, int], None] | None,
+) -> None:
+    stats.prompts += prompts
+    stats.tokens_run += tokens
+    stats.tokens_padded += padded
+    if on_batch is not None:
+        on_batch(prompts, tokens)

@@ -1,0 +1,112 @@
+"""The Ray backend: Ray Data actors each load the model once and score whole parts; the
+driver (a CPU head node is fine) resolves the runtime once in a GPU task, prepares the run
+and merges.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from gain_curate.errors import GainCurateError
+from gain_curate.runtime.resolve import Runtime, resolve_runtime
+from gain_curate.scoring.config import Hooks, ScoreConfig, ScoreResult, config_dict
+from gain_curate.scoring.launch import Launch, open_run
+from gain_curate.scoring.prepare import read_model_config
+from gain_curate.scoring.prepared import load_prepared
+from gain_curate.scoring.workdir import WorkDir
+from gain_curate.scoring.workers import done
+
+
+class _PartScorer:
+    """A Ray Data actor: reads the prepared run from OUT, loads the model once on its own
+    device, then scores whole parts and writes them. Resolves nothing itself."""
+
+    def __init__(self, out: str, config_hash: str) -> None:
+        self.prep = load_prepared(Path(out))
+        if self.prep.config_hash != config_hash:
+            raise GainCurateError(
+                f"worker sees another run in {out} (hash {self.prep.config_hash}, "
+                f"driver {config_hash}): "
+                "is OUT on a filesystem every node shares?"
+            )
+        self.device = "cuda:0" if self.prep.runtime.device == "cuda" else "cpu"  # Ray picks the GPU
+        from gain_curate.scoring.score import load_model_for
+
+        self.lm = load_model_for(self.prep, self.device)
+        self.work = WorkDir(self.prep.out)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from gain_curate.scoring.score import score_part
+
+        rows = []
+        for p in batch["part"]:
+            table, stats, states = score_part(self.prep, self.lm, int(p), Hooks())
+            self.work.write_part(
+                int(p), table, self.prep.config_hash, stats, self.prep.part_key(int(p)), states
+            )
+            rows.append(table.num_rows)
+        return {"part": list(batch["part"]), "rows": rows}
+
+
+def _resolve_on_gpu(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Runs as a Ray task on one GPU: the runtime as a GPU worker sees it."""
+    from gain_curate.scoring.config import config_from_dict
+
+    c = config_from_dict(cfg)
+    _, config, shape = read_model_config(c)
+    return resolve_runtime(c, config, shape.layer, device="cuda").to_dict()
+
+
+def run_score_ray(
+    cfg: ScoreConfig,
+    hooks: Hooks | None = None,
+    *,
+    address: str | None = None,
+    num_gpus: int | None = None,
+    actors: int | None = None,
+) -> ScoreResult:
+    """Score with Ray Data: `num_gpus` GPU actors (or `actors` CPU actors when the cluster
+    has no GPU), each holding the model; then merge here. The driver may be a CPU head
+    node: the runtime is resolved once in a GPU task, and the driver prepares the run."""
+    try:
+        import ray
+    except ImportError:
+        raise GainCurateError("--backend ray needs Ray: pip install 'gain-curate[ray]'") from None
+    hooks = hooks or Hooks()
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    gpus = num_gpus if num_gpus is not None else int(ray.cluster_resources().get("GPU", 0))
+    n_actors = gpus if gpus > 0 else (actors or 2)
+    kind = "cuda" if gpus > 0 else "cpu"
+    cfg = replace(cfg, out=cfg.out.resolve(), device=kind if cfg.device == "auto" else cfg.device)
+    plan = Launch("single", n_actors, None, kind, f"{n_actors} Ray actor(s)")
+
+    def resolve(model: Any) -> Runtime:
+        if kind == "cpu":
+            return resolve_runtime(cfg, model[1], model[2].layer, device="cpu")
+        task = ray.remote(num_gpus=1)(_resolve_on_gpu)
+        return Runtime.from_dict(ray.get(task.remote(config_dict(cfg))))
+
+    t0 = time.perf_counter()
+    opened = open_run(cfg, hooks, plan, {}, resolve=resolve)
+    if isinstance(opened, ScoreResult):
+        return opened
+    prep = opened
+    todo = [p for p in range(len(prep.parts)) if not done(prep, p)]
+    if todo:
+        hooks.status(f"scoring {len(todo)} parts on {n_actors} Ray actor(s) ({kind})")
+        ds = ray.data.from_items([{"part": p} for p in todo])
+        ds = ds.map_batches(
+            _PartScorer,
+            fn_constructor_kwargs={"out": str(prep.out), "config_hash": prep.config_hash},
+            batch_size=1,
+            concurrency=n_actors,
+            num_gpus=1 if gpus > 0 else 0,
+        )
+        hooks.status(f"{len(ds.take_all())} parts scored")
+    from gain_curate.scoring.merge import merge
+
+    return merge(load_prepared(prep.out, for_merge=True), hooks, time.perf_counter() - t0)

@@ -1,0 +1,232 @@
+"""Everything that touches disk: the ranked Parquet shards and the manifest (DESIGN.md 4).
+
+    OUT/
+      gain_manifest.json                  written last, atomically (tmp + rename)
+      data/train-00000-of-0000N.parquet   rows sorted by gain_rank, one Arrow schema for all
+      states.npz                          score --keep-states: pooled hidden states per row
+      .gain-curate/                       staging and work parts (hidden from loaders)
+
+The table the shards hold is built by table.py (verl's RL schema, then the scored record's
+gain_* columns); the work parts under OUT/.gain-curate by workdir.py. Every file is written
+here, whole or not at all (tmp + rename), by one of the write_* functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gain_curate.errors import OutputError
+
+MANIFEST = "gain_manifest.json"
+WORK_DIR = ".gain-curate"
+STATES = "states.npz"  # score --keep-states: row, gain_uid, question_mean, last_token
+
+
+def shard_name(i: int, n: int) -> str:
+    return f"train-{i:05d}-of-{n:05d}.parquet"
+
+
+def write_shards(table: pa.Table, out: Path, *, rows_per_shard: int) -> list[dict[str, Any]]:
+    """Write the ranked table as shards under OUT/data, all at once or not at all.
+
+    Shards are staged in OUT/.gain-curate/staging and the folder is renamed into place, so
+    a crash leaves either the old data folder or the new one, never a mix.
+    """
+    n_shards = max(1, -(-table.num_rows // rows_per_shard))
+    staging = out / WORK_DIR / "staging"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        shards = []
+        for i in range(n_shards):
+            part = table.slice(i * rows_per_shard, rows_per_shard)
+            path = staging / shard_name(i, n_shards)
+            pq.write_table(part, path, compression="zstd")
+            first = i * rows_per_shard
+            shards.append(
+                {
+                    "path": f"data/{path.name}",
+                    "rows": part.num_rows,
+                    "sha256": file_sha256(path),
+                    "rank_range": [first, first + part.num_rows - 1],
+                }
+            )
+        data = out / "data"
+        if data.exists():
+            shutil.rmtree(data)
+        staging.rename(data)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(
+            f"cannot write shards under {out}: {e.strerror or e} (check free space and permissions)"
+        ) from None
+    return shards
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
+    """Atomic: the manifest appears whole, after the shards it describes, or not at all."""
+    path = out / MANIFEST
+    tmp = out / WORK_DIR / (MANIFEST + ".tmp")
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
+        ) from None
+    return path
+
+
+def update_manifest(out: Path, key: str, value: Any) -> None:
+    """Set one top-level section of the manifest, atomically."""
+    manifest = read_manifest(out)
+    manifest[key] = value
+    write_manifest(out, manifest)
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    path = out / MANIFEST
+    if not path.is_file():
+        raise OutputError(
+            f"{out} holds no scored run ({MANIFEST} missing): "
+            f"run `gain-curate score --out {out}` first"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_ranking(out: Path) -> tuple[list[str], np.ndarray]:
+    """gain_uid and gain_score by rank position, from the shards the manifest lists."""
+    manifest = read_manifest(out)
+    uids: list[str] = []
+    scores: list[float | None] = []
+    for shard in manifest["shards"]:
+        path = out / shard["path"]
+        if not path.is_file():
+            raise OutputError(
+                f"shard {path} listed in {MANIFEST} is missing: re-run `gain-curate score`"
+            )
+        t = pq.read_table(path, columns=["gain_uid", "gain_score"])
+        uids += t["gain_uid"].to_pylist()
+        scores += t["gain_score"].to_pylist()
+    return uids, np.array([np.nan if s is None else s for s in scores], dtype=np.float64)
+
+
+PLAN_SCHEMA = pa.schema(
+    [
+        ("epoch", pa.int32()),
+        ("position", pa.int32()),
+        ("gain_uid", pa.string()),
+        ("gain_rank", pa.int64()),
+    ]
+)
+
+
+def write_plan(out: Path, plans: list[np.ndarray], uids: list[str]) -> Path:
+    """OUT/schedule/plan.parquet: one row per draw (epoch, position in epoch, uid, rank)."""
+    epoch = np.concatenate([np.full(len(p), e, dtype=np.int32) for e, p in enumerate(plans)])
+    position = np.concatenate([np.arange(len(p), dtype=np.int32) for p in plans])
+    ranks = np.concatenate(plans).astype(np.int64)
+    table = pa.Table.from_arrays(
+        [
+            pa.array(epoch),
+            pa.array(position),
+            pa.array([uids[r] for r in ranks], pa.string()),
+            pa.array(ranks),
+        ],
+        schema=PLAN_SCHEMA,
+    )
+    return write_table_atomic(table, out, Path("schedule") / "plan.parquet")
+
+
+def write_table_atomic(table: pa.Table, out: Path, rel: Path) -> Path:
+    """OUT/rel written whole or not at all: staged under OUT/.gain-curate, then renamed."""
+    path = out / rel
+    tmp = out / WORK_DIR / (str(rel).replace("/", "-") + ".tmp")
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
+        ) from None
+    return path
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> str:
+    """Arrays as an uncompressed .npz (np.load reads it) that appears whole or not at all;
+    returns its sha256. Zip entries carry a fixed timestamp (np.savez stamps the clock), so
+    the same arrays are the same bytes whoever writes them."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            for name, a in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with z.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
+        digest = file_sha256(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
+        ) from None
+    return digest
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a .npz written by write_npz_atomic (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise OutputError(
+            f"cannot read {path}: {e}; score again with --keep-states --overwrite"
+        ) from None
+
+
+def write_png(fig: Any, path: Path) -> Path:
+    """A matplotlib figure as a PNG that appears whole or not at all."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """tmp + rename in the same folder (created if missing); one line on failure."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
+        ) from None

@@ -1,0 +1,199 @@
+"""The resumable state of a scoring run under OUT/.gain-curate (DESIGN.md 4).
+
+    OUT/.gain-curate/run.json      the config (and its hash) the parts were made with
+    OUT/.gain-curate/prepared/     the prepared rows and batches (prepare.py)
+    OUT/.gain-curate/parts/part-NNNNN.parquet + .done   one finished part and its marker
+    OUT/.gain-curate/states/part-NNNNN.npz              its pooled states (--keep-states)
+    OUT/.gain-curate/ranks/rank-NNNNN.json              who is alive (heartbeats)
+
+A part counts as done only if its marker names this config hash and the part file's
+sha256; both are written tmp + rename, so a kill at any moment leaves a part either
+finished or absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gain_curate.errors import OutputError
+from gain_curate.scoring.record import PART_SCHEMA
+from gain_curate.scoring.store import (
+    MANIFEST,
+    STATES,
+    WORK_DIR,
+    file_sha256,
+    read_npz,
+    write_bytes_atomic,
+    write_npz_atomic,
+)
+
+
+class WorkDir:
+    """The resumable state of one run under OUT/.gain-curate: run.json (what the run is),
+    prepared/ (prepare.py), parts/ (finished work and markers), ranks/ (who is alive)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.root = out / WORK_DIR
+        self.parts = self.root / "parts"
+        self.states = self.root / "states"  # part-NNNNN.npz: --keep-states, one per part
+        self.ranks = self.root / "ranks"
+
+    def run_info(self) -> dict[str, Any] | None:
+        path = self.root / "run.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+
+    def write_run(self, info: dict[str, Any]) -> None:
+        write_bytes_atomic(self.root / "run.json", json.dumps(info, indent=1).encode())
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One process at a time decides what OUT holds (prepares, cleans, resumes). The lock
+        file stays when --overwrite clears the rest, so waiters keep holding the same file."""
+        import fcntl
+
+        if self.out.exists() and not self.out.is_dir():
+            raise OutputError(
+                f"output path {self.out} is a file, not a folder: choose another --out"
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            f = open(self.root / "lock", "a+")  # noqa: SIM115
+        except OSError as e:
+            raise OutputError(
+                f"cannot write {self.root}: {e.strerror or e} (check permissions)"
+            ) from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+
+    def clear(self) -> None:
+        """--overwrite: the manifest and all work, but not the lock file."""
+        (self.out / MANIFEST).unlink(missing_ok=True)
+        (self.out / STATES).unlink(missing_ok=True)
+        if self.root.is_dir():
+            for child in self.root.iterdir():
+                if child.name == "lock":
+                    continue
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+    def done(
+        self, part: int, config_hash: str, part_key: str | None = None, *, states: bool = False
+    ) -> bool:
+        """Finished with this config (and these batches); `states`: its pooled states too."""
+        marker = self.parts / f"part-{part:05d}.done"
+        if not marker.is_file():
+            return False
+        try:
+            m = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        path = self.parts / f"part-{part:05d}.parquet"
+        kept = self.states_path(part)
+        return (
+            m["config_hash"] == config_hash
+            and (part_key is None or m.get("part_key") == part_key)
+            and path.is_file()
+            and file_sha256(path) == m["sha256"]
+            and (
+                not states
+                or (
+                    m.get("states_sha256") is not None
+                    and kept.is_file()
+                    and file_sha256(kept) == m["states_sha256"]
+                )
+            )
+        )
+
+    def states_path(self, part: int) -> Path:
+        return self.states / f"part-{part:05d}.npz"
+
+    def write_part(
+        self,
+        part: int,
+        table: pa.Table,
+        config_hash: str,
+        stats: dict[str, Any],
+        part_key: str | None = None,
+        states: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """The part's table, its pooled states if kept, then the marker naming both."""
+        states_sha = None if states is None else write_npz_atomic(self.states_path(part), states)
+        path = self.parts / f"part-{part:05d}.parquet"
+        sink = pa.BufferOutputStream()
+        try:
+            pq.write_table(table.cast(PART_SCHEMA), sink, compression="zstd")
+        except OSError as e:
+            raise OutputError(
+                f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
+            ) from None
+        data = sink.getvalue().to_pybytes()
+        write_bytes_atomic(path, data)
+        marker = {
+            "config_hash": config_hash,
+            "part_key": part_key,
+            "rows": table.num_rows,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "states_sha256": states_sha,
+            "prefill": stats,
+        }
+        write_bytes_atomic(self.parts / f"part-{part:05d}.done", json.dumps(marker).encode())
+
+    def read_parts(
+        self, part_keys: list[str], config_hash: str, *, states: bool = False
+    ) -> tuple[pa.Table, list[dict[str, Any]]]:
+        n_parts = len(part_keys)
+        missing = [
+            p for p in range(n_parts) if not self.done(p, config_hash, part_keys[p], states=states)
+        ]
+        if missing:
+            shown = ", ".join(str(p) for p in missing[:8]) + (" ..." if len(missing) > 8 else "")
+            raise OutputError(
+                f"{self.out}: {len(missing)} of {n_parts} parts are not finished (parts {shown}): "
+                "run the missing --shard workers (or `gain-curate score` again) before merging"
+            )
+        tables = [pq.read_table(self.parts / f"part-{p:05d}.parquet") for p in range(n_parts)]
+        stats = [
+            json.loads((self.parts / f"part-{p:05d}.done").read_text())["prefill"]
+            for p in range(n_parts)
+        ]
+        return (pa.concat_tables(tables) if tables else PART_SCHEMA.empty_table()), stats
+
+    def read_states(self, n_parts: int) -> dict[str, np.ndarray]:
+        """Every part's pooled states, in part order (read after read_parts checked them)."""
+        parts = [read_npz(self.states_path(p)) for p in range(n_parts)]
+        if not parts:
+            return {}
+        return {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
+
+    # --- who is alive: each rank's state, refreshed while it works -------------------
+    def beat(self, rank: int, state: str, **fields: Any) -> None:
+        record = {"rank": rank, "state": state, "time": time.time(), "pid": os.getpid(), **fields}
+        write_bytes_atomic(self.ranks / f"rank-{rank:05d}.json", json.dumps(record).encode())
+
+    def rank_state(self, rank: int) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.ranks / f"rank-{rank:05d}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
