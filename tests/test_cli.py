@@ -404,3 +404,88 @@ def test_help_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-500:]
+
+
+def test_schedule_warns_when_its_parameters_do_not_fit_the_run(scored: Path) -> None:
+    """The README's parameters on a 40-prompt run: sigma 1000 >= N/2, B = 25 >= N/2, and mu
+    sweeping the ranking every step or two; one line each, saying what would fit. Fitting
+    parameters: no warning."""
+    args = ["schedule", str(scored), "--epochs", "20", "--assumed-accuracy", "0.9", "--simulate"]
+    code, text = run(*args, "--batch-size", "25", "--json")
+    assert code == 0, text
+    warnings = json.loads(text[text.index("{") :])["warnings"]
+    assert len(warnings) == 3, warnings
+    assert warnings[0].startswith("sigma = 1000 rank positions is at least half of the 40 prompts")
+    assert "--sigma 2" in warnings[0]
+    assert warnings[1].startswith("--batch-size 25 draws at least half of the 40 prompts")
+    assert "try at most 4" in warnings[1]
+    assert (
+        warnings[2].startswith("mu sweeps the whole ranking every") and "--adj-max" in warnings[2]
+    )
+    code, text = run(*args, "--batch-size", "25")
+    assert [ln for ln in text.splitlines() if ln.startswith("warning: ")] == [
+        f"warning: {w}" for w in warnings
+    ]
+    code, text = run(
+        *args, "--batch-size", "4", "--sigma", "4", "--n", "2", "--adj-max", "2", "--json"
+    )
+    assert code == 0 and json.loads(text[text.index("{") :])["warnings"] == [], text
+
+
+def test_one_truth_per_figure_in_the_table_the_json_and_a_rerun(
+    scored: Path, tiny_qwen2_dir: Path
+) -> None:
+    """A rerun of a finished run reuses it and says so; its table, its --json and the
+    manifest give the same time and counts; the table is titled by its verb."""
+    manifest = json.loads((scored / "gain_manifest.json").read_text())
+    data = scored.parent / "q.jsonl"  # the fixture's own flags
+    argv = ["score", "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(scored)]
+    code, text = run(*argv)
+    assert code == 0, text
+    assert "gain-curate score" in text and f"{manifest['seconds']:.1f} s" in text
+    assert "this finished run was reused" in text and f"reused: {scored} already holds" in text
+    code, text = run(*argv, "--json")
+    info = json.loads(text[text.index("{") :])
+    assert info["seconds"] == manifest["seconds"] and info["reused"] is True
+    assert info["counts"] == manifest["counts"]
+    assert json.loads((scored / "gain_manifest.json").read_text())["seconds"] == manifest["seconds"]
+
+
+def test_progress_logs_a_line_every_30_s_with_an_eta_when_stderr_is_not_a_terminal() -> None:
+    """Redirected to a file, a long step still says where it is: a line every 30 s (elapsed,
+    ETA) and one when it finishes; on a terminal the same task is a live bar instead."""
+    import io
+
+    from rich.console import Console
+
+    from gain_curate.cli.progress import Bars
+
+    now = [0.0]
+    buf = io.StringIO()
+    bars = Bars(Console(file=buf, force_terminal=False, width=200), clock=lambda: now[0])
+    bars.start()
+    task = bars.add("GRPO gradients", 10)
+    for _ in range(10):  # one group every 10 s
+        now[0] += 10
+        bars.advance(task, 1)
+    bars.stop()
+    assert buf.getvalue().splitlines() == [
+        "GRPO gradients: 3/10 (30%), 0:00:30 elapsed, ETA 0:01:10",
+        "GRPO gradients: 6/10 (60%), 0:01:00 elapsed, ETA 0:00:40",
+        "GRPO gradients: 9/10 (90%), 0:01:30 elapsed, ETA 0:00:10",
+        "GRPO gradients: 10/10 (100%), 0:01:40 elapsed, done",
+    ]
+    live = Bars(Console(file=io.StringIO(), force_terminal=True, width=200))
+    assert live.live and not bars.live
+
+
+def test_the_helps_verl_flag_is_the_one_score_prints(scored: Path) -> None:
+    """`gain-curate --help` shows verl's flag in the form a run prints and records: a list in
+    brackets, not a bare glob (which verl's Hydra config does not read as a file list)."""
+    code, text = run("--help")
+    assert code == 0
+    shown = next(w for w in text.split() if w.startswith("data.train_files="))
+    assert shown == "data.train_files=[runs/gsm8k/data/train-00000-of-00001.parquet]"
+    printed = json.loads((scored / "gain_manifest.json").read_text())["trainer_flags"]["verl"][0]
+    assert printed.startswith("data.train_files=[") and printed.endswith(".parquet]")
+    assert "*.parquet" not in text

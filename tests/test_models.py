@@ -313,3 +313,36 @@ def test_folder_hash_cache_forgets_folders_that_are_gone(tiny_qwen2_dir, tmp_pat
     (b / "config.json").write_text((b / "config.json").read_text() + " ")  # b hashes again
     folder_sha256(b, cache)
     assert set(json.loads((cache / "folder-hashes.json").read_text())) == {str(b)}
+
+
+def test_an_unreachable_hub_fails_fast_in_one_line(tmp_path, monkeypatch):
+    """A hub model with the hub's host unresolvable and nothing cached: one line naming the
+    way out (a local folder, HF_HUB_OFFLINE=1) within 5 s, not a minute of retries; no
+    output is written."""
+    import json
+    import time
+
+    from click.testing import CliRunner
+    from huggingface_hub import constants
+
+    from gain_curate.cli import main
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.gain-curate.invalid")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # restored after the test: the check sets it
+    monkeypatch.setenv("GAIN_CURATE_HUB", "")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    out = tmp_path / "out"
+    argv = ["score", "--model", "Qwen/Qwen2.5-7B-Instruct", "--data", str(data), "--out", str(out)]
+    t0 = time.monotonic()
+    r = CliRunner().invoke(main, argv)
+    took = time.monotonic() - t0
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert "hub.gain-curate.invalid does not resolve" in lines[0], lines[0]
+    assert "Qwen/Qwen2.5-7B-Instruct is not in the local hub cache" in lines[0]
+    assert "local folder" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+    assert took < 5, took
+    assert not (out / "gain_manifest.json").exists()

@@ -70,6 +70,10 @@ def test_inspect_json_and_plot(run_dir: Path, tmp_path: Path) -> None:
     assert info["spearman_score_vs_difficulty"] == pytest.approx(expected, abs=1e-12)
     assert len(info["top"]) == 5 and info["top"][0]["rank"] == 0
     assert info["top"][0]["score"] >= info["bottom"][-1]["score"]
+    by_uid = {r["gain_uid"]: r for r in t}  # each listed row: its uid and its whole question
+    for r in info["top"] + info["bottom"]:
+        assert by_uid[r["gain_uid"]]["gain_rank"] == r["rank"]
+        assert r["question"] == by_uid[r["gain_uid"]]["extra_info"]["question"]
     img = mpimg.imread(png)
     assert (
         img.shape[:2] == (400, 1500) == (info["plot"]["size"][1], info["plot"]["size"][0])

@@ -98,7 +98,7 @@ def test_validate_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
             "--data",
             str(data),
             "--sample",
-            "4",
+            "8",
             "--out",
             str(out),
             "--json",
@@ -106,14 +106,49 @@ def test_validate_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
     )
     assert r.exit_code == 0, r.output
     result = json.loads(r.output[r.output.index("{") :])
-    assert result["sample"] == 4 and result["weight"] == "layers[3].mlp.up_proj.weight"
+    assert result["sample"] == 8 and result["weight"] == "layers[3].mlp.up_proj.weight"
     saved = json.loads((out / "validate.json").read_text())
     grad = np.array(saved["rows"]["grad_norm"])
     score = np.array(saved["rows"]["gain_score"])
     assert result["spearman_grad_vs_score"] == pytest.approx(
         stats.spearmanr(grad, score).statistic, abs=1e-12
     )
+    # every statistic with its seeded bootstrap interval (--seed 0), as computed by hand
+    est = result["intervals"]["spearman_grad_vs_score"]
+    assert est["value"] == pytest.approx(result["spearman_grad_vs_score"], abs=1e-12)
+    idx = np.random.default_rng(0).integers(0, 8, size=(2000, 8))
+    boot = np.array([stats.spearmanr(grad[i], score[i]).statistic for i in idx])
+    low, high = np.quantile(boot[np.isfinite(boot)], [0.025, 0.975])
+    assert (est["low"], est["high"], est["n"]) == (pytest.approx(low), pytest.approx(high), 8)
+    assert set(result["intervals"]) == {
+        "spearman_grad_vs_score",
+        "spearman_grad_vs_c_intra",
+        "spearman_grad_vs_c_inter",
+        "spearman_grad_vs_question_tokens",
+        "partial_spearman_grad_vs_score_given_length",
+    }
+    assert saved["summary"]["intervals"] == result["intervals"]
     assert (out / "validate.parquet").is_file() and (out / "validate.png").is_file()
+    # too few prompts for an interval: no interval, and one line saying so
+    text = (
+        CliRunner()
+        .invoke(
+            main,
+            [
+                "validate",
+                "--model",
+                str(tiny_qwen2_dir),
+                "--data",
+                str(data),
+                "--sample",
+                "4",
+                "--out",
+                str(tmp_path / "small"),
+            ],
+        )
+        .output
+    )
+    assert "uncertainty: " in text and "n = 4" in text, text
 
 
 def test_validate_run_reuses_the_runs_model_data_and_template(

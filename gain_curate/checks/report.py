@@ -30,11 +30,6 @@ def question_text(row: dict[str, Any]) -> str:
     return users[-1] if users else ""
 
 
-def one_line(text: str, width: int = 96) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def difficulty(table: pa.Table) -> tuple[str, np.ndarray] | None:
     """A numeric difficulty per row from a `difficulty` or `level` column (top level or in
     extra_info); 'Level 5' reads as 5. None when the data has none."""
@@ -75,10 +70,11 @@ def summarize(out: Path, top: int = 5) -> dict[str, Any]:
     distinct = [r for r in scored if r.get("gain_duplicate_of") is None]  # top/bottom lists
 
     def brief(r: dict[str, Any]) -> dict[str, Any]:
-        return {
+        return {  # the whole question: the table view cuts it to its width, --json never
             "rank": r["gain_rank"],
+            "gain_uid": r["gain_uid"],
             "score": r["gain_score"],
-            "question": one_line(question_text(r)),
+            "question": question_text(r),
         }
 
     diff = difficulty(table)

@@ -11,6 +11,7 @@ padding, per-sample losses summed), so G_b equals a one-prompt loss.backward() e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,15 +47,27 @@ def build_examples(
 
 
 def grad_norms(
-    model: Any, examples: list[Example], layer: int, *, token_budget: int = 4096, pad_id: int = 0
+    model: Any,
+    examples: list[Example],
+    layer: int,
+    *,
+    token_budget: int = 4096,
+    pad_id: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example ||dL/dW_up||_F and loss L (mean CE over the solution tokens)."""
+    """Per-example ||dL/dW_up||_F and loss L (mean CE over the solution tokens). Logits are
+    taken only from the batch's first solution position on (`logits_to_keep`, where the
+    model takes it: the prompts' logits, most of a (B, T, vocab) tensor, are never built);
+    the model's own head computes them, soft-capping or scaling included."""
+    import inspect
+
     import torch
 
     from gain_curate.scoring.batching import length_sorted_batches
     from gain_curate.scoring.forward import right_pad
 
     device = next(model.parameters()).device
+    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
     norms, losses = np.zeros(len(examples)), np.zeros(len(examples))
     with up_proj_row_grads(model, layer) as row_grads:
         for batch in length_sorted_batches([len(e.ids) for e in examples], token_budget):
@@ -63,19 +76,24 @@ def grad_norms(
             for r, i in enumerate(batch):
                 e = examples[i]
                 labels[r, e.n_prompt : len(e.ids)] = ids[r, e.n_prompt : len(e.ids)]
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            # token t predicts t + 1
-            ce = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2),
-                labels[:, 1:].to(device),
-                ignore_index=-100,
-                reduction="none",
+            # position t predicts token t + 1: positions start .. T - 2 predict every solution
+            start = min(examples[i].n_prompt for i in batch) - 1 if trims else 0
+            kw = {"logits_to_keep": torch.arange(start, ids.shape[1] - 1, device=device)}
+            out = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), **(kw if trims else {})
             )
-            counts = (labels[:, 1:] != -100).sum(1).to(device).clamp_min(1)
+            logits = out.logits.float() if trims else out.logits.float()[:, :-1]
+            target = labels[:, start + 1 :].to(device)
+            ce = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
+            )
+            counts = (target != -100).sum(1).clamp_min(1)
             per_sample = ce.sum(1) / counts
             per_sample.sum().backward()
             norms[batch] = row_grads().flatten(1).norm(dim=1).cpu().numpy()
             losses[batch] = per_sample.detach().cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(batch))
     return norms, losses
 
 
@@ -93,3 +111,35 @@ def correlations(
         "spearman_grad_vs_question_tokens": spearman(grad, length),
         "partial_spearman_grad_vs_score_given_length": partial_spearman(grad, score, length),
     }
+
+
+def correlation_intervals(
+    grad: np.ndarray,
+    score: np.ndarray,
+    c_intra: np.ndarray,
+    c_inter: np.ndarray,
+    length: np.ndarray,
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The same statistics as `correlations`, each as an Estimate dict (value, 95% seeded
+    bootstrap interval, n, a warning when the interval includes 0), plus the warnings once
+    each: `uncertainty`. JSON-ready."""
+    from gain_curate.bootstrap import partial_spearman_ci, spearman_ci
+
+    what = "the up_proj gradient norm"
+    est = {
+        "spearman_grad_vs_score": spearman_ci(grad, score, what=(what, "gain_score"), seed=seed),
+        "spearman_grad_vs_c_intra": spearman_ci(grad, c_intra, what=(what, "C_intra"), seed=seed),
+        "spearman_grad_vs_c_inter": spearman_ci(grad, c_inter, what=(what, "C_inter"), seed=seed),
+        "spearman_grad_vs_question_tokens": spearman_ci(
+            grad, length, what=(what, "question length"), seed=seed
+        ),
+        "partial_spearman_grad_vs_score_given_length": partial_spearman_ci(
+            grad, score, length, what=(what, "gain_score", "question length"), seed=seed
+        ),
+    }
+    lines = list(
+        dict.fromkeys(e.warning or e.reason for e in est.values() if e.warning or e.reason)
+    )
+    return {"intervals": {k: e.to_dict() for k, e in est.items()}, "uncertainty": lines}

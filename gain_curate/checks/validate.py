@@ -24,7 +24,12 @@ import numpy as np
 from gain_curate.checks import run_inputs
 from gain_curate.checks.plots import scatter
 from gain_curate.checks.probe_features import probe_features, save_probes
-from gain_curate.checks.supervised import build_examples, correlations, grad_norms
+from gain_curate.checks.supervised import (
+    build_examples,
+    correlation_intervals,
+    correlations,
+    grad_norms,
+)
 from gain_curate.scoring.template import ScoringTemplate
 
 
@@ -163,7 +168,8 @@ def run_validate(
         keep_freed_memory()
     examples = build_examples(tok, template, questions, solutions)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    norms, losses = grad_norms(lm, examples, shape.layer, pad_id=pad)
+    done = hooks.add("supervised gradients", len(examples)) if hooks else None
+    norms, losses = grad_norms(lm, examples, shape.layer, pad_id=pad, on_batch=done)
     seconds["load_and_supervised_gradients"] = round(
         time.perf_counter() - clock - seconds["score"], 1
     )
@@ -194,6 +200,7 @@ def run_validate(
         "template": template.to_dict(),
         "loss": "mean cross-entropy of the reference solution as the assistant turn",
         **correlations(norms, score, c_intra, c_inter, q_len),
+        **correlation_intervals(norms, score, c_intra, c_inter, q_len, seed=seed),
     }
     rows = {
         "input_row": picked,

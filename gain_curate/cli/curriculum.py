@@ -151,6 +151,7 @@ def schedule(out: Path, **kw: Any) -> None:
                     "end_of_ranking": res.end,
                     "decile_shares": res.deciles,
                     "epochs": res.rows,
+                    "warnings": res.warnings,
                 },
                 indent=2,
             )
@@ -165,6 +166,8 @@ def schedule(out: Path, **kw: Any) -> None:
     if plot_path is not None:
         click.echo(f"picture: {plot_path}")
     click.echo(f"plan: {res.plan_path}" if res.plan_path else "plan: none written (--simulate)")
+    for line in res.warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 @main.command()
@@ -209,5 +212,6 @@ def export(out: Path, fmt: str, epoch: int | None, rank_by: str | None) -> None:
         )
     from gain_curate.integrations.openrlhf import export_epoch
 
-    path = export_epoch(out, epoch, rank_by)
-    click.echo(f"{fmt} epoch {epoch}: {path}")
+    path, record = export_epoch(out, epoch, rank_by)
+    click.echo(f"{fmt} epoch {epoch} ({record['rows']} prompts): {path}")
+    click.echo(f"OpenRLHF: {record['flags']}")

@@ -64,7 +64,7 @@ def score(**kw: Any) -> None:
     if kw["as_json"]:
         click.echo(json.dumps(_summary_json(result), indent=2))
     else:
-        print_summary(result)
+        print_summary(result, "score")
 
 
 @main.command()
@@ -85,7 +85,7 @@ def merge(out: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(_summary_json(result), indent=2))
     else:
-        print_summary(result)
+        print_summary(result, "merge")
 
 
 def _summary_json(result: Any) -> dict[str, Any]:
@@ -95,7 +95,8 @@ def _summary_json(result: Any) -> dict[str, Any]:
         "manifest": str(result.out / "gain_manifest.json"),
         "shards": [str(result.out / s["path"]) for s in m["shards"]],
         "counts": m["counts"],
-        "seconds": m["seconds"],
+        "seconds": m["seconds"],  # the run's (the merge's, after --shard workers)
+        "reused": result.reused,
         "spearman_score_vs_question_tokens": m["stats"]["spearman_score_vs_question_tokens"],
         "config_hash": m["config_hash"],
     }

@@ -32,7 +32,7 @@ def print_validate(result: dict[str, Any]) -> None:
 
     t = Table(title=f"does the signal hold? {result['model']}, {n} prompts, {result['weight']}")
     t.add_column("Spearman of ||grad||_F with")
-    t.add_column("rho", justify="right")
+    t.add_column("rho [95% bootstrap interval]", justify="right")
     intervals = result.get("intervals", {})  # the same keys with bootstrap intervals
     for key, label in (
         ("spearman_grad_vs_score", "gain_score"),
@@ -44,6 +44,8 @@ def print_validate(result: dict[str, Any]) -> None:
         t.add_row(label, cell(intervals.get(key, result[key])))
     console = _console()
     console.print(t)
+    for line in result.get("uncertainty", []):
+        click.echo(f"uncertainty: {line}")
     rl = result.get("rollouts")
     if not rl:
         return
@@ -152,7 +154,7 @@ def print_inspect(info: dict[str, Any]) -> None:
         tb.add_column("score", no_wrap=True, min_width=7)
         tb.add_column("question", overflow="ellipsis", no_wrap=True, max_width=72)
         for r in rows:
-            tb.add_row(str(r["rank"]), f"{r['score']:.4f}", r["question"])
+            tb.add_row(str(r["rank"]), f"{r['score']:.4f}", " ".join(r["question"].split()))
         console.print(tb)
     if "plot" in info:
         click.echo(f"plot: {info['plot']['path']}")
@@ -196,11 +198,12 @@ def print_plan(rows: list[dict[str, Any]], n: int, width: int = 26) -> None:
     console.print(t)
 
 
-def print_summary(result: Any) -> None:
+def print_summary(result: Any, verb: str) -> None:
+    """The run in a table titled by its verb; the times are the manifest's, as in --json."""
     from rich.table import Table
 
     m = result.manifest
-    t = Table(title="gain-curate score", show_header=False)
+    t = Table(title=f"gain-curate {verb}", show_header=False)
     t.add_row(
         "data_source", f"{m['input']['data_source']} ({m['input'].get('data_source_from', '')})"
     )
@@ -212,10 +215,18 @@ def print_summary(result: Any) -> None:
         t.add_row("duplicates (scored as their first occurrence)", f"{m['counts']['duplicates']:,}")
     rho = m["stats"]["spearman_score_vs_question_tokens"]
     t.add_row("spearman(score, question tokens)", "n/a" if rho is None else f"{rho:+.3f}")
-    t.add_row("time", f"{result.seconds:.1f} s")
+    what = "merge time" if verb == "merge" else "scoring time"
+    t.add_row(
+        what, f"{m['seconds']:.1f} s" + (" (this finished run was reused)" if result.reused else "")
+    )
     t.add_row("shards", f"{result.out / 'data'} ({len(m['shards'])} file(s))")
     t.add_row("manifest", str(result.out / "gain_manifest.json"))
     _console().print(t)
+    if result.reused:
+        click.echo(
+            f"reused: {result.out} already holds this finished run (same flags, input and "
+            "model); nothing was scored again; --overwrite scores it again"
+        )
     if conv := m["signal"].get("conversation"):
         click.echo(f"conversation: {conv['note']}")
     click.echo(f"ranked shards: {result.out / 'data'}")

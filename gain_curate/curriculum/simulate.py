@@ -18,12 +18,13 @@ the picture too), and the plan records each draw's gain_rank, the shards' row, a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gain_curate.curriculum.fit import fit_warnings, title_params
 from gain_curate.curriculum.rank_by import read_order
 from gain_curate.curriculum.schedule import GainSchedule
 
@@ -149,7 +150,10 @@ def plot(
         ylabel="rank position",
         ylim=(n, -1),
     )
-    b.imshow(heat, aspect="auto", origin="upper", cmap="Blues", extent=(-0.5, steps - 0.5, n, 0))
+    image = b.imshow(
+        heat, aspect="auto", origin="upper", cmap="Blues", extent=(-0.5, steps - 0.5, n, 0)
+    )
+    fig.colorbar(image, ax=b, label=f"draws per {n / bins:g} rank positions")
     b.set(
         title="where the draws fall (rank 0 = highest score)", xlabel="step", ylabel="rank position"
     )
@@ -170,6 +174,7 @@ class PlanResult:
     n_prompts: int
     plan_path: Path | None
     plot_path: Path | None
+    warnings: list[str] = field(default_factory=list)  # parameters that do not fit the run
 
 
 def plan_run(
@@ -209,11 +214,14 @@ def plan_run(
         len(uids),
         None,
         plot_path,
+        fit_warnings(len(uids), params, sched.sigma, sched.history),
     )
     if plot_path is not None:
         mode = ("paper mode" if paper else f"at_end={params.at_end}") + (
             "" if rank_by == "angle" else f", {rank_by} order"
         )
+        extra = title_params(params, sched.sigma, len(uids))
+        mode += f", {extra}" if extra else ""
         try:
             plot(
                 plans,
@@ -247,6 +255,7 @@ def plan_run(
                 "decile_shares": [round(x, 4) for x in res.deciles],
                 "epochs_summary": rows,
                 "rank_by": rank_by,
+                "warnings": res.warnings,
             },
         )
     return res

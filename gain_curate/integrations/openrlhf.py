@@ -40,9 +40,10 @@ from gain_curate.scoring import store
 ENV_RUN = "GAIN_CURATE_RUN"
 
 
-def export_epoch(out: Path, epoch: int, rank_by: str | None = None) -> Path:
+def export_epoch(out: Path, epoch: int, rank_by: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Epoch `epoch` of the plan as OpenRLHF-ready JSON lines: datasource, prompt (chat),
-    input (the last user turn as text), label (ground truth), gain_uid, gain_rank."""
+    input (the last user turn as text), label (ground truth), gain_uid, gain_rank; recorded
+    in the manifest (exports.openrlhf.epochs) with the OpenRLHF flags that train on it."""
     plans = read_plan(out)
     plan_order(out, rank_by)
     if not 0 <= epoch < len(plans):
@@ -68,15 +69,24 @@ def export_epoch(out: Path, epoch: int, rank_by: str | None = None) -> Path:
                 ensure_ascii=False,
             )
         )
-    tmp = out / store.WORK_DIR / (path.name + ".tmp")
-    try:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
+    store.write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    flags = [
+        f"--data.prompt_dataset {path.resolve()}",
+        "--data.input_key prompt",
+        "--data.apply_chat_template",
+        "--data.label_key label",
+    ]
+    record = {
+        "path": str(path.relative_to(out)),
+        "rows": len(rows),
+        "sha256": store.file_sha256(path),
+        "flags": " ".join(flags),
+    }
+    manifest = store.read_manifest(out)
+    exports = manifest.get("exports", {})
+    epochs = {**exports.get("openrlhf", {}).get("epochs", {}), str(epoch): record}
+    store.update_manifest(out, "exports", {**exports, "openrlhf": {"epochs": epochs}})
+    return path, record
 
 
 class PlanSampler:

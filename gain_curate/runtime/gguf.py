@@ -138,6 +138,17 @@ def convert_gguf(gguf_file: Path, final: Path, dtype: torch.dtype) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     except OSError as exc:
         raise ModelError(f"cannot write the model cache {final.parent}: {exc}") from exc
+    import sys
+    import time
+
+    # a one-time step of tens of seconds: say so on stderr (stdout may be --json)
+    print(
+        f"gain-curate: converting {gguf_file.name} into {final} once "
+        "(later runs load the folder)...",
+        file=sys.stderr,
+        flush=True,
+    )
+    t0 = time.monotonic()
     try:
         with quiet_transformers():
             kwargs: dict[str, Any] = {"gguf_file": gguf_file.name, "local_files_only": True}
@@ -166,4 +177,5 @@ def convert_gguf(gguf_file: Path, final: Path, dtype: torch.dtype) -> Path:
         raise ModelError(f"converting {gguf_file.name} into {final} failed: {first}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"gain-curate: converted in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     return final

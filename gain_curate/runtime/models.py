@@ -124,10 +124,28 @@ def resolve_model(
     raise ModelError(f"unknown model: {text} ({_NOT_FOUND_HINT})")
 
 
+def check_hub(ref: ModelRef) -> None:
+    """Before the first hub access for a hub model: with the hub unreachable (or
+    HF_HUB_OFFLINE set) and the model not in the local hub cache, one clear line at once,
+    not a minute of retries. A local or packaged model never touches the hub."""
+    from gain_curate.runtime import hub
+
+    if ref.is_local:
+        return
+    why = hub.offline_reason()
+    if why is not None and not hub.cached(ref.path, ref.revision):
+        raise ModelError(
+            f"{why} and {ref.path} is not in the local hub cache: pass a local folder "
+            "(--model path/to/model), or download it where the hub is reachable "
+            "(HF_HUB_OFFLINE=1 then uses only the local hub cache)"
+        )
+
+
 def load_tokenizer(ref: ModelRef, chat_template: str | None = None) -> PreTrainedTokenizerBase:
     """The model's fast tokenizer (offsets are needed), with a chat template."""
     from transformers import AutoTokenizer
 
+    check_hub(ref)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=ref.revision)
     except Exception as exc:

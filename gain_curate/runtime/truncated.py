@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from gain_curate.errors import ModelError
-from gain_curate.runtime.models import ModelRef
+from gain_curate.runtime.models import ModelRef, check_hub
 from gain_curate.runtime.transformers_compat import (
     decoder_layers,
     from_pretrained_kwargs,
@@ -60,6 +60,7 @@ class ModelShape:
 def read_config(ref: ModelRef) -> Any:
     from transformers import AutoConfig
 
+    check_hub(ref)
     try:
         return AutoConfig.from_pretrained(ref.path, revision=ref.revision)
     except (OSError, ValueError) as e:

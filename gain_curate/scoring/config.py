@@ -72,7 +72,8 @@ class Hooks:
 class ScoreResult:
     out: Path
     manifest: dict[str, Any]
-    seconds: float
+    seconds: float  # what this command took (manifest["seconds"]: what the run took)
+    reused: bool = False  # the folder held this finished run: nothing was scored again
 
 
 def config_dict(cfg: ScoreConfig) -> dict[str, Any]:

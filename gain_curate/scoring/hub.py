@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from gain_curate.errors import InputError
+from gain_curate.runtime.hub import resolves
 from gain_curate.scoring.readers import Raw, one_line, table_sha256
 
 OFFLINE_HINT = "give --data path/to/file.jsonl|.json|.parquet|.csv (a local copy) instead"
@@ -49,7 +50,7 @@ def _hub_session(datasets: Any) -> Iterator[None]:
 
     from huggingface_hub import constants
 
-    offline = constants.HF_HUB_OFFLINE or not _resolves(constants.ENDPOINT)
+    offline = constants.HF_HUB_OFFLINE or not resolves(constants.ENDPOINT)
     saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
     loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
     levels = [lg.level for lg in loggers]
@@ -62,26 +63,6 @@ def _hub_session(datasets: Any) -> Iterator[None]:
         constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def _resolves(url: str, timeout: float = 5.0) -> bool:
-    """Whether the URL's host resolves within `timeout` seconds (DNS only, no request)."""
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    host, found = urlparse(url).hostname, []
-    if not host:
-        return False
-
-    def lookup() -> None:
-        with contextlib.suppress(OSError):
-            found.append(socket.getaddrinfo(host, 443))
-
-    worker = threading.Thread(target=lookup, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    return bool(found)
 
 
 def _hub_why(e: Exception, split: str) -> str:

@@ -205,7 +205,7 @@ def _finished(cfg: ScoreConfig, key: str) -> ScoreResult | None:
     manifest = store.read_manifest(cfg.out)
     if manifest.get("config_hash") != info.get("config_hash"):
         return None
-    return ScoreResult(cfg.out, manifest, manifest.get("seconds", 0.0))
+    return ScoreResult(cfg.out, manifest, 0.0, reused=True)
 
 
 def _claim(

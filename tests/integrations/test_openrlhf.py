@@ -104,9 +104,14 @@ def test_export_reads_through_openrlhf_0_11s_own_prompt_dataset(
         ),
         run / "schedule" / "plan.parquet",
     )
-    path = export_epoch(run, 1)
-    # --data.prompt_dataset PATH --data.input_key prompt --data.apply_chat_template
-    # --data.label_key label
+    path, record = export_epoch(run, 1)
+    # the flags it prints and records: what PromptDataset is given below
+    assert record["flags"] == (
+        f"--data.prompt_dataset {path.resolve()} --data.input_key prompt "
+        "--data.apply_chat_template --data.label_key label"
+    )
+    manifest = json.loads((run / "gain_manifest.json").read_text())
+    assert manifest["exports"]["openrlhf"]["epochs"]["1"] == record and record["rows"] == 3
     args = SimpleNamespace(
         data=SimpleNamespace(input_key="prompt", label_key="label", apply_chat_template=True)
     )

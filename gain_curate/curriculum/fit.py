@@ -1,0 +1,49 @@
+"""Whether a schedule's parameters fit the run it draws over: one warning line per misfit,
+saying what would fit; and the parameters a picture's title must name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+FAST_PASS_STEPS = 5  # a new pass of the whole ranking this often: it cycles, not a curriculum
+
+
+def fit_warnings(n: int, params: Any, sigma: float, history: list[dict[str, Any]]) -> list[str]:
+    """One line per parameter that does not fit a run of n prompts, with what would."""
+    out = []
+    if sigma >= n / 2:
+        out.append(
+            f"sigma = {sigma:g} rank positions is at least half of the {n:,} prompts: the Gaussian "
+            f"is nearly flat and the draws nearly uniform; try --sigma {max(1, round(n / 20))} "
+            "(or --sigma 0.05N)"
+        )
+    if params.batch_size >= n / 2:
+        out.append(
+            f"--batch-size {params.batch_size} draws at least half of the {n:,} prompts every "
+            "step, so the ranking barely changes what is drawn; "
+            f"try at most {max(1, n // 10)} (N/10)"
+        )
+    passes = history[-1]["pass"] if history else 0
+    if passes and len(history) / passes <= FAST_PASS_STEPS:
+        every = len(history) / passes
+        out.append(
+            f"mu sweeps the whole ranking every {every:.1f} steps ({passes} passes in "
+            f"{len(history)} steps): a pass should take many steps; lower --adj-max (now "
+            f"{params.adj_max:g}) or --n (now {params.n:g}), e.g. to about {max(1, n // 50)}"
+        )
+    return out
+
+
+def title_params(params: Any, sigma: float, n: int) -> str:
+    """Every schedule parameter that differs from its default, for the plot's title."""
+    from dataclasses import fields
+
+    from gain_curate.curriculum.schedule import ScheduleParams
+
+    skip = {"batch_size", "sigma", "sigma_fraction", "angle", "at_end"}  # shown elsewhere
+    parts = [
+        f"{f.name}={getattr(params, f.name):g}"
+        for f in fields(ScheduleParams)
+        if f.name not in skip and getattr(params, f.name) != f.default
+    ]
+    return ", ".join(parts)
