@@ -1,7 +1,7 @@
 """The resumable state of a scoring run under OUT/.gain-curate (DESIGN.md 4).
 
     OUT/.gain-curate/run.json      the config (and its hash) the parts were made with
-    OUT/.gain-curate/prepared/     the prepared rows and batches (prepare.py)
+    OUT/.gain-curate/prepared/     the prepared rows and batches (prepared.py)
     OUT/.gain-curate/parts/part-NNNNN.parquet + .done   one finished part and its marker
     OUT/.gain-curate/states/part-NNNNN.npz              its pooled states (--keep-states)
     OUT/.gain-curate/ranks/rank-NNNNN.json              who is alive (heartbeats)
@@ -42,7 +42,7 @@ from gain_curate.scoring.store import (
 
 class WorkDir:
     """The resumable state of one run under OUT/.gain-curate: run.json (what the run is),
-    prepared/ (prepare.py), parts/ (finished work and markers), ranks/ (who is alive)."""
+    prepared/ (prepared.py), parts/ (finished work and markers), ranks/ (who is alive)."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
