@@ -9,7 +9,7 @@ import matplotlib.image as mpimg
 import pytest
 from click.testing import CliRunner
 
-from gain_curate.checks.report import difficulty, one_line
+from gain_curate.checks.report import difficulty
 from gain_curate.cli import main
 from gain_curate.scoring.launch import run_score
 from gain_curate.scoring.score import ScoreConfig
@@ -85,13 +85,12 @@ def test_inspect_without_a_run_is_one_line(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "holds no scored run" in r.output and "Traceback" not in r.output
 
 
-def test_difficulty_parsing_and_one_line() -> None:
+def test_difficulty_parsing() -> None:
     import pyarrow as pa
 
     key, vals = difficulty(pa.table({"level": ["Level 1", "Level 5", "Level ?", "Level 3"]}))
     assert key == "level" and vals[:2].tolist() == [1.0, 5.0] and vals[3] == 3.0
     assert difficulty(pa.table({"x": [1, 2, 3]})) is None
-    assert one_line("a\n b   c", 80) == "a b c" and len(one_line("x" * 200, 50)) == 50
 
 
 def test_inspect_says_what_was_scored_and_trained_in_one_line(
