@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -68,6 +69,11 @@ def test_inspect_json_and_plot(run_dir: Path, tmp_path: Path) -> None:
     expected = stats.spearmanr(*zip(*pairs)).statistic
     assert info["difficulty_column"] == "level"
     assert info["spearman_score_vs_difficulty"] == pytest.approx(expected, abs=1e-12)
+    from gain_curate.bootstrap import spearman_ci
+
+    est = info["spearman_score_vs_difficulty_interval"]  # printed and in --json with its interval
+    assert est == spearman_ci(*map(np.array, zip(*pairs)), what=("gain_score", "level")).to_dict()
+    assert est["n"] == 30 and est["low"] <= est["value"] <= est["high"]
     assert len(info["top"]) == 5 and info["top"][0]["rank"] == 0
     assert info["top"][0]["score"] >= info["bottom"][-1]["score"]
     by_uid = {r["gain_uid"]: r for r in t}  # each listed row: its uid and its whole question

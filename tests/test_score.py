@@ -209,6 +209,16 @@ def test_run_writes_ranked_verl_shards_and_manifest(tiny_qwen2_dir: Path, tmp_pa
     ]
     expected = stats.spearmanr(*zip(*pairs)).statistic
     assert m["stats"]["spearman_score_vs_question_tokens"] == pytest.approx(expected, abs=1e-12)
+    from gain_curate.bootstrap import spearman_ci
+
+    est = m["stats"]["spearman_score_vs_question_tokens_interval"]  # with its interval, seed 0
+    assert (
+        est
+        == spearman_ci(
+            *map(np.array, zip(*pairs)), what=("gain_score", "question length")
+        ).to_dict()
+    )
+    assert est["value"] == pytest.approx(expected, abs=1e-12) and est["n"] == 10
     assert not (out / ".gain-curate" / "staging").exists()
 
 

@@ -151,3 +151,20 @@ def test_format_estimate() -> None:
     )
     assert format_estimate(Estimate(1.0, None, None, 3)) == "+1.00 (n = 3)"
     assert format_estimate(None) == "n/a" and format_estimate(0.1234) == "+0.123"
+
+
+def test_a_whole_runs_interval_comes_from_a_seeded_subsample_above_the_cap() -> None:
+    """Up to max_rows pairs: spearman_ci itself. Above: the value over every pair, the
+    interval of a seeded subsample of max_rows pairs (wider than the whole run's)."""
+    from gain_curate.bootstrap import spearman_interval
+    from gain_curate.stats import spearman
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=300)
+    y = x + rng.normal(size=300)
+    assert spearman_interval(x, y, max_rows=300) == spearman_ci(x, y)
+    est = spearman_interval(x, y, max_rows=100, seed=5)
+    keep = np.sort(np.random.default_rng(5).choice(300, size=100, replace=False))
+    sub = spearman_ci(x[keep], y[keep], seed=5)
+    assert (est.low, est.high) == (sub.low, sub.high) and est.n == 300
+    assert est.value == pytest.approx(spearman(x, y), abs=1e-12)

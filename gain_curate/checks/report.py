@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gain_curate.bootstrap import spearman_interval
 from gain_curate.scoring import store
 from gain_curate.stats import spearman, summary
 
@@ -99,8 +100,16 @@ def summarize(out: Path, top: int = 5) -> dict[str, Any]:
         "top": [brief(r) for r in distinct[:top]],
         "bottom": [brief(r) for r in distinct[-top:]],
         "spearman_score_vs_question_tokens": spearman(score, q_len),
+        "spearman_score_vs_question_tokens_interval": spearman_interval(
+            score, q_len, what=("gain_score", "question length")
+        ).to_dict(),
         "difficulty_column": diff[0] if diff else None,
         "spearman_score_vs_difficulty": spearman(score, diff[1]) if diff else None,
+        "spearman_score_vs_difficulty_interval": (
+            spearman_interval(score, diff[1], what=("gain_score", diff[0])).to_dict()
+            if diff
+            else None
+        ),
     }
 
 

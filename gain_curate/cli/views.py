@@ -118,6 +118,8 @@ def print_validate(result: dict[str, Any]) -> None:
 def print_inspect(info: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from gain_curate.bootstrap import format_estimate
+
     console = _console()
     t = Table(title=f"{info['out']}  ({info['model']})", show_header=False)
     if info.get("data_source"):
@@ -138,12 +140,14 @@ def print_inspect(info: dict[str, Any]) -> None:
                 f"min {s['min']:.4f}  p10 {s['p10']:.4f}  median {s['p50']:.4f}  "
                 f"p90 {s['p90']:.4f}  max {s['max']:.4f}",
             )
-    rho = info["spearman_score_vs_question_tokens"]
-    t.add_row("spearman(score, question tokens)", "n/a" if rho is None else f"{rho:+.3f}")
+    t.add_row(
+        "spearman(score, question tokens) [95% interval]",
+        format_estimate(info["spearman_score_vs_question_tokens_interval"]),
+    )
     if info["difficulty_column"]:
-        rho = info["spearman_score_vs_difficulty"]
         t.add_row(
-            f"spearman(score, {info['difficulty_column']})", "n/a" if rho is None else f"{rho:+.3f}"
+            f"spearman(score, {info['difficulty_column']}) [95% interval]",
+            format_estimate(info["spearman_score_vs_difficulty_interval"]),
         )
     console.print(t)
     # one line, never wrapped into a table cell: what was scored, and whether `prompt` is it
@@ -202,6 +206,8 @@ def print_summary(result: Any, verb: str) -> None:
     """The run in a table titled by its verb; the times are the manifest's, as in --json."""
     from rich.table import Table
 
+    from gain_curate.bootstrap import format_estimate
+
     m = result.manifest
     t = Table(title=f"gain-curate {verb}", show_header=False)
     t.add_row(
@@ -213,8 +219,13 @@ def print_summary(result: Any, verb: str) -> None:
         t.add_row(f"unscored: {reason}", f"{k:,}")
     if m["counts"].get("duplicates"):
         t.add_row("duplicates (scored as their first occurrence)", f"{m['counts']['duplicates']:,}")
-    rho = m["stats"]["spearman_score_vs_question_tokens"]
-    t.add_row("spearman(score, question tokens)", "n/a" if rho is None else f"{rho:+.3f}")
+    t.add_row(
+        "spearman(score, question tokens) [95% interval]",
+        format_estimate(
+            m["stats"].get("spearman_score_vs_question_tokens_interval")
+            or m["stats"]["spearman_score_vs_question_tokens"]  # a run of an older release
+        ),
+    )
     what = "merge time" if verb == "merge" else "scoring time"
     t.add_row(
         what, f"{m['seconds']:.1f} s" + (" (this finished run was reused)" if result.reused else "")

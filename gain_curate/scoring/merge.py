@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from gain_curate import __version__
+from gain_curate.bootstrap import spearman_interval
 from gain_curate.scoring import store
 from gain_curate.scoring.angles import FORMULA
 from gain_curate.scoring.config import Hooks, ScoreConfig, ScoreResult
@@ -250,6 +251,12 @@ def build_manifest(
             "spearman_score_vs_question_tokens": spearman(
                 rows.score, rows.tokens_question.astype(np.float64)
             ),
+            # the same with its seeded 95% bootstrap interval and n (bootstrap.py)
+            "spearman_score_vs_question_tokens_interval": spearman_interval(
+                rows.score,
+                np.where(rows.tokens_question >= 0, rows.tokens_question, np.nan),
+                what=("gain_score", "question length"),
+            ).to_dict(),
         },
         "seconds": round(seconds, 3),
         "prefill": run_info,
