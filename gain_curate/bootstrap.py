@@ -105,15 +105,17 @@ def bootstrap(
     seed: int = 0,
     resamples: int = RESAMPLES,
     level: float = LEVEL,
+    advance: Callable[[int], None] = lambda k: None,
 ) -> Estimate:
     """The value of `statistic` (columns (B, n) each -> (B,) values, NaN = undefined) on the
     sample and its percentile interval over seeded resamples of the n rows (section
-    comment). Undefined on the sample: value None. null: what the warning tests against."""
+    comment). Undefined on the sample: value None. null: what the warning tests against;
+    advance(k): called as each k resamples are done (a progress bar)."""
     n = len(columns[0])
     value = float(statistic(*(c[None] for c in columns))[0]) if n else np.nan
     if not np.isfinite(value) or n < MIN_INTERVAL_N:
         return interval(value, np.empty(0), n, null=null, level=level)
-    values = resample_values(statistic, columns, seed=seed, resamples=resamples)
+    values = resample_values(statistic, columns, seed=seed, resamples=resamples, advance=advance)
     return interval(value, values, n, null=null, level=level)
 
 
@@ -123,13 +125,16 @@ def resample_values(
     *,
     seed: int = 0,
     resamples: int = RESAMPLES,
+    advance: Callable[[int], None] = lambda k: None,
 ) -> np.ndarray:
     """`statistic` on each of the seeded resamples (section comment): (resamples,) values."""
     n = len(columns[0])
     idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    return np.concatenate(
-        [statistic(*(c[idx[a : a + _CHUNK]] for c in columns)) for a in range(0, resamples, _CHUNK)]
-    )
+    values = []
+    for a in range(0, resamples, _CHUNK):
+        values.append(statistic(*(c[idx[a : a + _CHUNK]] for c in columns)))
+        advance(len(values[-1]))
+    return np.concatenate(values)
 
 
 def interval(
@@ -181,20 +186,15 @@ def _constant(what: Sequence[str], *columns: np.ndarray) -> str | None:
 
 
 def spearman_ci(
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    what: tuple[str, str] = ("x", "y"),
-    seed: int = 0,
-    resamples: int = RESAMPLES,
-    level: float = LEVEL,
+    x: np.ndarray, y: np.ndarray, *, what: tuple[str, str] = ("x", "y"), **kw: Any
 ) -> Estimate:
-    """Spearman's rho of x and y (pairs where both are finite) with its interval."""
+    """Spearman's rho of x and y (pairs where both are finite) with its interval; kw: the
+    bootstrap's seed, resamples, level and advance."""
     x, y = _finite(x, y)
     reason = _constant(what, x, y)
     if reason:
         return Estimate(None, None, None, len(x), reason=reason)
-    return bootstrap(_spearman_rows, (x, y), null=0.0, seed=seed, resamples=resamples, level=level)
+    return bootstrap(_spearman_rows, (x, y), null=0.0, **kw)
 
 
 MAX_INTERVAL_ROWS = 20_000  # above this many pairs, the interval comes from a subsample
@@ -207,14 +207,15 @@ def spearman_interval(
     what: tuple[str, str] = ("x", "y"),
     seed: int = 0,
     max_rows: int = MAX_INTERVAL_ROWS,
+    advance: Callable[[int], None] = lambda k: None,
 ) -> Estimate:
     """spearman_ci of a whole run; above `max_rows` pairs, the interval of a seeded subsample
     of that many (wider than the run's: resampling 1M rows 2,000 times takes gigabytes)."""
     xf, yf = _finite(x, y)
     if len(xf) <= max_rows:
-        return spearman_ci(xf, yf, what=what, seed=seed)
+        return spearman_ci(xf, yf, what=what, seed=seed, advance=advance)
     keep = np.sort(np.random.default_rng(seed).choice(len(xf), size=max_rows, replace=False))
-    sub = spearman_ci(xf[keep], yf[keep], what=what, seed=seed)
+    sub = spearman_ci(xf[keep], yf[keep], what=what, seed=seed, advance=advance)
     return replace(sub, value=spearman(xf, yf), n=len(xf))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -89,10 +90,13 @@ def test_sigkill_at_random_points_then_resume_is_byte_identical(
     assert len(want) == 3
     rng = random.Random(1234)
     states = []
-    # kill points: during start-up, after k finished parts plus a random delay, and late
-    plans = [("startup", rng.uniform(0.2, 1.5)), ("after 4 parts", rng.uniform(0, 0.3))]
-    n_parts = json.loads((ref_out / "gain_manifest.json").read_text())["prefill"]["parts"]
+    prefill = json.loads((ref_out / "gain_manifest.json").read_text())["prefill"]
+    n_parts = prefill["parts"]
     assert n_parts >= 8  # parts are whole batches of about PART_ROWS rows
+    # kill points: during start-up, after k finished parts plus a random delay of up to two
+    # parts' time on this machine (a fixed delay outlasts the whole run on a fast one), late
+    per_part = prefill["forward_seconds"] / n_parts
+    plans = [("startup", rng.uniform(0.2, 1.5)), ("after 4 parts", rng.uniform(0, 2 * per_part))]
     plans.append((f"after {n_parts} parts", rng.uniform(0, 0.5)))  # in the merge or just after
     for i, (label, delay) in enumerate(plans):
         out = tmp_path / f"run{i}"
@@ -120,7 +124,7 @@ def test_sigkill_at_random_points_then_resume_is_byte_identical(
 
 
 def test_shards_then_merge_equal_the_local_backend(
-    tiny_qwen2_dir, data, reference, tmp_path
+    tiny_qwen2_dir, data, reference, tmp_path, monkeypatch
 ) -> None:
     """--shard I/N workers, each its own process, then `merge`: the reference's bytes. Before
     the last shard, merge refuses (naming the parts owed) and a rerun with another config
@@ -154,4 +158,24 @@ def test_shards_then_merge_equal_the_local_backend(
         text=True,
     )
     assert r.returncode == 0, r.stderr
+    assert shard_bytes(out) == shard_bytes(ref_out)
+    # merge's steps show their progress: in a log, a line per LOG_EVERY_S seconds (here every
+    # advance) with an ETA, then `done`; the time it prints is the manifest's, merge included
+    monkeypatch.setattr("gain_curate.progress.LOG_EVERY_S", 0.0)
+    r = CliRunner().invoke(main, ["merge", str(out)])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    n = len(json.loads((out / ".gain-curate" / "run.json").read_text())["parts"])
+    manifest = json.loads((out / "gain_manifest.json").read_text())
+    shards = len(manifest["shards"])
+    for step, units in (
+        (f"merge: reading {n} parts", n),
+        (f"merge: writing {shards} shards to {out}", shards),
+        ("merge: Spearman interval, 2,000 resamples", 8),  # 250 resamples at a time
+    ):
+        mine = [ln for ln in lines if ln.startswith(step + ": ")]
+        assert len(mine) == units and mine[-1].endswith(" elapsed, done"), (step, r.output)
+        assert all(re.search(r", ETA (\?|\d+:\d\d:\d\d)$", ln) for ln in mine[:-1])
+    assert re.search(r"merge: Spearman interval.*, ETA \d+:\d\d:\d\d$", r.output, re.M)
+    assert "merge time" in r.output and f"{manifest['seconds']:.1f} s" in r.output
     assert shard_bytes(out) == shard_bytes(ref_out)

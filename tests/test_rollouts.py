@@ -132,16 +132,47 @@ def test_zero_variance_drop_hand_computed() -> None:
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
     zero = np.array([False, True, False, False, True, True, True, False])  # 4 zero-variance
     half = zero_variance_drop(score, zero, 0.5)  # keeps ranks 0-3: one zero-variance kept
-    assert half == {
+    assert {k: v for k, v in half.items() if k != "dropped_by_score_interval"} == {
         "keep": 0.5,
         "kept": 4,
         "zero_variance": 4,
         "dropped_by_score": 0.75,
         "dropped_by_random": 0.5,
     }
+    assert half["dropped_by_score_interval"]["value"] == 0.75
     quarter = zero_variance_drop(score, zero, 0.25)  # keeps 0.9, 0.8: one kept
     assert quarter["dropped_by_score"] == 0.75 and quarter["dropped_by_random"] == 0.75
     assert zero_variance_drop(score, np.zeros(8, bool), 0.5)["dropped_by_score"] is None
+
+
+def test_zero_variance_drop_interval_is_the_hand_bootstrap() -> None:
+    """The share of zero-variance groups a top-X% filter drops carries the seeded bootstrap
+    interval over prompts, computed here resample by resample from the definition, and a
+    warning when the interval includes what a random subset of the same size drops."""
+    n, keep = 40, 0.25
+    rng = np.random.default_rng(3)
+    score = rng.normal(size=n)
+    score[[5, 11]] = np.nan  # unscored: ranked last
+    zero = rng.random(n) < 0.4
+
+    def naive(s: np.ndarray, z: np.ndarray) -> float:
+        order = sorted(range(n), key=lambda i: (-s[i] if np.isfinite(s[i]) else np.inf, i))
+        kept = set(order[: round(keep * n)])
+        dropped = sum(bool(z[i]) and i not in kept for i in range(n))
+        return dropped / z.sum() if z.sum() else np.nan
+
+    got = zero_variance_drop(score, zero, keep, seed=7, resamples=400)
+    idx = np.random.default_rng(7).integers(0, n, size=(400, n))
+    values = np.array([naive(score[r], zero[r]) for r in idx])
+    low, high = np.quantile(values[np.isfinite(values)], [0.025, 0.975])
+    interval = got["dropped_by_score_interval"]
+    assert got["dropped_by_score"] == interval["value"] == naive(score, zero)
+    assert (interval["low"], interval["high"]) == pytest.approx((low, high), abs=1e-12)
+    assert interval["n"] == n and got["dropped_by_random"] == 0.75
+    assert "includes 0.75" in interval["warning"]  # an unrelated score: like a random subset
+    planted = zero_variance_drop(np.where(zero, -1.0, 1.0) + rng.normal(0, 0.1, n), zero, keep)
+    assert planted["dropped_by_score"] == 1.0 and planted["dropped_by_score_interval"]["low"] > 0.75
+    assert planted["dropped_by_score_interval"]["warning"] is None
 
 
 def test_auroc_equals_mann_whitney() -> None:
@@ -757,6 +788,13 @@ def test_validate_rollouts_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path, monk
     assert "the RL side: K = 4 rollouts" in text and "zero-variance groups" in text
     assert f"{100 * rl['truncated_share']:.0f}% cut off at 5 tokens before ending" in text
     assert ("warning: " in text) == (rl["truncated_share"] > 0.2)
+    kept = [x for x in rl["keep_top_by_score"] if x["dropped_by_score"] is not None]
+    for x in kept:  # each share with its interval over the 8 prompts, in the JSON and printed
+        est = x["dropped_by_score_interval"]
+        assert est["n"] == 8 and est["value"] == x["dropped_by_score"]
+        assert f"{100 * est['value']:.0f}% [{100 * est['low']:.0f}%" in text.replace("\n", "")
+    like_random = any(x["dropped_by_score_interval"]["warning"] for x in kept)
+    assert ("uncertainty: keeping the top" in text) == like_random
     assert (
         json.loads((val / "validate.json").read_text())["rows"]["pass_rate"] == saved["pass_rate"]
     )

@@ -13,25 +13,48 @@ TRUNCATED_WARN = 0.2  # above this share of cut-off completions, the pass rates 
 TARGETS = ("pass_rate", "learnability", "grpo_grad_norm")
 
 
-def zero_variance_drop(score: np.ndarray, zero_var: np.ndarray, keep: float) -> dict[str, Any]:
+def zero_variance_drop(
+    score: np.ndarray, zero_var: np.ndarray, keep: float, *, seed: int = 0, resamples: int = 2000
+) -> dict[str, Any]:
     """Keep the top `keep` fraction of prompts by score (ties by position): the fraction of
-    zero-variance prompts that falls away, against a random subset of the same size, which
-    drops 1 - kept/n of them in expectation."""
+    zero-variance prompts that falls away, with its seeded bootstrap interval over prompts,
+    against a random subset of the same size, which drops 1 - kept/n of them in expectation
+    (the interval's null: a warning when it includes that share)."""
+    from gain_curate.bootstrap import bootstrap
+
     score, zero_var = np.asarray(score, np.float64), np.asarray(zero_var, bool)
     n = len(score)
     kept_n = int(round(keep * n))
-    order = sorted(range(n), key=lambda i: (-score[i] if np.isfinite(score[i]) else np.inf, i))
-    kept = np.zeros(n, bool)
-    kept[order[:kept_n]] = True
     total = int(zero_var.sum())
-    dropped = int((zero_var & ~kept).sum())
+    random = 1 - kept_n / n if n else None
+    est = bootstrap(
+        lambda s, z: dropped_rows(s, z, keep),
+        (score, zero_var),
+        null=random,
+        seed=seed,
+        resamples=resamples,
+    )
     return {
         "keep": keep,
         "kept": kept_n,
         "zero_variance": total,
-        "dropped_by_score": None if total == 0 else dropped / total,
-        "dropped_by_random": None if total == 0 else 1 - kept_n / n,
+        "dropped_by_score": None if total == 0 else est.value,
+        "dropped_by_score_interval": est.to_dict(),
+        "dropped_by_random": None if total == 0 else random,
     }
+
+
+def dropped_rows(score: np.ndarray, zero_var: np.ndarray, keep: float) -> np.ndarray:
+    """(B, n) scores and zero-variance flags -> (B,): the share of each row's zero-variance
+    prompts outside its top round(keep n) by score (ties by position, unscored last); NaN
+    where a row has none."""
+    b, n = score.shape
+    order = np.argsort(np.where(np.isfinite(score), -score, np.inf), axis=1, kind="stable")
+    kept = np.zeros((b, n), bool)
+    np.put_along_axis(kept, order[:, : int(round(keep * n))], True, axis=1)
+    total = zero_var.sum(1)
+    dropped = (zero_var & ~kept).sum(1)
+    return np.where(total > 0, dropped / np.maximum(total, 1), np.nan)
 
 
 def auroc(score: np.ndarray, positive: np.ndarray) -> float | None:
@@ -78,6 +101,30 @@ def rollout_statistics(
                 )
     zv = rl["zero_variance"]
     score = signals["gain_score"]
+    keep_top = [
+        zero_variance_drop(score, zv, x, seed=seed, resamples=resamples) for x in (0.25, 0.5, 0.75)
+    ]
+    ranked = compare_rankings(
+        signal_rankings(signals, probes),
+        rl,
+        length=length,
+        n_run=n_run,
+        seed=seed,
+        resamples=resamples,
+        probes=probes,
+    )
+    like_random = [
+        f"{100 * x['keep']:.0f}%"
+        for x in keep_top
+        if x["dropped_by_score"] is not None and x["dropped_by_score_interval"]["warning"]
+    ]
+    if like_random:
+        ranked["uncertainty"] = [
+            f"keeping the top {', '.join(like_random)} by gain_score drops zero-variance groups "
+            "no more surely than a random subset would: the 95% interval includes the random "
+            f"share (n = {len(score)})",
+            *ranked.get("uncertainty", []),
+        ]
     return {
         "reward": rl["reward"],
         "pass_rate_mean": float(np.mean(rl["pass_rate"])),
@@ -89,17 +136,9 @@ def rollout_statistics(
         "none_rewards": int(rl.get("none_rewards", 0)),
         "warnings": rollout_warnings(rl),
         **corr,
-        "keep_top_by_score": [zero_variance_drop(score, zv, x) for x in (0.25, 0.5, 0.75)],
+        "keep_top_by_score": keep_top,
         "auroc_score_predicts_zero_variance": auroc(score, zv),
-        **compare_rankings(
-            signal_rankings(signals, probes),
-            rl,
-            length=length,
-            n_run=n_run,
-            seed=seed,
-            resamples=resamples,
-            probes=probes,
-        ),
+        **ranked,
     }
 
 

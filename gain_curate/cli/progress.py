@@ -1,85 +1,17 @@
 """Progress on stderr for the long commands: `phases` (one bar per step of validate: scoring,
-supervised gradients, generation, GRPO gradients) and `progress` (score's batches and
-status lines). Every bar shows its elapsed time and an ETA on a terminal; when stderr is not
-one (a log file, a pipe), each step instead prints one plain line every LOG_EVERY_S seconds
-and one when it finishes, so a long run's log shows where it is. No logic: the library
-reports progress through the Hooks it is given."""
+supervised gradients, generation, GRPO gradients) and `progress` (score's and merge's steps
+and status lines). Both show the library's own steps too (a model's one-time conversion,
+merge's reading and writing: gain_curate.progress), on the same bars: a bar with an ETA on
+a terminal, a plain line every 30 s in a log. No logic: the library reports progress through
+the Hooks it is given and gain_curate.progress."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
-LOG_EVERY_S = 30.0
-
-
-class Bars:
-    """Named progress tasks on a console: rich bars with an ETA, or periodic log lines."""
-
-    def __init__(self, console: Any, clock: Any = time.monotonic) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console, self.clock = console, clock
-        self.live = console.is_terminal
-        self.bars = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            get_time=clock,
-        )
-        self.logged: dict[int, float] = {}  # task -> when its last line was printed
-
-    def start(self) -> None:
-        if self.live:
-            self.bars.start()
-
-    def stop(self) -> None:
-        if self.live:
-            self.bars.stop()
-
-    def add(self, name: str, total: int) -> int:
-        task = self.bars.add_task(name, total=total, rate="")
-        self.logged[task] = self.clock()
-        return task
-
-    def advance(self, task: int, n: int, rate: str = "") -> None:
-        self.bars.update(task, advance=n, rate=rate)
-        if self.live:
-            return
-        t = self.bars.tasks[task]
-        now = self.clock()
-        if now - self.logged[task] < LOG_EVERY_S and t.completed < (t.total or 0):
-            return
-        self.logged[task] = now
-        self.console.print(_line(t, rate), soft_wrap=True, highlight=False, markup=False)
-
-
-def _line(t: Any, rate: str) -> str:
-    """`scoring: 120/1,000 (12%), 3.2 prompts/s, 0:04:35 elapsed, ETA 0:45:12`."""
-    from datetime import timedelta
-
-    def hms(s: float | None) -> str:
-        return "?" if s is None else str(timedelta(seconds=round(s)))
-
-    total = t.total or 0
-    pct = 100 * t.completed / total if total else 100.0
-    eta = "done" if t.completed >= total else f"ETA {hms(t.time_remaining)}"
-    parts = [f"{t.description}: {t.completed:,.0f}/{total:,.0f} ({pct:.0f}%)"]
-    parts += [rate] if rate else []
-    parts += [f"{hms(t.elapsed)} elapsed", eta]
-    return ", ".join(parts)
+from gain_curate.progress import Bars, showing
 
 
 class phases:
@@ -93,6 +25,8 @@ class phases:
         from rich.console import Console
 
         self.bars = Bars(Console(stderr=True, quiet=self.quiet))
+        self.shown = contextlib.ExitStack()
+        self.shown.enter_context(showing(self.bars))
         self.bars.start()
         return self
 
@@ -102,6 +36,7 @@ class phases:
 
     def __exit__(self, *exc: Any) -> None:
         self.bars.stop()
+        self.shown.close()
 
 
 class progress:
@@ -120,9 +55,11 @@ class progress:
         self.task: int | None = None
         self.tokens = 0
         self.t0 = 0.0
+        self.shown = contextlib.ExitStack()
+        self.shown.enter_context(showing(self.bars))
+        self.bars.start()
 
         def start(prompts: int, tokens: int) -> None:
-            self.bars.start()
             self.t0 = time.perf_counter()
             self.task = self.bars.add("scoring", prompts)
 
@@ -144,3 +81,4 @@ class progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.bars.stop()
+        self.shown.close()

@@ -98,7 +98,8 @@ def print_validate(result: dict[str, Any]) -> None:
     for col in ("keep top by gain_score", "zero-variance dropped", "random subset drops"):
         t.add_column(col, justify="right")
     for row in rl["keep_top_by_score"]:
-        pct = "n/a" if row["dropped_by_score"] is None else f"{100 * row['dropped_by_score']:.0f}%"
+        est = row.get("dropped_by_score_interval") or {}
+        pct = "n/a" if row["dropped_by_score"] is None else _percent(est)
         rnd = (
             "n/a" if row["dropped_by_random"] is None else f"{100 * row['dropped_by_random']:.0f}%"
         )
@@ -242,3 +243,13 @@ def print_summary(result: Any, verb: str) -> None:
         click.echo(f"conversation: {conv['note']}")
     click.echo(f"ranked shards: {result.out / 'data'}")
     click.echo("verl: " + " ".join(m["trainer_flags"]["verl"]))
+
+
+def _percent(est: dict[str, Any]) -> str:
+    """`75% [60%, 88%]`: a share with its bootstrap interval (as the JSON's estimate)."""
+    if est.get("value") is None:
+        return "n/a"
+    out = f"{100 * est['value']:.0f}%"
+    if est.get("low") is not None and est.get("high") is not None:
+        out += f" [{100 * est['low']:.0f}%, {100 * est['high']:.0f}%]"
+    return out

@@ -11,10 +11,13 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gain_curate import progress
 from gain_curate.errors import ModelError
+from gain_curate.runtime.gguf_reads import fast_reads
 from gain_curate.runtime.transformers_compat import from_pretrained_kwargs, quiet_transformers
 
 if TYPE_CHECKING:
@@ -138,19 +141,14 @@ def convert_gguf(gguf_file: Path, final: Path, dtype: torch.dtype) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     except OSError as exc:
         raise ModelError(f"cannot write the model cache {final.parent}: {exc}") from exc
-    import sys
-    import time
-
-    # a one-time step of tens of seconds: say so on stderr (stdout may be --json)
-    print(
+    # a one-time step of tens of seconds: say so, then show the weights' bar (gguf_reads)
+    progress.note(
         f"gain-curate: converting {gguf_file.name} into {final} once "
-        "(later runs load the folder)...",
-        file=sys.stderr,
-        flush=True,
+        "(later runs load the folder): reading its metadata and tokenizer..."
     )
     t0 = time.monotonic()
     try:
-        with quiet_transformers():
+        with quiet_transformers(), fast_reads(final.name):
             kwargs: dict[str, Any] = {"gguf_file": gguf_file.name, "local_files_only": True}
             source = str(gguf_file.parent)
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -177,5 +175,5 @@ def convert_gguf(gguf_file: Path, final: Path, dtype: torch.dtype) -> Path:
         raise ModelError(f"converting {gguf_file.name} into {final} failed: {first}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"gain-curate: converted in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    progress.note(f"gain-curate: converted {final.name} in {time.monotonic() - t0:.0f} s")
     return final

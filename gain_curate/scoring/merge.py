@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from gain_curate import __version__
-from gain_curate.bootstrap import spearman_interval
+from gain_curate import __version__, progress
+from gain_curate.bootstrap import RESAMPLES, spearman_interval
 from gain_curate.scoring import store
 from gain_curate.scoring.angles import FORMULA
 from gain_curate.scoring.config import Hooks, ScoreConfig, ScoreResult
@@ -25,13 +25,20 @@ from gain_curate.scoring.workdir import WorkDir
 from gain_curate.stats import spearman, summary
 
 
-def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
+def merge(prep: Prepared, hooks: Hooks, started: float) -> ScoreResult:
     """Rank every part together and write the public shards, then the manifest. Reads only
-    the run's own files: the prepared rows and input, the parts and their markers."""
+    the run's own files: the prepared rows and input, the parts and their markers.
+    started: time.perf_counter() when the command began; the manifest's `seconds` run from
+    it to the manifest, the merge included."""
     cfg, n = prep.cfg, prep.n_rows
     keys = [prep.part_key(p) for p in range(len(prep.parts))]
     work = WorkDir(cfg.out)
-    parts, part_stats = work.read_parts(keys, prep.config_hash, states=cfg.keep_states)
+    parts, part_stats = work.read_parts(
+        keys,
+        prep.config_hash,
+        states=cfg.keep_states,
+        advance=progress.step(f"merge: reading {_count(len(keys), 'part')}", len(keys)),
+    )
     rows = prep.rows.to_pydict()
     reasons: list[str | None] = list(rows["reason"])
     ids, ps = rows["input_ids"], rows["p"]
@@ -62,6 +69,7 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
     )
     spec = prep.spec
     template, convs = run_conversations(cfg, prep.table, spec, questions)
+    hooks.status(f"ranking {n:,} rows and building their table")
     table = build_table(
         prep.table,
         ranked,
@@ -73,9 +81,14 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
         questions=[c.question if c is not None and c.from_input else None for c in convs],
         replace_data_source=cfg.data_source is not None,
     )
-    hooks.status(f"writing {cfg.out}")
     (cfg.out / store.MANIFEST).unlink(missing_ok=True)  # never a manifest beside other shards
-    shards = store.write_shards(table, cfg.out, rows_per_shard=cfg.rows_per_shard)
+    n_shards = max(1, -(-n // cfg.rows_per_shard))
+    shards = store.write_shards(
+        table,
+        cfg.out,
+        rows_per_shard=cfg.rows_per_shard,
+        advance=progress.step(f"merge: writing {_count(n_shards, 'shard')} to {cfg.out}", n_shards),
+    )
     kept = (
         write_states(work, len(prep.parts), uids, duplicate_of, prep.model_info)
         if cfg.keep_states
@@ -94,9 +107,7 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
     totals["forward_seconds"] = round(sum(s.get("seconds", 0.0) for s in part_stats), 3)
     totals["parts"] = len(prep.parts)
     totals["batches"] = len(prep.batches)
-    manifest = build_manifest(
-        cfg, spec, prep.model_info, ranked, shards, seconds, totals, prep.config_hash
-    )
+    manifest = build_manifest(cfg, spec, prep.model_info, ranked, shards, totals, prep.config_hash)
     manifest["signal"]["template"] = recorded_template(cfg, template, convs).to_dict()
     manifest["signal"]["conversation"] = conversation_record(cfg, template, convs)
     longest = max((t for t in rows["total_tokens"] if t is not None), default=0)
@@ -107,8 +118,28 @@ def merge(prep: Prepared, hooks: Hooks, seconds: float) -> ScoreResult:
     manifest["runtime"] = prep.runtime.to_dict()
     if kept is not None:
         manifest["states"] = kept
+    seconds = time.perf_counter() - started
+    manifest["seconds"] = round(seconds, 3)
     store.write_manifest(cfg.out, manifest)
     return ScoreResult(cfg.out, manifest, seconds)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
+def length_interval(rows: RankedRows) -> dict[str, Any]:
+    """The Spearman of score and question length with its bootstrap interval (a bar: ~13 s
+    above 20,000 rows on 2 cores)."""
+    advance = progress.step(f"merge: Spearman interval, {RESAMPLES:,} resamples", RESAMPLES)
+    est = spearman_interval(
+        rows.score,
+        np.where(rows.tokens_question >= 0, rows.tokens_question, np.nan),
+        what=("gain_score", "question length"),
+        advance=advance,
+    )
+    advance.finish()  # no interval to resample (too few rows, a constant column): done
+    return est.to_dict()
 
 
 def write_states(
@@ -121,7 +152,9 @@ def write_states(
     """OUT/states.npz from the parts' pooled states: one row per scored input row (a duplicate
     gets its first occurrence's states, as it gets its scores), in input-row order, with
     `row` (the input row, extra_info.index) and `gain_uid`. The manifest's `states` entry."""
-    got = work.read_states(n_parts)
+    got = work.read_states(
+        n_parts, progress.step(f"merge: reading the states of {_count(n_parts, 'part')}", n_parts)
+    )
     d = int(model_info["hidden_size"])
     rows = got.get("row", np.zeros(0, np.int64))
     at = {int(r): i for i, r in enumerate(rows)}
@@ -160,7 +193,7 @@ def merge_run(out: Path, hooks: Hooks | None = None) -> ScoreResult:
     hooks = hooks or Hooks()
     t0 = time.perf_counter()
     prep = load_prepared(out, for_merge=True)
-    return merge(prep, hooks, time.perf_counter() - t0)
+    return merge(prep, hooks, t0)
 
 
 def recorded_template(cfg: ScoreConfig, template: Any, convs: list[Any]) -> Any:
@@ -211,7 +244,6 @@ def build_manifest(
     model_info: dict[str, Any],
     rows: RankedRows,
     shards: list[dict[str, Any]],
-    seconds: float,
     run_info: dict[str, Any],
     config_hash_: str,
 ) -> dict[str, Any]:
@@ -252,13 +284,9 @@ def build_manifest(
                 rows.score, rows.tokens_question.astype(np.float64)
             ),
             # the same with its seeded 95% bootstrap interval and n (bootstrap.py)
-            "spearman_score_vs_question_tokens_interval": spearman_interval(
-                rows.score,
-                np.where(rows.tokens_question >= 0, rows.tokens_question, np.nan),
-                what=("gain_score", "question length"),
-            ).to_dict(),
+            "spearman_score_vs_question_tokens_interval": length_interval(rows),
         },
-        "seconds": round(seconds, 3),
+        "seconds": None,  # the command's, to the manifest: merge() sets it last
         "prefill": run_info,
         "trainer_flags": {
             "verl": [

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,15 @@ def shard_name(i: int, n: int) -> str:
     return f"train-{i:05d}-of-{n:05d}.parquet"
 
 
-def write_shards(table: pa.Table, out: Path, *, rows_per_shard: int) -> list[dict[str, Any]]:
-    """Write the ranked table as shards under OUT/data, all at once or not at all.
+def write_shards(
+    table: pa.Table,
+    out: Path,
+    *,
+    rows_per_shard: int,
+    advance: Callable[[int], None] = lambda n: None,
+) -> list[dict[str, Any]]:
+    """Write the ranked table as shards under OUT/data, all at once or not at all;
+    advance(1) as each is written.
 
     Shards are staged in OUT/.gain-curate/staging and the folder is renamed into place, so
     a crash leaves either the old data folder or the new one, never a mix.
@@ -61,6 +69,7 @@ def write_shards(table: pa.Table, out: Path, *, rows_per_shard: int) -> list[dic
                     "rank_range": [first, first + part.num_rows - 1],
                 }
             )
+            advance(1)
         data = out / "data"
         if data.exists():
             shutil.rmtree(data)

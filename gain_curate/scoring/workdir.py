@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +161,12 @@ class WorkDir:
         write_bytes_atomic(self.parts / f"part-{part:05d}.done", json.dumps(marker).encode())
 
     def read_parts(
-        self, part_keys: list[str], config_hash: str, *, states: bool = False
+        self,
+        part_keys: list[str],
+        config_hash: str,
+        *,
+        states: bool = False,
+        advance: Callable[[int], None] = lambda n: None,
     ) -> tuple[pa.Table, list[dict[str, Any]]]:
         n_parts = len(part_keys)
         missing = [
@@ -173,16 +178,21 @@ class WorkDir:
                 f"{self.out}: {len(missing)} of {n_parts} parts are not finished (parts {shown}): "
                 "run the missing --shard workers (or `gain-curate score` again) before merging"
             )
-        tables = [pq.read_table(self.parts / f"part-{p:05d}.parquet") for p in range(n_parts)]
-        stats = [
-            json.loads((self.parts / f"part-{p:05d}.done").read_text())["prefill"]
-            for p in range(n_parts)
-        ]
+        tables, stats = [], []
+        for p in range(n_parts):
+            tables.append(pq.read_table(self.parts / f"part-{p:05d}.parquet"))
+            stats.append(json.loads((self.parts / f"part-{p:05d}.done").read_text())["prefill"])
+            advance(1)
         return (pa.concat_tables(tables) if tables else PART_SCHEMA.empty_table()), stats
 
-    def read_states(self, n_parts: int) -> dict[str, np.ndarray]:
+    def read_states(
+        self, n_parts: int, advance: Callable[[int], None] = lambda n: None
+    ) -> dict[str, np.ndarray]:
         """Every part's pooled states, in part order (read after read_parts checked them)."""
-        parts = [read_npz(self.states_path(p)) for p in range(n_parts)]
+        parts = []
+        for p in range(n_parts):
+            parts.append(read_npz(self.states_path(p)))
+            advance(1)
         if not parts:
             return {}
         return {k: np.concatenate([q[k] for q in parts]) for k in parts[0]}
