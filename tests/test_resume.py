@@ -170,6 +170,7 @@ def test_shards_then_merge_equal_the_local_backend(
     shards = len(manifest["shards"])
     for step, units in (
         (f"merge: reading {n} parts", n),
+        (f"merge: rendering {manifest['counts']['rows']} prompts", 1),  # 10,000 at a time
         (f"merge: writing {shards} shards to {out}", shards),
         ("merge: Spearman interval, 2,000 resamples", 8),  # 250 resamples at a time
     ):

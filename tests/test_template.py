@@ -322,3 +322,19 @@ def test_scored_ids_equal_apply_chat_template_of_prompt(
             assert all(len(r["prompt"]) == 1 for r in pq.read_table(out / "data").to_pylist())
         else:
             assert [m["role"] for m in row["prompt"]] == ["system", "user", "assistant", "user"]
+
+
+def test_conversations_and_their_segments_are_the_same_in_chunks(qwen_tokenizer) -> None:
+    """A million rows take minutes to render and tokenize, so both report progress as they
+    go, chunk by chunk: the result does not depend on the chunk, and the progress adds up
+    to every row once."""
+    from gain_curate.scoring.conversation import conversation_segments, conversations
+
+    questions = [f"What is {i} times {i + 7}?" for i in range(23)] + [None, "Why?"]
+    done: list[int] = []
+    convs = conversations(ScoringTemplate(), questions, None, advance=done.append)
+    assert sum(done) == len(questions)
+    rows = [c for c in convs if c is not None]
+    whole, steps = conversation_segments(qwen_tokenizer, rows), []
+    assert conversation_segments(qwen_tokenizer, rows, steps.append, chunk=4) == whole
+    assert steps == [4, 4, 4, 4, 4, 4] and len(whole) == 24 and None not in whole

@@ -141,7 +141,9 @@ def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
     )
     table = table.append_column(PREDICT_FIELDS[1], pa.array(learn_ranks(pred), pa.int64()))
     rows_per_shard = manifest["shards"][0]["rows"] if manifest["shards"] else max(1, table.num_rows)
-    shards = store.write_shards(table, out, rows_per_shard=rows_per_shard)
+    shards = store.write_shards(
+        lambda a, b: table.slice(a, b - a), table.num_rows, out, rows_per_shard=rows_per_shard
+    )
     record = prediction_record(probe_path, names, kinds, kept, pred, table)
     manifest = store.read_manifest(out)  # as it is now: another command may have added a section
     manifest["shards"], manifest["prediction"] = shards, record

@@ -3,6 +3,7 @@ it, and runtime/ below):
 
     sources.py readers.py hub.py answers.py   the input -> questions, answers, data_source
     template.py conversation.py               the scoring conversation and its token segments
+    recorded.py                               what the run records of its conversations
     prepare.py prepared.py                    tokenized once per run, cut into parts, saved
     batching.py                               parts -> batches within the token budget
     forward.py prefill.py reduction.py        one prefill pass -> per-segment unit-vector sums

@@ -16,6 +16,7 @@ renders from the output's `prompt` column. `conversations()` decides both, per r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ def conversations(
     chats: list[Any] | None,
     *,
     train_prompt: str = "conversation",
+    advance: Callable[[int], None] = lambda n: None,
 ) -> list[Conversation | None]:
     """Per row, what is scored and what the trainer sees; None where there is no question.
 
@@ -65,6 +67,8 @@ def conversations(
     known = [i for i in (template.instruction, GSM8K_INSTRUCTION, BOXED_INSTRUCTION) if i]
     out: list[Conversation | None] = []
     for i, q in enumerate(questions):
+        if i and i % 10_000 == 0:  # advance(k): as each k rows are done
+            advance(10_000)
         chat = chats[i] if chats is not None else None
         if q is None:
             out.append(None)
@@ -80,6 +84,7 @@ def conversations(
                 else [{"role": "user", "content": template.user_content(q)}]
             )
             out.append(Conversation(scored, q, trained))
+    advance(len(questions) - 10_000 * max(0, (len(questions) - 1) // 10_000))
     return out
 
 
@@ -180,9 +185,22 @@ def segment_batch(
     return token_segments(tokenizer, [render(tokenizer, template, q) for q in questions])
 
 
-def conversation_segments(tokenizer: Any, convs: list[Conversation]) -> list[Segments | None]:
-    """Each row's scored conversation tokenized and cut into P and Q (None: Q not found)."""
-    return token_segments(tokenizer, [render_chat(tokenizer, c.scored, c.question) for c in convs])
+def conversation_segments(
+    tokenizer: Any,
+    convs: list[Conversation],
+    advance: Callable[[int], None] = lambda n: None,
+    chunk: int = 4096,
+) -> list[Segments | None]:
+    """Each row's scored conversation tokenized and cut into P and Q (None: Q not found),
+    `chunk` rows at a time (a million rows take minutes: advance(k) as each k are done)."""
+    out: list[Segments | None] = []
+    for a in range(0, len(convs), chunk):
+        block = convs[a : a + chunk]
+        out += token_segments(
+            tokenizer, [render_chat(tokenizer, c.scored, c.question) for c in block]
+        )
+        advance(len(block))
+    return out
 
 
 def template_hash(tokenizer: Any) -> str:

@@ -17,9 +17,10 @@ from gain_curate.bootstrap import RESAMPLES, spearman_interval
 from gain_curate.scoring import store
 from gain_curate.scoring.angles import FORMULA
 from gain_curate.scoring.config import Hooks, ScoreConfig, ScoreResult
-from gain_curate.scoring.prepare import conversation_note, run_conversations
+from gain_curate.scoring.prepare import run_conversations
 from gain_curate.scoring.prepared import Prepared, load_prepared
 from gain_curate.scoring.record import RankedRows, ScoredRows
+from gain_curate.scoring.recorded import conversation_record, recorded_template
 from gain_curate.scoring.table import build_table, rank_order
 from gain_curate.scoring.workdir import WorkDir
 from gain_curate.stats import spearman, summary
@@ -68,23 +69,35 @@ def merge(prep: Prepared, hooks: Hooks, started: float) -> ScoreResult:
         duplicate_of=duplicate_of,
     )
     spec = prep.spec
-    template, convs = run_conversations(cfg, prep.table, spec, questions)
-    hooks.status(f"ranking {n:,} rows and building their table")
-    table = build_table(
+    template, convs = run_conversations(
+        cfg,
         prep.table,
-        ranked,
-        question_key=spec["question_key"],
-        answer_key=spec["answer_key"],
-        data_source=spec["data_source"],
-        split=cfg.split,
-        prompts=[c.trained if c is not None else None for c in convs],
-        questions=[c.question if c is not None and c.from_input else None for c in convs],
-        replace_data_source=cfg.data_source is not None,
+        spec,
+        questions,
+        progress.step(f"merge: rendering {_count(n, 'prompt')}", n),
     )
+    prompts = [c.trained if c is not None else None for c in convs]
+    found = [c.question if c is not None and c.from_input else None for c in convs]
+
+    def shard_table(first: int, end: int) -> Any:  # the rows ranked first..end-1
+        return build_table(
+            prep.table,
+            ranked,
+            question_key=spec["question_key"],
+            answer_key=spec["answer_key"],
+            data_source=spec["data_source"],
+            split=cfg.split,
+            prompts=prompts,
+            questions=found if any(q is not None for q in found) else None,
+            replace_data_source=cfg.data_source is not None,
+            ranks=(first, end),
+        )
+
     (cfg.out / store.MANIFEST).unlink(missing_ok=True)  # never a manifest beside other shards
     n_shards = max(1, -(-n // cfg.rows_per_shard))
     shards = store.write_shards(
-        table,
+        shard_table,
+        n,
         cfg.out,
         rows_per_shard=cfg.rows_per_shard,
         advance=progress.step(f"merge: writing {_count(n_shards, 'shard')} to {cfg.out}", n_shards),
@@ -194,48 +207,6 @@ def merge_run(out: Path, hooks: Hooks | None = None) -> ScoreResult:
     t0 = time.perf_counter()
     prep = load_prepared(out, for_merge=True)
     return merge(prep, hooks, t0)
-
-
-def recorded_template(cfg: ScoreConfig, template: Any, convs: list[Any]) -> Any:
-    """signal.template: what surrounded each question when it was scored. An input's own chat
-    scored as it is has nothing around it: an empty template named "input" (its question
-    then is the whole last user turn, which is what `validate --run` rebuilds from it)."""
-    from gain_curate.scoring.template import ScoringTemplate
-
-    if cfg.train_prompt == "conversation" and any(c is not None and c.from_input for c in convs):
-        return ScoringTemplate(
-            system_prompt=None, few_shot=(), instruction=None, few_shot_name="input"
-        )
-    return template
-
-
-def conversation_record(cfg: ScoreConfig, template: Any, convs: list[Any]) -> dict[str, Any]:
-    """signal.conversation: whether the trainer's `prompt` is the conversation that was scored
-    (DESIGN.md 4, one conversation), how the template was chosen, and one line saying so."""
-    from gain_curate.scoring.template import TEMPLATE_FIELDS
-
-    rows = [c for c in convs if c is not None]
-    own = any(c.from_input for c in rows)
-    flags = cfg.template_flags
-    return {
-        "train_prompt": cfg.train_prompt,
-        "scored": "the input's own chat prompt"
-        if own and cfg.train_prompt == "conversation"
-        else "template",
-        "trained": "the input's own chat prompt"
-        if own
-        else ("template" if cfg.train_prompt == "conversation" else "question + instruction"),
-        "trained_differs": any(c.differs for c in rows),
-        "rows_differing": sum(c.differs for c in rows),
-        "template_from": "as given (library call)"
-        if flags is None
-        else {f: "flag" if f in flags else "data_source default" for f in TEMPLATE_FIELDS},
-        "question": "the last user turn's text less a trailing instruction (the template's, verl's "
-        "GSM8K or MATH one)"
-        if own
-        else "the question column; the instruction is in no segment",
-        "note": conversation_note(cfg, template, convs),
-    }
 
 
 def build_manifest(

@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gain_curate import progress
 from gain_curate.errors import InputError, ModelError, OutputError
 from gain_curate.runtime.resolve import Runtime
 from gain_curate.scoring.config import Hooks, ScoreConfig, request_key
@@ -31,6 +33,7 @@ from gain_curate.scoring.prepared import (
     prompt_uids,
     rows_table,
 )
+from gain_curate.scoring.recorded import conversation_note
 
 
 def read_model_config(cfg: ScoreConfig) -> tuple[Any, Any, Any]:
@@ -97,11 +100,21 @@ def prepare(
             f"'{src.spec.question_key}' or pass --question-key"
         )
     todo = [i for i in range(n) if reasons[i] is None]
-    template, convs = run_conversations(cfg, src.table, asdict(src.spec), src.questions)
+    template, convs = run_conversations(
+        cfg,
+        src.table,
+        asdict(src.spec),
+        src.questions,
+        progress.step(f"rendering {n:,} conversations", n),
+    )
     hooks.status(
         f"tokenizing {len(todo):,} conversations: {conversation_note(cfg, template, convs)}"
     )
-    segs = conversation_segments(tok, [convs[i] for i in todo])
+    segs = conversation_segments(
+        tok,
+        [convs[i] for i in todo],
+        progress.step(f"tokenizing {len(todo):,} conversations", len(todo)),
+    )
     tokens: dict[int, Any] = {}
     segments: dict[int, Any] = {}
     for i, s in zip(todo, segs):
@@ -169,7 +182,11 @@ def prepare(
 
 
 def run_conversations(
-    cfg: ScoreConfig, table: Any, spec: dict[str, Any], questions: list[str | None]
+    cfg: ScoreConfig,
+    table: Any,
+    spec: dict[str, Any],
+    questions: list[str | None],
+    advance: Callable[[int], None] = lambda n: None,
 ) -> tuple[Any, list[Any]]:
     """The run's template (the data source's defaults where no flag was given) and, per input
     row, the conversation scored and the one trained on (conversation.conversations). The merge
@@ -188,32 +205,10 @@ def run_conversations(
             f"{given}, or pass --train-prompt question to score this template while the "
             "trainer sees the input's own prompt"
         )
-    return template, conversations(template, questions, chats, train_prompt=cfg.train_prompt)
-
-
-def conversation_note(cfg: ScoreConfig, template: Any, convs: list[Any]) -> str:
-    """One line for the console, the manifest and `inspect`: what is scored, what is trained."""
-    from gain_curate.scoring.template import describe
-
-    rows = [c for c in convs if c is not None]
-    differ = sum(c.differs for c in rows)
-    own = any(c.from_input for c in rows)
-    scored = (
-        "each row's own chat `prompt`"
-        if own and cfg.train_prompt == "conversation"
-        else describe(template)
+    convs = conversations(
+        template, questions, chats, train_prompt=cfg.train_prompt, advance=advance
     )
-    if not differ:
-        return f"{scored}; the `prompt` column holds this very conversation"
-    trained = (
-        "the input's own chat `prompt`"
-        if own
-        else "one user turn: the question" + (" + instruction" if template.instruction else "")
-    )
-    return (
-        f"scored: {scored}; trained (`prompt`) on a DIFFERENT conversation in {differ:,} of "
-        f"{len(rows):,} rows: {trained} (--train-prompt {cfg.train_prompt})"
-    )
+    return template, convs
 
 
 def config_hash(

@@ -38,29 +38,31 @@ def shard_name(i: int, n: int) -> str:
 
 
 def write_shards(
-    table: pa.Table,
+    tables: Callable[[int, int], pa.Table],
+    n_rows: int,
     out: Path,
     *,
     rows_per_shard: int,
     advance: Callable[[int], None] = lambda n: None,
 ) -> list[dict[str, Any]]:
-    """Write the ranked table as shards under OUT/data, all at once or not at all;
-    advance(1) as each is written.
+    """Write the ranked rows as shards under OUT/data, all at once or not at all:
+    `tables(first, end)` builds the rows ranked first..end-1 (one shard's, so a million rows
+    are never one table); advance(1) as each shard is written.
 
     Shards are staged in OUT/.gain-curate/staging and the folder is renamed into place, so
     a crash leaves either the old data folder or the new one, never a mix.
     """
-    n_shards = max(1, -(-table.num_rows // rows_per_shard))
+    n_shards = max(1, -(-n_rows // rows_per_shard))
     staging = out / WORK_DIR / "staging"
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         shards = []
         for i in range(n_shards):
-            part = table.slice(i * rows_per_shard, rows_per_shard)
+            first = i * rows_per_shard
+            part = tables(first, min(first + rows_per_shard, n_rows))
             path = staging / shard_name(i, n_shards)
             pq.write_table(part, path, compression="zstd")
-            first = i * rows_per_shard
             shards.append(
                 {
                     "path": f"data/{path.name}",

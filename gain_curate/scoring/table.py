@@ -67,6 +67,7 @@ def build_table(
     prompts: list[list[dict[str, Any]] | None],
     questions: list[str | None] | None = None,
     replace_data_source: bool = False,
+    ranks: tuple[int, int] | None = None,
 ) -> pa.Table:
     """Input table + scores -> the output table in rank order, with its explicit schema.
 
@@ -74,12 +75,12 @@ def build_table(
     None: no question, one empty user turn); an input's own chat `prompt` column is kept as
     it is. `questions`: the question text found in an input's own chat, written to
     extra_info.question where the input has none (what online measurement looks for).
-    data_source: the input's own column (nulls filled) unless `replace_data_source`."""
-    order = pa.array(rows.order)
-    n = len(rows.uids)
-    rank_of = np.empty(n, dtype=np.int64)
-    rank_of[rows.order] = np.arange(n)
-    taken = table.take(order)
+    data_source: the input's own column (nulls filled) unless `replace_data_source`.
+    ranks: (first, end) builds only the rows ranked first..end-1 (one shard at a time)."""
+    first, end = ranks if ranks is not None else (0, len(rows.uids))
+    order = rows.order[first:end]  # the input rows at these ranks, best first
+    n = len(order)
+    taken = table.take(pa.array(order))
     names = set(table.column_names)
 
     cols: dict[str, pa.Array | pa.ChunkedArray] = {}
@@ -94,7 +95,7 @@ def build_table(
         empty = [{"content": "", "role": "user"}]
         msgs = [
             [{"content": m.get("content"), "role": m.get("role")} for m in (prompts[i] or empty)]
-            for i in rows.order
+            for i in order
         ]
         cols["prompt"] = pa.array(msgs, PROMPT_TYPE)
     cols["ability"] = (
@@ -103,7 +104,7 @@ def build_table(
     if "reward_model" in names:
         cols["reward_model"] = taken["reward_model"]
     else:
-        gts = [{"ground_truth": rows.answers[i], "style": "rule"} for i in rows.order]
+        gts = [{"ground_truth": rows.answers[i], "style": "rule"} for i in order]
         cols["reward_model"] = pa.array(gts, REWARD_TYPE)
 
     # extra_info: the input's own fields, the consumed question/answer columns, reserved
@@ -123,11 +124,11 @@ def build_table(
         elif name in VERL_RESERVED:
             extra[f"input_{name}"] = taken[name]
     if questions is not None and any(q is not None for q in questions):
-        extra.setdefault("question", pa.array([questions[i] for i in rows.order], pa.string()))
-    extra["index"] = pa.array(rows.order, pa.int64())
+        extra.setdefault("question", pa.array([questions[i] for i in order], pa.string()))
+    extra["index"] = pa.array(order, pa.int64())
     extra.setdefault("split", pa.array([split] * n, pa.string()))
-    extra["gain_uid"] = pa.array([rows.uids[i] for i in rows.order], pa.string())
-    extra["gain_rank"] = pa.array(np.arange(n), pa.int64())
+    extra["gain_uid"] = pa.array([rows.uids[i] for i in order], pa.string())
+    extra["gain_rank"] = pa.array(np.arange(first, end), pa.int64())
     cols["extra_info"] = pa.StructArray.from_arrays(
         [_combine(a) for a in extra.values()], names=list(extra)
     )
@@ -136,22 +137,22 @@ def build_table(
             cols[name] = taken[name]
 
     def f(values: np.ndarray) -> pa.Array:
-        return pa.array(values[rows.order], pa.float64(), mask=~np.isfinite(values[rows.order]))
+        return pa.array(values[order], pa.float64(), mask=~np.isfinite(values[order]))
 
     def tokens(values: np.ndarray) -> pa.Array:
-        return pa.array(values[rows.order], pa.int32(), mask=values[rows.order] < 0)
+        return pa.array(values[order], pa.int32(), mask=values[order] < 0)
 
     gain = [
-        pa.array([rows.uids[i] for i in rows.order], pa.string()),
-        pa.array(np.arange(n), pa.int64()),
+        pa.array([rows.uids[i] for i in order], pa.string()),
+        pa.array(np.arange(first, end), pa.int64()),
         f(rows.score),
         f(rows.c_intra),
         f(rows.c_inter),
         tokens(rows.tokens_prefix),
         tokens(rows.tokens_question),
-        pa.array([rows.reasons[i] for i in rows.order], pa.string()),
+        pa.array([rows.reasons[i] for i in order], pa.string()),
         pa.array(
-            [None if (j := rows.duplicate_of[i]) is None else rows.uids[j] for i in rows.order],
+            [None if (j := rows.duplicate_of[i]) is None else rows.uids[j] for i in order],
             pa.string(),
         ),
     ]
