@@ -81,8 +81,21 @@ def rank_env(rank: int, world: int = 2, launch_id: str = "job-1") -> dict[str, s
 def run_ranks(
     cfg: ScoreConfig, world: int = 2, late: float = 0.0, launch_id: str = "job-1"
 ) -> list:
-    """Every rank in its own thread, as torchrun starts them (rank `world-1` `late` s later)."""
+    """Every rank in its own thread, as torchrun starts them (rank `world-1` `late` s later).
+    Threads share what processes do not: Transformers sets torch's process-wide default
+    dtype while it loads a model, so two ranks loading at once can leave bfloat16 behind
+    for the other (and for every later test); here the loads take turns, as separate
+    torchrun processes never race."""
+    import torch
+
+    from gain_curate.runtime import truncated
+
     results: dict[int, object] = {}
+    real_load, turns = truncated.load_model, threading.Lock()
+
+    def load_in_turn(*args: object, **kw: object) -> object:
+        with turns:
+            return real_load(*args, **kw)
 
     def one(r: int) -> None:
         if r == world - 1:
@@ -93,10 +106,15 @@ def run_ranks(
             results[r] = e
 
     threads = [threading.Thread(target=one, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    truncated.load_model = load_in_turn
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        truncated.load_model = real_load
+    assert torch.get_default_dtype() == torch.float32  # nothing left behind
     return [results[r] for r in range(world)]
 
 

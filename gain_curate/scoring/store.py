@@ -13,12 +13,13 @@ here, whole or not at all (tmp + rename), by one of the write_* functions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def write_shards(
     """
     n_shards = max(1, -(-n_rows // rows_per_shard))
     staging = out / WORK_DIR / "staging"
-    try:
+    with written(f"shards under {out}", staging):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         shards = []
@@ -76,27 +77,34 @@ def write_shards(
         if data.exists():
             shutil.rmtree(data)
         staging.rename(data)
-    except OSError as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(
-            f"cannot write shards under {out}: {e.strerror or e} (check free space and permissions)"
-        ) from None
     return shards
+
+
+@contextlib.contextmanager
+def written(what: Any, *staged: Path) -> Iterator[None]:
+    """Writing `what`: an OSError becomes one line (what, why, what to check) after the
+    `staged` files or folders are removed, so a failed write leaves nothing half-written."""
+    try:
+        yield
+    except OSError as e:
+        for path in staged:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise OutputError(
+            f"cannot write {what}: {e.strerror or e} (check free space and permissions)"
+        ) from None
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
     """Atomic: the manifest appears whole, after the shards it describes, or not at all."""
     path = out / MANIFEST
     tmp = out / WORK_DIR / (MANIFEST + ".tmp")
-    try:
+    with written(path, tmp):
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(
-            f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
-        ) from None
     return path
 
 
@@ -173,16 +181,11 @@ def write_table_atomic(table: pa.Table, out: Path, rel: Path) -> Path:
     """OUT/rel written whole or not at all: staged under OUT/.gain-curate, then renamed."""
     path = out / rel
     tmp = out / WORK_DIR / (str(rel).replace("/", "-") + ".tmp")
-    try:
+    with written(path, tmp):
         tmp.parent.mkdir(parents=True, exist_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(
-            f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
-        ) from None
     return path
 
 
@@ -191,7 +194,7 @@ def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> str:
     returns its sha256. Zip entries carry a fixed timestamp (np.savez stamps the clock), so
     the same arrays are the same bytes whoever writes them."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
+    with written(path, tmp):
         path.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
             for name, a in arrays.items():
@@ -200,11 +203,6 @@ def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> str:
                     np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
         digest = file_sha256(tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(
-            f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
-        ) from None
     return digest
 
 
@@ -232,12 +230,7 @@ def write_png(fig: Any, path: Path) -> Path:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """tmp + rename in the same folder (created if missing); one line on failure."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
+    with written(path, tmp):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(
-            f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
-        ) from None

@@ -37,6 +37,7 @@ from gain_curate.scoring.store import (
     read_npz,
     write_bytes_atomic,
     write_npz_atomic,
+    written,
 )
 
 
@@ -142,12 +143,8 @@ class WorkDir:
         states_sha = None if states is None else write_npz_atomic(self.states_path(part), states)
         path = self.parts / f"part-{part:05d}.parquet"
         sink = pa.BufferOutputStream()
-        try:
+        with written(path):
             pq.write_table(table.cast(PART_SCHEMA), sink, compression="zstd")
-        except OSError as e:
-            raise OutputError(
-                f"cannot write {path}: {e.strerror or e} (check free space and permissions)"
-            ) from None
         data = sink.getvalue().to_pybytes()
         write_bytes_atomic(path, data)
         marker = {
