@@ -13,7 +13,6 @@ import numpy as np
 from gain_curate.stats import pearson, rankdata, spearman
 
 # --- statistics with their uncertainty --------------------------------------------------------
-#
 # Every statistic `validate` prints comes with a seeded percentile bootstrap over prompts:
 #     idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 # row b of idx is resample b (n prompts drawn with replacement); the statistic is computed on
@@ -49,10 +48,11 @@ class Estimate:
 
 
 def rankdata_rows(x: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based) along the last axis of a (B, n) array, as rankdata per row."""
+    """Average ranks (1-based) along the last axis of a (B, n) array of finite values, as
+    rankdata per row; ties share their average, so the (SIMD, 3-4x) unstable sort is exact."""
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[-1]
-    order = np.argsort(x, axis=-1, kind="stable")
+    order = np.argsort(x, axis=-1)
     xs = np.take_along_axis(x, order, -1)
     pos = np.broadcast_to(np.arange(n), x.shape)
     starts = np.ones(x.shape, bool)  # a run of equal values starts here (sorted order)
