@@ -80,8 +80,8 @@ def merge(out: Path, as_json: bool) -> None:
     """
     from gain_curate.scoring.merge import merge_run
 
-    with progress(quiet=as_json) as hooks:
-        result = merge_run(out, hooks)
+    with progress(quiet=as_json):  # shows merge's steps (gain_curate.progress)
+        result = merge_run(out)
     if as_json:
         click.echo(json.dumps(_summary_json(result), indent=2))
     else:

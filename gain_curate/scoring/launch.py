@@ -150,7 +150,7 @@ def run_score(
         wait_for_parts(prep, plan.shard[1], hooks)
     from gain_curate.scoring.merge import merge
 
-    return merge(load_prepared(cfg.out, for_merge=True), hooks, t0)
+    return merge(load_prepared(cfg.out, for_merge=True), t0)
 
 
 def _mine(prep: Prepared, plan: Launch) -> list[int]:

@@ -16,7 +16,7 @@ from gain_curate import __version__, progress
 from gain_curate.bootstrap import RESAMPLES, spearman_interval
 from gain_curate.scoring import store
 from gain_curate.scoring.angles import FORMULA
-from gain_curate.scoring.config import Hooks, ScoreConfig, ScoreResult
+from gain_curate.scoring.config import ScoreConfig, ScoreResult
 from gain_curate.scoring.prepare import run_conversations
 from gain_curate.scoring.prepared import Prepared, load_prepared
 from gain_curate.scoring.record import RankedRows, ScoredRows
@@ -26,11 +26,12 @@ from gain_curate.scoring.workdir import WorkDir
 from gain_curate.stats import spearman, summary
 
 
-def merge(prep: Prepared, hooks: Hooks, started: float) -> ScoreResult:
+def merge(prep: Prepared, started: float) -> ScoreResult:
     """Rank every part together and write the public shards, then the manifest. Reads only
     the run's own files: the prepared rows and input, the parts and their markers.
     started: time.perf_counter() when the command began; the manifest's `seconds` run from
-    it to the manifest, the merge included."""
+    it to the manifest, the merge included. Its steps show their progress through
+    gain_curate.progress (the command's bars, or log lines)."""
     cfg, n = prep.cfg, prep.n_rows
     keys = [prep.part_key(p) for p in range(len(prep.parts))]
     work = WorkDir(cfg.out)
@@ -142,7 +143,7 @@ def _count(n: int, what: str) -> str:
 
 
 def length_interval(rows: RankedRows) -> dict[str, Any]:
-    """The Spearman of score and question length with its bootstrap interval (a bar: ~13 s
+    """The Spearman of score and question length with its bootstrap interval (a bar: ~6 s
     above 20,000 rows on 2 cores)."""
     advance = progress.step(f"merge: Spearman interval, {RESAMPLES:,} resamples", RESAMPLES)
     est = spearman_interval(
@@ -199,14 +200,12 @@ def write_states(
     }
 
 
-def merge_run(out: Path, hooks: Hooks | None = None) -> ScoreResult:
+def merge_run(out: Path) -> ScoreResult:
     """`gain-curate merge OUT`: rank-merge the parts that --shard workers wrote. Nothing is
     resolved or read again here: the run's runtime, config hash and prepared rows come from
     OUT/.gain-curate, so a CPU login node merges what GPU nodes scored."""
-    hooks = hooks or Hooks()
     t0 = time.perf_counter()
-    prep = load_prepared(out, for_merge=True)
-    return merge(prep, hooks, t0)
+    return merge(load_prepared(out, for_merge=True), t0)
 
 
 def build_manifest(

@@ -109,4 +109,4 @@ def run_score_ray(
         hooks.status(f"{len(ds.take_all())} parts scored")
     from gain_curate.scoring.merge import merge
 
-    return merge(load_prepared(prep.out, for_merge=True), hooks, t0)
+    return merge(load_prepared(prep.out, for_merge=True), t0)
