@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
 LOG_EVERY_S = 30.0
-
-Advance = Callable[[int], None]
 
 
 class Bars:

@@ -449,6 +449,10 @@ def test_one_truth_per_figure_in_the_table_the_json_and_a_rerun(
     assert info["seconds"] == manifest["seconds"] and info["reused"] is True
     assert info["counts"] == manifest["counts"]
     assert json.loads((scored / "gain_manifest.json").read_text())["seconds"] == manifest["seconds"]
+    code, text = run("inspect", str(scored), "--json")  # the same interval as the manifest's
+    assert code == 0, text
+    shown = json.loads(text[text.index("{") :])["spearman_score_vs_question_tokens_interval"]
+    assert shown == manifest["stats"]["spearman_score_vs_question_tokens_interval"]
 
 
 def test_progress_logs_a_line_every_30_s_with_an_eta_when_stderr_is_not_a_terminal() -> None:

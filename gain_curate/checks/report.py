@@ -100,9 +100,12 @@ def summarize(out: Path, top: int = 5) -> dict[str, Any]:
         "top": [brief(r) for r in distinct[:top]],
         "bottom": [brief(r) for r in distinct[-top:]],
         "spearman_score_vs_question_tokens": spearman(score, q_len),
-        "spearman_score_vs_question_tokens_interval": spearman_interval(
-            score, q_len, what=("gain_score", "question length")
-        ).to_dict(),
+        # the manifest's, as score's summary printed it (merge resamples in input-row order;
+        # the shards are in rank order, so resampling them here gave another interval)
+        "spearman_score_vs_question_tokens_interval": manifest["stats"].get(
+            "spearman_score_vs_question_tokens_interval"
+        )
+        or spearman_interval(score, q_len, what=("gain_score", "question length")).to_dict(),
         "difficulty_column": diff[0] if diff else None,
         "spearman_score_vs_difficulty": spearman(score, diff[1]) if diff else None,
         "spearman_score_vs_difficulty_interval": (

@@ -11,7 +11,7 @@ import contextlib
 import time
 from typing import Any
 
-from gain_curate.progress import Bars, showing
+from gain_curate.progress import Bars, Step, showing
 
 
 class phases:
@@ -30,9 +30,8 @@ class phases:
         self.bars.start()
         return self
 
-    def add(self, name: str, total: int) -> Any:
-        task = self.bars.add(name, total)
-        return lambda n: self.bars.advance(task, n)
+    def add(self, name: str, total: int) -> Step:
+        return Step(self.bars, name, total)
 
     def __exit__(self, *exc: Any) -> None:
         self.bars.stop()

@@ -67,8 +67,6 @@ def conversations(
     known = [i for i in (template.instruction, GSM8K_INSTRUCTION, BOXED_INSTRUCTION) if i]
     out: list[Conversation | None] = []
     for i, q in enumerate(questions):
-        if i and i % 10_000 == 0:  # advance(k): as each k rows are done
-            advance(10_000)
         chat = chats[i] if chats is not None else None
         if q is None:
             out.append(None)
@@ -84,7 +82,10 @@ def conversations(
                 else [{"role": "user", "content": template.user_content(q)}]
             )
             out.append(Conversation(scored, q, trained))
-    advance(len(questions) - 10_000 * max(0, (len(questions) - 1) // 10_000))
+        if (i + 1) % 10_000 == 0:  # advance(k): as each k rows are done
+            advance(10_000)
+    if len(questions) % 10_000:
+        advance(len(questions) % 10_000)
     return out
 
 

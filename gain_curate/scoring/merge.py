@@ -95,7 +95,7 @@ def merge(prep: Prepared, started: float) -> ScoreResult:
         )
 
     (cfg.out / store.MANIFEST).unlink(missing_ok=True)  # never a manifest beside other shards
-    n_shards = max(1, -(-n // cfg.rows_per_shard))
+    n_shards = store.shard_count(n, cfg.rows_per_shard)
     shards = store.write_shards(
         shard_table,
         n,

@@ -38,6 +38,10 @@ def shard_name(i: int, n: int) -> str:
     return f"train-{i:05d}-of-{n:05d}.parquet"
 
 
+def shard_count(n_rows: int, rows_per_shard: int) -> int:
+    return max(1, -(-n_rows // rows_per_shard))
+
+
 def write_shards(
     tables: Callable[[int, int], pa.Table],
     n_rows: int,
@@ -53,7 +57,7 @@ def write_shards(
     Shards are staged in OUT/.gain-curate/staging and the folder is renamed into place, so
     a crash leaves either the old data folder or the new one, never a mix.
     """
-    n_shards = max(1, -(-n_rows // rows_per_shard))
+    n_shards = shard_count(n_rows, rows_per_shard)
     staging = out / WORK_DIR / "staging"
     with written(f"shards under {out}", staging):
         shutil.rmtree(staging, ignore_errors=True)
