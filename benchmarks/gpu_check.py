@@ -780,6 +780,9 @@ def main() -> int:
         "seconds": seconds,
         "checks": checks,
         "imported_modules": sorted({m.split(".")[0] for m in sys.modules}),
+        # Hugging Face's kernel-hub package when Transformers imported it (5.25 and newer do);
+        # never this repository's kernels/ folder, which is gain_curate.kernels only
+        "kernels_module": getattr(sys.modules.get("kernels"), "__file__", None),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(report)

@@ -54,3 +54,38 @@ def test_ray_two_cpu_actors_equal_local_backend(
         assert (tmp_path / "ray" / "data" / name).read_bytes() == (
             tmp_path / "local" / "data" / name
         ).read_bytes()
+
+
+def test_ray_backend_from_the_repo_root_cli_gives_the_local_bytes(
+    tiny_qwen2_dir: Path, tmp_path: Path
+) -> None:
+    """What a user types in the repository root: `python -m gain_curate.cli score ...
+    --backend ray`. Ray's workers start there too, with the root first on sys.path, where
+    Transformers 5.25+ imports Hugging Face's `kernels` while the model module loads."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "q.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"What is {i} times {i + 2}?"}) + "\n" for i in range(30))
+    )
+
+    def score(out: Path, *extra: str) -> None:
+        cmd = [sys.executable, "-m", "gain_curate.cli", "score", "--model", str(tiny_qwen2_dir)]
+        cmd += ["--data", str(data), "--out", str(out), "--device", "cpu", "--part-rows", "10"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+        proc = subprocess.run(
+            [*cmd, "--json", *extra], cwd=root, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    score(tmp_path / "local")
+    score(tmp_path / "ray", "--backend", "ray", "--num-gpus", "0")
+    shards = sorted(p.name for p in (tmp_path / "local" / "data").glob("*.parquet"))
+    assert shards
+    for name in shards:
+        assert (tmp_path / "ray" / "data" / name).read_bytes() == (
+            tmp_path / "local" / "data" / name
+        ).read_bytes(), name
