@@ -48,7 +48,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may touch the network
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # gain_curate from this checkout (it is not installed there); then the root leaves sys.path
 # again, or its kernels/ folder would pass for the Hugging Face kernel-hub package named
-# `kernels`, which transformers probes for and imports (DESIGN.md section 3).
+# `kernels`, which transformers probes for and imports (docs/design.md, "The kernel").
 sys.path.insert(0, str(ROOT))
 import gain_curate  # noqa: E402
 

@@ -132,7 +132,7 @@ def validate(**kw: Any) -> None:
 
     \b
     Example:
-      gain-curate validate --model smollm2 --data ../shared/data/gsm8k/train.jsonl --sample 256
+      gain-curate validate --model Qwen/Qwen2.5-0.5B-Instruct --data gsm8k --sample 256
       gain-curate validate --run runs/gsm8k --sample 256   # the run's model, data and template
       gain-curate validate --run runs/gsm8k --sample 64 --rollouts 8   # + pass rates, GRPO gradient
     """
@@ -226,8 +226,10 @@ def predict(out: Path, probe_path: Path, as_json: bool) -> None:
 
     \b
     Example:
-      gain-curate score --model qwen2.5-coder-0.5b --data gsm8k --out runs/gsm8k --keep-states
-      gain-curate predict runs/gsm8k --probe runs/validate/probe.npz
+      gain-curate score --model Qwen/Qwen2.5-0.5B-Instruct --data gsm8k --out runs/gsm8k \\
+        --keep-states
+      gain-curate validate --run runs/gsm8k --sample 64 --rollouts 8   # writes runs/validate/probes
+      gain-curate predict runs/gsm8k --probe runs/validate/probes/last_token@L23.npz
       gain-curate schedule runs/gsm8k --epochs 200 --batch-size 256 --rank-by learnability
     """
     from gain_curate.checks.predict import predict_run

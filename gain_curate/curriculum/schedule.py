@@ -1,4 +1,4 @@
-"""GAIN-RL's Gaussian curriculum over the ranking (DESIGN.md section 5), pure Python + numpy.
+"""GAIN-RL's Gaussian curriculum over the ranking (docs/design.md), pure Python + numpy.
 
 Over rank positions r = 0..N-1 (0 = highest angle concentration), a schedule epoch (one
 trainer step in every adapter) draws B prompts without replacement with

@@ -1,4 +1,4 @@
-"""Each row's scoring conversation and its token segments (DESIGN.md section 1).
+"""Each row's scoring conversation and its token segments (docs/design.md).
 
 The conversation is rendered by the model's own chat template with
 add_generation_prompt=True and tokenized with add_special_tokens=False.
@@ -9,8 +9,8 @@ Segments come from character offsets, never hard-coded token counts:
     the rest (instruction, end of turn, generation prompt) is in no segment.
 Causal attention means tokens after Q never influence P or Q, so they are never run.
 
-One conversation (DESIGN.md 4): by default the conversation scored is the one the trainer
-renders from the output's `prompt` column. `conversations()` decides both, per row.
+One conversation (docs/design.md, "Outputs"): by default the conversation scored is the one
+the trainer renders from the output's `prompt` column. `conversations()` decides both, per row.
 """
 
 from __future__ import annotations

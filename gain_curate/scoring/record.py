@@ -1,4 +1,4 @@
-"""The one record of a scored row, from the scorer to the shards (DESIGN.md 4).
+"""The one record of a scored row, from the scorer to the shards (docs/design.md).
 
 `score_part` fills a `ScoredRows` (one entry per input row it ran, columns as arrays),
 writes it as a work part in PART_SCHEMA, and the merge reads the parts back into one;

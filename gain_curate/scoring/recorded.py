@@ -49,7 +49,7 @@ def recorded_template(cfg: ScoreConfig, template: Any, convs: list[Any]) -> Any:
 
 def conversation_record(cfg: ScoreConfig, template: Any, convs: list[Any]) -> dict[str, Any]:
     """signal.conversation: whether the trainer's `prompt` is the conversation that was scored
-    (DESIGN.md 4, one conversation), how the template was chosen, and one line saying so."""
+    (one conversation, docs/design.md), how the template was chosen, and one line saying so."""
     from gain_curate.scoring.template import TEMPLATE_FIELDS
 
     rows = [c for c in convs if c is not None]

@@ -1,5 +1,5 @@
 """Scoring one part: the planned batches of a prepared run through the truncated model,
-reduced to C_intra, C_inter and the score (DESIGN.md 1). Pure compute; the launcher
+reduced to C_intra, C_inter and the score (docs/design.md). Pure compute; the launcher
 (launch.py) decides which process scores which part and the store writes it.
 
     prep = load_prepared(out)

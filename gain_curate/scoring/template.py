@@ -1,5 +1,5 @@
-"""The scoring template: what surrounds each question in the scoring pass (DESIGN.md
-section 1), per data source by default, from the command-line flags when given.
+"""The scoring template: what surrounds each question in the scoring pass
+(docs/design.md, "The signal"), per data source by default, from the command-line flags when given.
 
 Conversation = optional system prompt, optional few-shot turns, one user turn holding the
 question (optionally followed by an instruction suffix). How each row's conversation is
