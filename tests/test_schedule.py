@@ -376,8 +376,9 @@ def test_a_rising_model_walks_down_the_ranking_then_starts_a_new_pass() -> None:
 
 
 def test_paper_mode_with_a_constant_angle_level_sweeps_as_the_reference_does() -> None:
-    """The reference's dynamics (DESIGN.md 5): a level of 1.34 adds +495 every step, so even
-    a model at 20% moves +226.8 per step and sweeps 7,473 prompts in 33 steps."""
+    """The reference's dynamics (docs/design.md, "The curriculum"): a level of 1.34 adds +495
+    every step, so even a model at 20% moves +226.8 per step and sweeps 7,473 prompts in 33
+    steps."""
     sched, plans = _run("0.2", 40, paper=True)
     mus = [h["mu_next"] for h in sched.history]
     step = 500 * math.tanh(2 * (0.2 - 0.5)) + 500 * math.tanh(2 * 1.34)
