@@ -3,14 +3,18 @@
 Every reward scores one prompt's group of K completions at once (a `Group`), so a trainer's
 batched reward function is called the way its trainer calls it.
 
-- Default, `math_reward`: math-verify (Hugging Face's answer checker, the one open-r1 and
-  TRL's math rewards use) compares the completion's FINAL answer with the reference
-  symbolically, so `0.5`, `\\frac{1}{2}` and `\\dfrac12` agree. A final answer is one the
-  completion marks as such: the last `<answer>...</answer>` (the default scoring prompt asks
-  for it), else the text after GSM8K's `####`, else the last complete `\\boxed{}`. A
-  completion that marks none earns 0: one cut off at --max-new-tokens in mid-reasoning
-  (`...he ate 10 x 2 = 20 pies.\\nSanjay at the`) has not answered, and its last number is
-  not an answer.
+- Default, `math_reward`: the completion's FINAL answer, the first it marks of: the last
+  complete `<answer>...</answer>` (the default scoring prompt asks for it); `####` as verl's
+  GSM8K reward reads it (strict, verl 0.7.1 and 0.9.1): the LAST `#### (-?[0-9.,]+)` in the
+  last 300 characters, commas dropped, EQUAL to the reference as text, verl's verdict
+  (`#### 18 dollars`, `#### 1,000` pass; `#### 18.0`, `#### 18.` fail for 18; of `#### 20
+  ... #### 7` only 7 counts); a `####` verl cannot read (`#### $18`, `####18`, too far from
+  the end): the rest of its line; the last complete `\\boxed{}` (one left open, cut off,
+  gives way to the one before). All but verl's reading are compared by math-verify (Hugging
+  Face's answer checker, the one open-r1 and TRL's math rewards use), symbolically: `0.5`,
+  `\\frac{1}{2}` and `\\dfrac12` agree. A completion that marks none earns 0: one cut off at
+  --max-new-tokens in mid-reasoning (`...he ate 10 x 2 = 20 pies.\\nSanjay at the`) has not
+  answered, and its last number is not an answer.
 - `--reward verl`: verl's own `default_compute_score(data_source, solution_str,
   ground_truth, extra_info)` (verl 0.7 and 0.9 alike), called as verl's reward manager calls
   it: each row's `data_source`, its `reward_model.ground_truth`, a copy of its `extra_info`.
@@ -58,36 +62,51 @@ class Reward:
     none_is_zero: bool = False  # TRL's contract: None is "no reward", scored as 0
 
 
-# --- the default: math-verify on the marked final answer ----------------------------------
+# --- the default: the marked final answer, as verl reads `####`, else by math-verify ---
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_HASHES = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
+_VERL_GSM8K = re.compile(r"#### (\-?[0-9\.\,]+)")  # verl's strict pattern, verbatim
+_VERL_CLIP = 300  # verl reads only the completion's last 300 characters
+_HASHES_LINE = re.compile(r"####[ \t]*([^\n]*)")  # a `####` and the rest of its line
 _DOLLAR = re.compile(r"(?<!\\)\$")  # a math delimiter; `\$` is a dollar sign
 
 
-def final_answer(completion: str) -> str | None:
-    """The answer a completion marks as final: the last `<answer>` tag's text, else what
-    follows `####`, else the last complete `\\boxed{...}`; None when it marks none."""
+def marked_answer(completion: str) -> tuple[str, str] | None:
+    """(marker, text) of the final answer, markers in turn: `answer` (tag), `verl` (verl's
+    `####`), `####` (the last `####` line's rest), `boxed`; None when it marks none."""
     from gain_curate.scoring.answers import _last_boxed  # the extraction MATH's references get
 
-    tags = _ANSWER_TAG.findall(completion)
-    if tags:
-        return tags[-1].strip()
-    hashes = _HASHES.search(completion)
-    if hashes:
-        return hashes.group(1)
+    if tags := _ANSWER_TAG.findall(completion):
+        return "answer", tags[-1].strip()
+    if (verl := verl_gsm8k_answer(completion)) is not None:
+        return "verl", verl
+    if (lines := _HASHES_LINE.findall(completion)) and lines[-1].strip():
+        return "####", lines[-1].strip()
     boxed = _last_boxed(completion) if "\\boxed" in completion else None
-    return None if boxed is None else f"$\\boxed{{{boxed}}}$"
+    return None if boxed is None else ("boxed", f"$\\boxed{{{boxed}}}$")
+
+
+def verl_gsm8k_answer(completion: str) -> str | None:
+    """What verl's `gsm8k.extract_solution(method="strict")` reads: the last `#### <number>`
+    in the last 300 characters, `,` and `$` dropped; None when there is none."""
+    found = _VERL_GSM8K.findall(completion[-_VERL_CLIP:])
+    return found[-1].replace(",", "").replace("$", "") if found else None
+
+
+def final_answer(completion: str) -> str | None:
+    """The text of the completion's marked final answer, or None."""
+    return (marked_answer(completion) or (None, None))[1]
 
 
 def math_reward(completion: str, answer: str) -> float:
-    """1.0 when the completion's marked final answer equals the reference (math-verify);
-    0.0 when it differs or when the completion marks no final answer."""
+    """1.0 when the marked final answer equals the reference (as text where verl reads it,
+    else by math-verify); 0.0 when it differs or the completion marks none."""
+    marked = marked_answer(completion)
+    if marked is None or marked[0] == "verl":  # verl's `answer == ground_truth`, as is
+        return float(marked is not None and marked[1] == answer)
     from math_verify import parse, verify
 
-    said = final_answer(completion)
-    if said is None:
-        return 0.0
+    said = marked[1]
     gold = parse(answer if _is_delimited(answer) else f"${answer}$") or parse(answer)
     if not gold:
         return 0.0

@@ -68,11 +68,19 @@ def _is_chat_type(t: pa.DataType) -> bool:
 
 
 def _last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (nested braces kept), or of `\\boxed 5`."""
-    start = text.rfind("\\boxed")
-    if start < 0:
-        return None
-    i = start + len("\\boxed")
+    """Content of the last complete \\boxed{...} (nested braces kept), or of `\\boxed 5`; a
+    last box left open (a completion cut off inside it) gives way to the one before it."""
+    end = len(text)
+    while (start := text.rfind("\\boxed", 0, end)) >= 0:
+        found = _boxed_at(text, start + len("\\boxed"))
+        if found is not None:
+            return found
+        end = start
+    return None
+
+
+def _boxed_at(text: str, i: int) -> str | None:
+    """The box whose argument starts at text[i] (after `\\boxed`); None when it never closes."""
     while i < len(text) and text[i] == " ":
         i += 1
     if i < len(text) and text[i] != "{":

@@ -2,7 +2,9 @@
 verl renders: GSM8K and MATH in each input shape (raw question/answer JSON lines, verl's
 Parquet, a JSON array), scored through the CLI as a user runs it, then verl's
 `default_compute_score` on every row (1.0 for the answer written the way the prompt asks,
-0.0 for a wrong one), and the scorer's token ids against verl's rendering of `prompt`.
+0.0 for a wrong one), and the scorer's token ids against verl's rendering of `prompt`. And
+the default reward's table (tests/reward_cases.py) through verl's own GSM8K reward: where
+both read a `####` answer, they give the same reward (this part needs no shared data).
 
 Runs under verl 0.7.1 (.venv-integrations) and 0.9.1 (.venv-verl09); skipped elsewhere, and
 where ../shared/data is absent."""
@@ -18,9 +20,12 @@ from click.testing import CliRunner
 
 pytest.importorskip("verl", reason="verl not installed: run `make test-integrations`")
 from omegaconf import OmegaConf  # noqa: E402
+from reward_cases import CASES as REWARD_CASES  # noqa: E402  (tests/reward_cases.py)
+from reward_cases import Case  # noqa: E402  (the table `make test` asserts)
 from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: E402
-from verl.utils.reward_score import default_compute_score  # noqa: E402
+from verl.utils.reward_score import default_compute_score, gsm8k  # noqa: E402
 
+from gain_curate.checks.rewards import marked_answer, math_reward  # noqa: E402
 from gain_curate.cli import main  # noqa: E402
 from gain_curate.scoring.conversation import render_chat  # noqa: E402
 
@@ -137,6 +142,32 @@ def test_every_shape_of_a_dataset_gives_the_same_prompts_and_scores(runs: dict) 
                 for r in rows
             }
         assert by_shape["jsonl"] == by_shape["json-array"] == by_shape["verl-parquet"], dataset
+
+
+@pytest.mark.parametrize("case", REWARD_CASES, ids=[c.why for c in REWARD_CASES])
+def test_the_default_reward_reads_gsm8k_answers_as_verl_does(case: Case) -> None:
+    """The default reward's table (tests/reward_cases.py, asserted under `make test`) through
+    verl's own GSM8K reward: verl reads a `####` answer exactly where the table says and
+    gives the table's reward, directly and through default_compute_score's router; wherever
+    verl reads one, the default reward reads that same answer (unless an `<answer>` tag
+    comes first) and gives verl's reward."""
+    read = gsm8k.extract_solution(case.completion)  # strict: what compute_score compares
+    assert (read is None) == (case.verl is None), read
+    verls = 0.0 if case.verl is None else case.verl
+    assert gsm8k.compute_score(case.completion, case.gold) == verls
+    assert default_compute_score(GSM8K, case.completion, case.gold) == verls
+    marker, said = marked_answer(case.completion) or ("none", None)
+    if read is not None:
+        assert marker in ("answer", "verl"), marker  # nothing but a tag comes before it
+    if marker == "verl":  # both read the `####` answer: the same one, the same reward
+        assert said == read
+        assert math_reward(case.completion, case.gold) == verls
+
+
+def test_the_table_holds_both_sides() -> None:
+    both = [c for c in REWARD_CASES if (marked_answer(c.completion) or ("",))[0] == "verl"]
+    assert len(both) >= 15 and {c.verl for c in both} == {0.0, 1.0}
+    assert any(c.verl is None and c.ours == 1.0 for c in REWARD_CASES)  # ours reads, verl does not
 
 
 def verl_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
