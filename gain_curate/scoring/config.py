@@ -39,7 +39,7 @@ class ScoreConfig:
     token_budget: int | None = None
     kernel: str = "auto"
     share_prefix: bool = True
-    part_rows: int = 10_000
+    part_rows: int | None = None  # rows per part; None: about PART_SECONDS of work (prepared.py)
     workers: int = 1  # processes sharing the parts: the part cut gives each one at least one
     chat_template: str | None = None  # a Jinja file for models that ship none
     rows_per_shard: int = 50_000

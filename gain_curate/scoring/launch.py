@@ -1,4 +1,5 @@
-"""Who scores which part where, and the one flow every launcher shares (DESIGN.md 6).
+"""Who scores which part where, and the one flow every launcher shares (docs/design.md,
+"Scale and the runtime").
 
     run_score(cfg)                 # this process; one process per visible GPU; or one
                                    # torchrun rank / --shard I/N of a Slurm array
@@ -124,33 +125,44 @@ def run_score(
     env = os.environ if env is None else env
     gpus = torch.cuda.device_count() if device_kind(cfg.device) == "cuda" else 0
     plan = launch_plan(cfg.device, shard, env, gpus)
-    if plan.kind == "spawn":  # the placement decides: spawn per GPU, or one split replica
-        model = read_model_config(cfg)
-        runtime = resolve_runtime(cfg, model[1], model[2].layer, device="cuda")
-        if runtime.placement == "split":
-            plan = launch_plan(cfg.device, shard, env, gpus, split=True)
-        opened = open_run(cfg, hooks, plan, env, runtime=runtime, model=model)
-    else:
-        opened = open_run(cfg, hooks, plan, env)
-    if isinstance(opened, ScoreResult):
-        return opened
-    prep = opened
-    if plan.kind == "spawn":
-        spawn_gpu_workers(prep, plan.workers, hooks)
-    else:
-        mine = _mine(prep, plan)
-        todo = [p for p in mine if not done(prep, p)]
-        if len(todo) < len(mine):
-            hooks.status(f"resuming: {len(mine) - len(todo)} of {len(mine)} parts already finished")
-        rank = plan.shard[0] if plan.kind == "rank" else None
-        score_parts(prep, todo, plan.device, hooks, rank=rank)
-    if plan.kind == "shard" or (plan.kind == "rank" and plan.shard[0] != 0):
-        return PartsDone(cfg.out, plan.shard[0], plan.shard[1], plan.device, plan.kind)
-    if plan.kind == "rank":
-        wait_for_parts(prep, plan.shard[1], hooks)
-    from gain_curate.scoring.merge import merge
+    footprint = WorkDir(cfg.out).footprint()
+    try:
+        if plan.kind == "spawn":  # the placement decides: spawn per GPU, or one split replica
+            model = read_model_config(cfg)
+            runtime = resolve_runtime(cfg, model[1], model[2].layer, device="cuda")
+            if runtime.placement == "split":
+                plan = launch_plan(cfg.device, shard, env, gpus, split=True)
+            opened = open_run(
+                cfg, hooks, plan, env, runtime=runtime, model=model, footprint=footprint
+            )
+        else:
+            opened = open_run(cfg, hooks, plan, env, footprint=footprint)
+        if isinstance(opened, ScoreResult):
+            return opened
+        prep = opened
+        if plan.kind == "spawn":
+            spawn_gpu_workers(prep, plan.workers, hooks)
+        else:
+            mine = _mine(prep, plan)
+            todo = [p for p in mine if not done(prep, p)]
+            if len(todo) < len(mine):
+                hooks.status(
+                    f"resuming: {len(mine) - len(todo)} of {len(mine)} parts already finished"
+                )
+            rank = plan.shard[0] if plan.kind == "rank" else None
+            score_parts(prep, todo, plan.device, hooks, rank=rank)
+        if plan.kind == "shard" or (plan.kind == "rank" and plan.shard[0] != 0):
+            return PartsDone(cfg.out, plan.shard[0], plan.shard[1], plan.device, plan.kind)
+        if plan.kind == "rank":
+            wait_for_parts(prep, plan.shard[1], hooks)
+        from gain_curate.scoring.merge import merge
 
-    return merge(load_prepared(cfg.out, for_merge=True), t0)
+        return merge(load_prepared(cfg.out, for_merge=True), t0)
+    except BaseException:  # Ctrl-C, a failed load: what this run made goes, finished parts stay
+        if plan.kind in ("single", "spawn"):  # ranks, shards share OUT: only a failed claim
+            with (work := WorkDir(cfg.out)).lock():
+                work.discard(footprint)
+        raise
 
 
 def _mine(prep: Prepared, plan: Launch) -> list[int]:
@@ -169,13 +181,16 @@ def open_run(
     runtime: Runtime | None = None,
     model: Any = None,
     resolve: Callable[[Any], Runtime] | None = None,
+    footprint: tuple[bool, bool] | None = None,
 ) -> Prepared | ScoreResult:
     """Take OUT for this run: the prepared run to score, or the finished result when OUT
     already holds this very run. Only a leader prepares or clears; a torchrun rank > 0
     waits for rank 0's run.json of this launch. `resolve(model)` resolves the runtime
-    somewhere else (a Ray GPU task) when this process cannot."""
+    somewhere else (a Ray GPU task) when this process cannot. A claim that fails removes
+    what it created (`footprint`: what existed before the run, WorkDir.discard)."""
     launch = launch_id(env)
     work = WorkDir(cfg.out)
+    footprint = footprint or work.footprint()
     if cfg.overwrite and launch is None and plan.kind in ("rank", "shard"):
         raise OutputError(
             f"--overwrite with {'torchrun ranks' if plan.kind == 'rank' else '--shard'} "
@@ -186,7 +201,11 @@ def open_run(
         prep = wait_for_leader(work, launch, request_key(cfg), hooks)
     else:
         with work.lock():
-            prep = _claim(cfg, hooks, plan, work, launch, runtime, model, resolve)
+            try:
+                prep = _claim(cfg, hooks, plan, work, launch, runtime, model, resolve)
+            except BaseException:
+                work.discard(footprint)
+                raise
     if isinstance(prep, ScoreResult):
         return prep
     where = f"{plan.kind} {plan.shard[0]}/{plan.shard[1]}" if plan.shard else plan.kind

@@ -26,11 +26,11 @@ from gain_curate.errors import InputError, ModelError, OutputError
 from gain_curate.runtime.resolve import Runtime
 from gain_curate.scoring.config import Hooks, ScoreConfig, request_key
 from gain_curate.scoring.prepared import (
+    Dims,
     Prepared,
+    batch_seconds,
     cut_parts,
-    first_occurrences,
-    part_size,
-    prompt_uids,
+    device_flops,
     rows_table,
 )
 from gain_curate.scoring.recorded import conversation_note
@@ -75,7 +75,7 @@ def prepare(
     )
     hooks.status(f"data_source {src.spec.data_source}: {src.spec.data_source_from}")
     n = src.table.num_rows
-    ref, _, shape = model or read_model_config(cfg)
+    ref, config, shape = model or read_model_config(cfg)
     hooks.status(f"loading tokenizer of {ref.name}")
     template_text = None
     if cfg.chat_template is not None:
@@ -136,7 +136,18 @@ def prepare(
         share_prefix=cfg.share_prefix,
         device_type=runtime.device,
     )
-    parts = cut_parts(plan.batches, part_size(len(segments), cfg.part_rows, workers))
+    parts = cut_parts(
+        plan.batches,
+        batch_seconds(
+            plan.batches,
+            segments,
+            len(plan.prefix_ids or ()),
+            Dims.of(config, shape.layer),
+            device_flops(runtime, _threads()),
+        ),
+        cfg.part_rows,
+        workers,
+    )
     model_info = {
         "name": ref.name,
         "path": ref.path,
@@ -179,6 +190,36 @@ def prepare(
         src.table,
         pad,
     )
+
+
+def prompt_uids(
+    questions: list[str | None], answers: list[str | None], raw: list[Any]
+) -> list[str]:
+    """Content hash of (question, answer, occurrence): stable under reordering, unique."""
+    seen: Counter[str] = Counter()
+    uids = []
+    for q, a, r in zip(questions, answers, raw):
+        key = json.dumps([q if q is not None else repr(r), a], ensure_ascii=False)
+        uids.append(hashlib.sha256(f"{key}\x00{seen[key]}".encode()).hexdigest()[:16])
+        seen[key] += 1
+    return uids
+
+
+def first_occurrences(questions: list[str | None], answers: list[str | None]) -> list[int | None]:
+    """Per row, the earlier row with the same question and answer (None for the first)."""
+    first: dict[tuple[str, str | None], int] = {}
+    out: list[int | None] = []
+    for i, (q, a) in enumerate(zip(questions, answers)):
+        out.append(None if q is None else first.setdefault((q, a), i))
+        if out[-1] == i:
+            out[-1] = None
+    return out
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def run_conversations(

@@ -1,4 +1,4 @@
-"""The resumable state of a scoring run under OUT/.gain-curate (DESIGN.md 4).
+"""The resumable state of a scoring run under OUT/.gain-curate (docs/design.md).
 
     OUT/.gain-curate/run.json      the config (and its hash) the parts were made with
     OUT/.gain-curate/prepared/     the prepared rows and batches (prepared.py)
@@ -65,29 +65,54 @@ class WorkDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """One process at a time decides what OUT holds (prepares, cleans, resumes). The lock
-        file stays when --overwrite clears the rest, so waiters keep holding the same file."""
+        file is removed on release, still held, so no run leaves it behind; a waiter that
+        then holds a removed file (or one a failed run's `discard` removed) takes the new one."""
         import fcntl
 
         if self.out.exists() and not self.out.is_dir():
             raise OutputError(
                 f"output path {self.out} is a file, not a folder: choose another --out"
             )
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            f = open(self.root / "lock", "a+")  # noqa: SIM115
-        except OSError as e:
-            raise OutputError(
-                f"cannot write {self.root}: {e.strerror or e} (check permissions)"
-            ) from None
-        try:
+        path = self.root / "lock"
+        while True:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a+")  # noqa: SIM115
+            except OSError as e:
+                raise OutputError(
+                    f"cannot write {self.root}: {e.strerror or e} (check permissions)"
+                ) from None
             fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                    break  # the file at `path` is the one we hold
+            except FileNotFoundError:
+                pass
+            f.close()
+        try:
             yield
         finally:
+            path.unlink(missing_ok=True)
             fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
 
+    def footprint(self) -> tuple[bool, bool]:
+        """(OUT exists, OUT/.gain-curate exists): taken before a run touches OUT."""
+        return self.out.exists(), self.root.exists()
+
+    def discard(self, footprint: tuple[bool, bool]) -> None:
+        """A failed run: remove what it created (OUT, or OUT/.gain-curate, as `footprint`
+        says it found them), unless a part is finished there: finished work is kept."""
+        out_existed, root_existed = footprint
+        if any(self.parts.glob("part-*.done")) or (self.out / MANIFEST).exists():
+            return
+        if not out_existed:
+            shutil.rmtree(self.out, ignore_errors=True)
+        elif not root_existed:
+            shutil.rmtree(self.root, ignore_errors=True)
+
     def clear(self) -> None:
-        """--overwrite: the manifest and all work, but not the lock file."""
+        """--overwrite: the manifest and all work, but not the lock file (it is held)."""
         (self.out / MANIFEST).unlink(missing_ok=True)
         (self.out / STATES).unlink(missing_ok=True)
         if self.root.is_dir():
