@@ -485,11 +485,95 @@ def test_progress_logs_a_line_every_30_s_with_an_eta_when_stderr_is_not_a_termin
 
 def test_the_helps_verl_flag_is_the_one_score_prints(scored: Path) -> None:
     """`gain-curate --help` shows verl's flag in the form a run prints and records: a list in
-    brackets, not a bare glob (which verl's Hydra config does not read as a file list)."""
+    brackets, not a bare glob (which verl's Hydra config does not read as a file list),
+    quoted for the shell (zsh refuses an unquoted [...] that matches no file)."""
     code, text = run("--help")
     assert code == 0
-    shown = next(w for w in text.split() if w.startswith("data.train_files="))
-    assert shown == "data.train_files=[runs/gsm8k/data/train-00000-of-00001.parquet]"
+    shown = next(w for w in text.split() if "data.train_files=" in w)
+    assert shown == "'data.train_files=[runs/gsm8k/data/train-00000-of-00001.parquet]'"
     printed = json.loads((scored / "gain_manifest.json").read_text())["trainer_flags"]["verl"][0]
-    assert printed.startswith("data.train_files=[") and printed.endswith(".parquet]")
+    assert printed.startswith("'data.train_files=[") and printed.endswith(".parquet]'")
     assert "*.parquet" not in text
+
+
+def bash_words(line: str) -> list[str]:
+    """The words real bash passes a command for `line` pasted after it."""
+    import subprocess
+
+    got = subprocess.run(
+        ["bash", "-c", f'printf "%s\\0" {line}'], capture_output=True, text=True, check=True
+    )
+    return got.stdout.split("\0")[:-1]
+
+
+def hydra_values(overrides: list[str]) -> list[object] | None:
+    """Each override's value as Hydra's own override parser (what verl's main_ppo runs)
+    reads it, in the first Python that has hydra-core: this one, or an integration venv's.
+    None when none has it."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    pythons = [Path(sys.executable)] if importlib.util.find_spec("hydra") else []
+    pythons += [root / v / "bin" / "python" for v in (".venv-verl09", ".venv-integrations")]
+    code = (
+        "import json, sys\n"
+        "from hydra.core.override_parser.overrides_parser import OverridesParser\n"
+        "p = OverridesParser.create()\n"
+        "print(json.dumps([p.parse_override(a).value() for a in sys.argv[1:]]))\n"
+    )
+    for python in pythons:
+        if python.is_file():
+            got = subprocess.run([python, "-c", code, *overrides], capture_output=True, text=True)
+            if "No module named 'hydra'" not in got.stderr:
+                assert got.returncode == 0, got.stderr[-2000:]
+                return json.loads(got.stdout)
+    return None
+
+
+def test_printed_verl_flags_paste_into_a_shell(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    """A run under a folder whose name holds a space, a comma, an '=', a quote and brackets:
+    the `verl:` lines that score and export print reach bash as one word per flag, and
+    Hydra reads each file list back as the shard paths themselves. test.jsonl is a test
+    split: its flag is data.val_files and its shards are named test-*."""
+    out = tmp_path / "my runs" / "it's [v1], a=b" / "out"
+    data = tmp_path / "my data" / "test.jsonl"
+    data.parent.mkdir()
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"What is {i} times {i + 3}?", "answer": f"#### {i * (i + 3)}"})
+            + "\n"
+            for i in range(12)
+        )
+    )
+    code, text = run(
+        "score", "--model", str(tiny_qwen2_dir), "--data", str(data), "--out", str(out)
+    )
+    assert code == 0, text
+    shard = (out / "data" / "test-00000-of-00001.parquet").resolve()
+    assert shard.is_file()
+    line = next(ln for ln in text.splitlines() if ln.startswith("verl: ")).removeprefix("verl: ")
+    words = bash_words(line)
+    assert len(words) == 2 and words[1].startswith("data.max_prompt_length="), words
+    assert words[0].startswith("data.val_files=[") and "data.shuffle=False" not in words
+    manifest = json.loads((out / "gain_manifest.json").read_text())
+    assert " ".join(manifest["trainer_flags"]["verl"]) == line  # printed as recorded
+    assert manifest["input"]["split"] == "test"
+
+    assert run("schedule", str(out), "--epochs", "2", "--batch-size", "4", "--sigma", "4")[0] == 0
+    code, text = run("export", str(out), "--format", "verl")
+    assert code == 0, text
+    line = next(ln for ln in text.splitlines() if ln.startswith("verl: ")).removeprefix("verl: ")
+    exported = bash_words(line)
+    assert exported[1:] == [
+        "data.shuffle=False",
+        "data.train_batch_size=4",
+        "trainer.total_epochs=1",
+    ]
+    assert exported[0].startswith("data.train_files=[")
+
+    values = hydra_values([words[0], exported[0]])
+    if values is None:
+        pytest.skip("no Python here has hydra-core (.venv-verl09 has it): bash checked only")
+    assert values == [[str(shard)], [str((out / "export" / "verl" / "plan.parquet").resolve())]]

@@ -86,6 +86,66 @@ def test_probe_saves_and_loads(tmp_path: Path) -> None:
         fit.predict(x[:, :5])
 
 
+MANIFEST = {  # the parts of a run's manifest a probe's fitted_on reads
+    "model": {
+        "name": "Qwen2.5-0.5B-Instruct",
+        "revision": "7ae557604adf67be50417f59c2c2f167def9a775",
+        "chat_template_sha256": "c" * 64,
+        "layer": 23,
+    },
+    "signal": {
+        "template": {
+            "system_prompt": "Please reason step by step.",
+            "few_shot": [["What is 1+1?", "#### 2"]],
+            "instruction": None,
+            "separator": "\n\n",
+            "few_shot_name": "gsm8k-1",
+        },
+        "conversation": {"scored": "template"},
+    },
+}
+
+
+def test_a_saved_probe_records_the_run_it_was_fit_on(tmp_path: Path) -> None:
+    from gain_curate.checks.probe import differences, fitted_on
+
+    x, p = planted(n=40, d=12)
+    own = fitted_on(MANIFEST)
+    assert own == {
+        "model": "Qwen2.5-0.5B-Instruct",
+        "revision": "7ae557604adf67be50417f59c2c2f167def9a775",
+        "chat_template_sha256": "c" * 64,
+        "conversation": {
+            "system_prompt": "Please reason step by step.",
+            "few_shot": [["What is 1+1?", "#### 2"]],
+            "instruction": None,
+            "separator": "\n\n",
+        },
+        "scored": "template",
+    }
+    fit = fit_probes({"last_token@L23": x}, p, fitted_on=own)["last_token@L23"]
+    back = ProbeFit.load(fit.save(tmp_path / "probe.npz"))
+    assert back.meta["fitted_on"] == own  # through the file's JSON, as predict reads it
+    assert differences(own, fitted_on(MANIFEST)) == []
+    other = json.loads(json.dumps(MANIFEST))
+    other["model"]["name"] = "/models/qwen"  # the same revision under another name: the same
+    assert differences(own, fitted_on(other)) == []
+    other["model"]["revision"] = "f" * 40
+    other["signal"]["template"]["few_shot"] = []
+    other["signal"]["template"]["system_prompt"] = None
+    other["signal"]["conversation"]["scored"] = "the input's own chat prompt"
+    assert differences(own, fitted_on(other)) == [
+        "model Qwen2.5-0.5B-Instruct at revision 7ae557604adf67be504, "
+        "this run /models/qwen at " + "f" * 19,
+        "scored template, this run the input's own chat prompt",
+        "another scoring conversation (system prompt, few shot)",
+    ]
+    no_revisions = {**own, "revision": None}
+    assert differences(no_revisions, {**own, "revision": None, "model": "x"}) == [
+        "model Qwen2.5-0.5B-Instruct, this run x"
+    ]
+
+
 def test_probe_refuses_what_it_cannot_fit() -> None:
     x, p = planted(n=9, d=4)
     with pytest.raises(ValueError, match="9 prompts for 5-fold cross-validation: need at least 10"):

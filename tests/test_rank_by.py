@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from gain_curate.checks.probe import ProbeFit, learnability
+from gain_curate.checks.probe import ProbeFit, fitted_on, learnability
 from gain_curate.cli import main
 from gain_curate.curriculum.rank_by import order_by
 from gain_curate.curriculum.schedule import ScheduleParams
@@ -90,7 +90,11 @@ def probe_file(scored: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         heldout=np.zeros(3),
         folds=5,
         seed=0,
-        meta={"features": "last_token@L3", "target": "pass_rate"},
+        meta={
+            "features": "last_token@L3",
+            "target": "pass_rate",
+            "fitted_on": fitted_on(json.loads((scored / "gain_manifest.json").read_text())),
+        },
     )
     path = tmp_path_factory.mktemp("probe") / "probe.npz"
     fit.save(path)
@@ -262,3 +266,106 @@ def test_probe_feature_names_pick_the_kept_states() -> None:
         feature_spec("last_token@L12", 23)
     with pytest.raises(OutputError, match="cannot tell which pooled state"):
         feature_spec("residual@L23", 23)
+
+
+def probe_like(probe_file: Path, folder: Path, fitted: dict | None, **arrays: np.ndarray) -> Path:
+    """The fixture's probe with its fitted_on replaced (None: dropped) and arrays replaced."""
+    fit = ProbeFit.load(probe_file)
+    fit.meta = {k: v for k, v in fit.meta.items() if k != "fitted_on"}
+    if fitted is not None:
+        fit.meta["fitted_on"] = fitted
+    for name, value in arrays.items():
+        setattr(fit, name, value)
+    return fit.save(folder / "probe.npz")
+
+
+def refused(out: Path, probe: Path) -> str:
+    """predict's one line for a refused probe; the shards and manifest stay as they were."""
+    before = {p.name: p.read_bytes() for p in (out / "data").iterdir()}
+    manifest = (out / "gain_manifest.json").read_bytes()
+    code, text = run("predict", str(out), "--probe", str(probe))
+    lines = text.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), text
+    assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == before
+    assert (out / "gain_manifest.json").read_bytes() == manifest
+    return lines[0]
+
+
+def test_predict_refuses_a_probe_fit_on_another_model_or_template(
+    scored: Path, probe_file: Path, tmp_path: Path
+) -> None:
+    """The hidden size and the layer match, yet the probe read another model's states, another
+    chat template's or another conversation's: predict says which, in one line."""
+    own = ProbeFit.load(probe_file).meta["fitted_on"]
+    assert own["revision"].startswith("sha256:") and own["chat_template_sha256"]
+    cases = {
+        "revision": ({**own, "model": "Qwen2.5-0.5B", "revision": "0" * 40}, "at revision 0000"),
+        "template": ({**own, "chat_template_sha256": "ab" * 32}, "chat template abab"),
+        "conversation": (
+            {**own, "conversation": {**own["conversation"], "instruction": "Think."}},
+            "another scoring conversation (instruction)",
+        ),
+    }
+    for name, (fitted, said) in cases.items():
+        line = refused(scored, probe_like(probe_file, tmp_path / name, fitted))
+        assert said in line and f"validate --run {scored} --rollouts K" in line, (name, line)
+    line = refused(scored, probe_like(probe_file, tmp_path / "none", None))
+    assert "does not record the model, chat template and conversation" in line
+    moved = {**own, "model": "a copy of the same folder elsewhere"}  # same revision: same model
+    code, text = run(
+        "predict", str(scored), "--probe", str(probe_like(probe_file, tmp_path / "moved", moved))
+    )
+    assert code == 0, text
+
+
+def test_predict_refuses_a_probe_from_a_run_with_another_system_prompt(
+    tiny_qwen2_dir: Path, scored: Path, probe_file: Path, tmp_path: Path
+) -> None:
+    """A real second run of the same prompts and model under another system prompt: the
+    states have the same shape, the probe fit on the first run is refused on it."""
+    rows = [
+        json.dumps({"question": f"What is {i} times {i + 3}?", "answer": str(i)}) for i in range(N)
+    ]
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    other = tmp_path / "other"
+    code, text = run(
+        "score",
+        "--model",
+        str(tiny_qwen2_dir),
+        "--data",
+        str(path),
+        "--out",
+        str(other),
+        "--keep-states",
+        "--system-prompt",
+        "You are a pirate.",
+    )
+    assert code == 0, text
+    line = refused(other, probe_file)
+    assert "another scoring conversation (system prompt)" in line, line
+
+
+@pytest.mark.parametrize("how", ["zero weights", "one pass rate"])
+def test_predict_refuses_a_probe_that_predicts_one_pass_rate(
+    scored: Path, probe_file: Path, tmp_path: Path, how: str
+) -> None:
+    fit = ProbeFit.load(probe_file)
+    if how == "zero weights":
+        probe = probe_like(
+            probe_file, tmp_path, fit.meta["fitted_on"], coef=np.zeros_like(fit.coef)
+        )
+        why = "its weights are all zero"
+    else:  # a real fit on a target with one value: ridge gives it zero weights too
+        from gain_curate.checks.probe import fit_probes
+
+        st = np.load(scored / "states.npz")
+        fits = fit_probes(
+            {"last_token@L3": st["last_token"].astype(np.float64)},
+            np.full(N, 0.25),
+            fitted_on=fit.meta["fitted_on"],
+        )
+        probe = fits["last_token@L3"].save(tmp_path / "probe.npz")
+        why = "its weights are all zero"
+    line = refused(scored, probe)
+    assert "predicts the same pass rate" in line and why in line and "no learnability rank" in line

@@ -296,6 +296,65 @@ def test_same_input_gives_identical_shards(tiny_qwen2_dir: Path, tmp_path: Path)
     assert a == b
 
 
+def test_split_from_the_input_names_shards_and_flags(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    """test.jsonl is a test split: extra_info.split, the shards' names and verl's
+    data.val_files say so; a train file (by name, by default or by --split) gives the very
+    bytes it gave before the split was read from the input (train-*, split "train")."""
+    rows = [{"question": q, "answer": f"#### {i}"} for i, q in enumerate(QUESTIONS)]  # GSM8K
+    runs = {}
+    for name, data, split in (
+        ("plain", "d.jsonl", None),
+        ("named", "train.jsonl", None),
+        ("flag", "d.jsonl", "train"),
+        ("test", "test.jsonl", None),
+    ):
+        (tmp_path / name).mkdir()
+        path = write_jsonl(tmp_path / name / data, rows)
+        runs[name] = run_score(
+            ScoreConfig(
+                data=str(path),
+                model=str(tiny_qwen2_dir),
+                out=tmp_path / name / "out",
+                device="cpu",
+                token_budget=64,
+                split=split,
+            )
+        ).manifest
+    for name in ("plain", "named", "flag"):
+        assert [s["path"] for s in runs[name]["shards"]] == ["data/train-00000-of-00001.parquet"]
+        assert runs[name]["input"]["split"] == "train"
+    plain = (tmp_path / "plain" / "out" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    for name in ("named", "flag"):
+        assert (tmp_path / name / "out" / runs[name]["shards"][0]["path"]).read_bytes() == plain
+    # ScoreConfig settles the split when it is made: a --split that agrees with the input's
+    # own is recorded as the input's
+    assert runs["flag"]["input"]["split_from"] == "the default (--split sets it)"
+    assert runs["named"]["input"]["split_from"].startswith("the file's name (train.jsonl")
+    m = runs["test"]
+    assert [s["path"] for s in m["shards"]] == ["data/test-00000-of-00001.parquet"]
+    assert not (tmp_path / "test" / "out" / "data" / "train-00000-of-00001.parquet").exists()
+    assert (m["input"]["split"], m["input"]["split_from"]) == (
+        "test",
+        "the file's name (test.jsonl; --split sets it)",
+    )
+    test, _ = read_run(tmp_path / "test" / "out")
+    assert {e["split"] for e in test["extra_info"].to_pylist()} == {"test"}
+    train, _ = read_run(tmp_path / "plain" / "out")
+
+    def but_the_split(t: pa.Table) -> list[dict]:
+        return [{**r, "extra_info": {**r["extra_info"], "split": None}} for r in t.to_pylist()]
+
+    assert but_the_split(test) == but_the_split(train)  # the same rows, scores and ranks
+    shard = str((tmp_path / "test" / "out" / m["shards"][0]["path"]).resolve())
+    assert m["trainer_flags"]["verl"][0] == f"'data.val_files=[{shard}]'"
+    assert "data.shuffle=False" not in m["trainer_flags"]["verl"]  # verl never shuffles val
+    assert runs["plain"]["trainer_flags"]["verl"][:2] == [
+        f"'data.train_files=[{(tmp_path / 'plain' / 'out' / 'data').resolve()}"
+        "/train-00000-of-00001.parquet]'",
+        "data.shuffle=False",
+    ]
+
+
 def test_batched_equals_one_at_a_time(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", [{"question": q} for q in QUESTIONS])
     run_score(

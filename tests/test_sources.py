@@ -442,6 +442,7 @@ def test_presets_load_through_datasets_at_their_pinned_revision(offline_hub):
         },
     )
     src = load_source("gsm8k")
+    assert (src.spec.split, src.spec.split_from) == ("train", "the default (--split sets it)")
     assert (src.spec.kind, src.spec.hub_id, src.spec.data_source) == (
         "preset",
         "openai/gsm8k",
@@ -469,6 +470,7 @@ def test_presets_load_through_datasets_at_their_pinned_revision(offline_hub):
         },
     )
     src = load_source("math", split="test")
+    assert (src.spec.split, src.spec.split_from) == ("test", "--split")
     assert src.answers == [r"\frac{1}{2}"] and src.spec.answer_extraction == "last_boxed"
     assert src.spec.revision == PRESETS["math"].revision and src.spec.rows == 1
     with pytest.raises(InputError) as err:
@@ -605,3 +607,66 @@ def test_input_chats(tmp_path):
     assert input_chats(src.table, src.spec.question_key) == [chat, None]
     plain = load_source(str(write_jsonl(tmp_path / "p.jsonl", [{"question": "a?"}])))
     assert input_chats(plain.table, plain.spec.question_key) is None
+
+
+# --- the split: --split, else the file's name, else train ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "split"),
+    [
+        ("test.jsonl", "test"),
+        ("Test.JSONL", "test"),
+        ("gsm8k_test.parquet", "test"),
+        ("test-00000-of-00001.parquet", "test"),
+        ("validation.json", "validation"),
+        ("math-val.csv", "val"),
+        ("dev.jsonl", "dev"),
+        ("my eval.jsonl", "eval"),
+        ("train.jsonl", "train"),
+        ("gsm8k_train.parquet", "train"),
+        ("d.jsonl", "train"),
+        ("contest.jsonl", "train"),  # a word that ends in "test" is no split
+        ("latest_results.jsonl", "train"),
+        ("a_test_b.jsonl", "train"),  # only the first or last word names it
+    ],
+)
+def test_split_from_the_file_name(tmp_path, name, split):
+    from gain_curate.scoring.sources import input_split
+
+    path, rows = tmp_path / name, [{"question": "What is 2+2?", "answer": "4"}]
+    ext = path.suffix.lower()
+    if ext == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif ext == ".csv":
+        pacsv.write_csv(pa.Table.from_pylist(rows), path)
+    else:
+        path.write_text(json.dumps(rows) if ext == ".json" else json.dumps(rows[0]) + "\n")
+    assert input_split(str(path), None)[0] == split
+    spec = load_source(str(path)).spec
+    assert spec.split == split
+    how = "the file's name" if split != "train" or "train" in name else "the default"
+    assert spec.split_from.startswith(how), spec.split_from
+
+
+def test_split_flag_wins_and_names_and_folders_default_to_train(tmp_path):
+    from gain_curate.scoring.sources import input_split
+
+    test = write_jsonl(tmp_path / "test.jsonl", [{"question": "What is 2+2?", "answer": "4"}])
+    spec = load_source(str(test), split="train").spec
+    assert (spec.split, spec.split_from) == ("train", "--split")
+    spec = load_source(str(test), split="test").spec  # the flag agrees with the name
+    assert spec.split == "test" and spec.split_from.startswith("the file's name (test.jsonl")
+    assert input_split("gsm8k", None) == ("train", "the default (--split sets it)")
+    assert input_split("owner/test", None)[0] == "train"  # a hub id: its train split
+    assert input_split(str(tmp_path / "test"), None)[0] == "train"  # a save_to_disk folder
+    assert input_split("x/test.jsonl", "validation") == ("validation", "--split")
+
+
+def test_score_config_takes_its_split_from_the_input():
+    from gain_curate.scoring.config import ScoreConfig
+
+    assert ScoreConfig(data="x/test.jsonl", model="m", out=Path("o")).split == "test"
+    assert ScoreConfig(data="x/d.jsonl", model="m", out=Path("o")).split == "train"
+    assert ScoreConfig(data="gsm8k", model="m", out=Path("o")).split == "train"
+    assert ScoreConfig(data="x/test.jsonl", model="m", out=Path("o"), split="dev").split == "dev"

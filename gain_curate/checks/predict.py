@@ -89,6 +89,42 @@ def load_probe(path: Path) -> tuple[Any, Any]:
     return fit, names
 
 
+def check_fitted_on(fit: Any, probe_path: Path, manifest: dict[str, Any], out: Path) -> None:
+    """Refuse, in one line, a probe fit on another model, revision, chat template or scoring
+    conversation than the run's: its weights read other states (the hidden size and the
+    layer alone do not tell)."""
+    from gain_curate.checks.probe import differences, fitted_on
+
+    fix = f"fit one on this run: `gain-curate validate --run {out} --rollouts K`"
+    probe_on = (getattr(fit, "meta", None) or {}).get("fitted_on")
+    if not probe_on:
+        raise OutputError(
+            f"the probe {probe_path} does not record the model, chat template and conversation "
+            f"it was fit on, so it cannot be checked against {out}: {fix}"
+        )
+    if diff := differences(probe_on, fitted_on(manifest)):
+        raise OutputError(f"the probe {probe_path} was fit on {'; '.join(diff)}: {fix}")
+
+
+def check_not_constant(fit: Any, probe_path: Path, pred: np.ndarray) -> None:
+    """Refuse, in one line, a probe that predicts one pass rate for every row: the ranking
+    it would write is gain_rank in other words (ties), not learnability."""
+    finite = pred[np.isfinite(pred)]
+    if len(finite) == 0 or np.ptp(finite) > 1e-12 * max(1.0, float(np.abs(finite).max())):
+        return
+    coef = np.asarray(getattr(fit, "coef", np.ones(1)))
+    why = (
+        "its weights are all zero, as when every prompt it was fit on had the same pass rate"
+        if not coef.any()
+        else "its weights do not vary with these rows' states"
+    )
+    raise OutputError(
+        f"the probe {probe_path} predicts the same pass rate, {finite[0]:.4g}, for all "
+        f"{len(finite):,} rows ({why}): it ranks nothing, so no learnability rank was "
+        "written; fit it on prompts whose pass rates differ (more prompts or more rollouts)"
+    )
+
+
 def learn_ranks(pred: np.ndarray) -> np.ndarray:
     """Per rank position, its position in the learnability ranking: high p (1 - p) first
     (probe.learnability), ties by gain_rank, positions without a prediction last."""
@@ -119,6 +155,7 @@ def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
             "score again with --keep-states"
         )
     fit, names = load_probe(probe_path)
+    check_fitted_on(fit, probe_path, manifest, out)
     kinds = feature_spec(names, int(kept["layer"]), manifest["model"].get("num_layers"))
     st = store.read_npz(path)
     x = np.concatenate([st[k].astype(np.float32) for k in kinds], axis=1)
@@ -130,6 +167,7 @@ def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
         ) from None
     if len(got) != len(x):
         raise OutputError(f"the probe {probe_path} gave {len(got)} predictions for {len(x)} rows")
+    check_not_constant(fit, probe_path, got)
     from gain_curate.curriculum.export import ranked_table
 
     table = ranked_table(out)
@@ -141,8 +179,12 @@ def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
     )
     table = table.append_column(PREDICT_FIELDS[1], pa.array(learn_ranks(pred), pa.int64()))
     rows_per_shard = manifest["shards"][0]["rows"] if manifest["shards"] else max(1, table.num_rows)
-    shards = store.write_shards(
-        lambda a, b: table.slice(a, b - a), table.num_rows, out, rows_per_shard=rows_per_shard
+    shards = store.write_shards(  # the same names as before: trainer flags stay valid
+        lambda a, b: table.slice(a, b - a),
+        table.num_rows,
+        out,
+        rows_per_shard=rows_per_shard,
+        split=manifest["input"].get("split") or "train",
     )
     record = prediction_record(probe_path, names, kinds, kept, pred, table)
     manifest = store.read_manifest(out)  # as it is now: another command may have added a section

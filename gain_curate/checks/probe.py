@@ -32,6 +32,56 @@ import numpy as np
 
 ALPHAS = np.logspace(-2, 7, 19)  # ridge penalties tried, on standardised features
 MIN_PROBE_N = 20  # fewer prompts than this: no probe (k-fold folds of 3 say nothing)
+CONVERSATION_FIELDS = ("system_prompt", "few_shot", "instruction", "separator")
+
+
+def fitted_on(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a probe's features were made by, from the manifest of the run whose states it was
+    fit on (saved as meta["fitted_on"]; predict compares it with the target run's): the model
+    (name, revision: a hub commit or a local folder's content hash), its chat template's hash,
+    and the scoring conversation (system prompt, few-shot turns, instruction, or the input's
+    own chat). The layer is in the probe's feature names."""
+    model, signal = manifest["model"], manifest["signal"]
+    template = signal.get("template") or {}
+    return {
+        "model": model.get("name"),
+        "revision": model.get("revision"),
+        "chat_template_sha256": model.get("chat_template_sha256"),
+        "conversation": {k: template.get(k) for k in CONVERSATION_FIELDS},
+        "scored": (signal.get("conversation") or {}).get("scored", "template"),
+    }
+
+
+def differences(probe: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """What differs between a probe's fitted_on and a run's, in words ([]: the same states).
+    The same revision is the same model whatever its name (a folder moved, a hub id spelt
+    otherwise); without revisions the names decide."""
+    out = []
+    if probe.get("revision") and run.get("revision"):
+        if probe["revision"] != run["revision"]:
+            out.append(
+                f"model {probe.get('model')} at revision {_short(probe['revision'])}, "
+                f"this run {run.get('model')} at {_short(run['revision'])}"
+            )
+    elif probe.get("model") != run.get("model"):
+        out.append(f"model {probe.get('model')}, this run {run.get('model')}")
+    if probe.get("chat_template_sha256") != run.get("chat_template_sha256"):
+        out.append(
+            f"chat template {_short(probe.get('chat_template_sha256'))}, "
+            f"this run {_short(run.get('chat_template_sha256'))}"
+        )
+    if probe.get("scored") != run.get("scored"):
+        out.append(f"scored {probe.get('scored')}, this run {run.get('scored')}")
+    pc, rc = probe.get("conversation") or {}, run.get("conversation") or {}
+    changed = [k.replace("_", " ") for k in CONVERSATION_FIELDS if pc.get(k) != rc.get(k)]
+    if changed:
+        out.append("another scoring conversation (" + ", ".join(changed) + ")")
+    return out
+
+
+def _short(v: Any) -> str:
+    text = str(v)
+    return text[:19] if len(text) > 19 else text  # sha256:0123456789ab / a commit's head
 
 
 @dataclass
@@ -188,10 +238,16 @@ def fit_probe(
 
 
 def fit_probes(
-    features: dict[str, np.ndarray], pass_rate: np.ndarray, *, folds: int = 5, seed: int = 0
+    features: dict[str, np.ndarray],
+    pass_rate: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    fitted_on: dict[str, Any] | None = None,
 ) -> dict[str, ProbeFit]:
     """One pass-rate probe per named feature set ("last_token@L12": (n, d) array; the name
-    is kept in the probe's meta["features"]); {} below MIN_PROBE_N prompts. Prompts whose
+    is kept in the probe's meta["features"], `fitted_on` (probe.fitted_on of the run whose
+    states these are) in meta["fitted_on"]); {} below MIN_PROBE_N prompts. Prompts whose
     features are not finite (no states: a row `score` could not run) are left out of the fit
     and get a NaN held-out prediction."""
     y = np.asarray(pass_rate, np.float64)
@@ -201,9 +257,10 @@ def fit_probes(
         ok = np.isfinite(x).all(1) & np.isfinite(y)
         if ok.sum() < MIN_PROBE_N:
             continue
-        fit = fit_probe(
-            x[ok], y[ok], folds=folds, seed=seed, meta={"features": name, "target": "pass_rate"}
-        )
+        meta = {"features": name, "target": "pass_rate"}
+        if fitted_on is not None:
+            meta["fitted_on"] = fitted_on
+        fit = fit_probe(x[ok], y[ok], folds=folds, seed=seed, meta=meta)
         heldout = np.full(len(y), np.nan)
         heldout[ok] = fit.heldout
         fit.heldout = heldout

@@ -213,7 +213,7 @@ def run_validate(
         "loss": losses,
     }
     if rollouts is not None:
-        from gain_curate.checks.probe import fit_probes
+        from gain_curate.checks.probe import fit_probes, fitted_on
         from gain_curate.checks.rollout_stats import SIGNALS, TARGETS, rollout_statistics
         from gain_curate.checks.rollouts import run_rollouts
 
@@ -244,7 +244,8 @@ def run_validate(
         signals = dict(zip(SIGNALS, (score, c_intra, c_inter, q_len)))
         clock_probe = time.perf_counter()
         features = probe_features(cfg, run, picked, shape, manifest)
-        probes = fit_probes(features, rl["pass_rate"], seed=seed)
+        # the run whose states they are (its model, template, conversation): predict checks it
+        probes = fit_probes(features, rl["pass_rate"], seed=seed, fitted_on=fitted_on(manifest))
         saved = save_probes(out / "probes", probes)
         seconds["probe_states_and_fit"] = round(time.perf_counter() - clock_probe, 1)
         n_run = run_inputs.run_rows(run) if run is not None else None

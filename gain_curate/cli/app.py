@@ -85,5 +85,5 @@ def main() -> None:
     \b
     Example:
       gain-curate score --model Qwen/Qwen2.5-7B-Instruct --data gsm8k --out runs/gsm8k
-      # verl: data.train_files=[runs/gsm8k/data/train-00000-of-00001.parquet] data.shuffle=False
+      # verl: 'data.train_files=[runs/gsm8k/data/train-00000-of-00001.parquet]' data.shuffle=False
     """

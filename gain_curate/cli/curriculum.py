@@ -191,7 +191,7 @@ def export(out: Path, fmt: str, epoch: int | None, rank_by: str | None) -> None:
     \b
     Examples:
       gain-curate export runs/gsm8k --format verl
-      # verl 0.5-0.9: data.train_files=[runs/gsm8k/export/verl/plan.parquet] data.shuffle=False
+      # verl 0.5-0.9: 'data.train_files=[runs/gsm8k/export/verl/plan.parquet]' data.shuffle=False
       #               data.train_batch_size=B trainer.total_epochs=1
       gain-curate export runs/gsm8k --format openrlhf --epoch 0
       # OpenRLHF: --data.prompt_dataset runs/gsm8k/export/openrlhf/epoch-00000.jsonl

@@ -132,9 +132,8 @@ answer_key_option = click.option(
 )
 split_option = click.option(
     "--split",
-    default="train",
-    show_default=True,
-    help="Split for hub datasets and save_to_disk folders.",
+    help="The input's split (what a hub dataset reads, extra_info.split, shard names, verl's "
+    "train_files or val_files). Default: the file's name (test.jsonl: test), else train.",
 )
 chat_template_option = click.option(
     "--chat-template",

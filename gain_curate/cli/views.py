@@ -232,6 +232,8 @@ def print_summary(result: Any, verb: str) -> None:
         what, f"{m['seconds']:.1f} s" + (" (this finished run was reused)" if result.reused else "")
     )
     t.add_row("shards", f"{result.out / 'data'} ({len(m['shards'])} file(s))")
+    if split := m["input"].get("split"):
+        t.add_row("split", f"{split} ({m['input'].get('split_from') or 'how: not recorded'})")
     t.add_row("manifest", str(result.out / "gain_manifest.json"))
     _console().print(t)
     if result.reused:

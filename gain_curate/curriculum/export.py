@@ -93,7 +93,7 @@ def export_verl(out: Path, rank_by: str | None = None) -> tuple[Path, dict[str, 
     path = store.write_table_atomic(rows, out, Path("export") / "verl" / "plan.parquet")
     (b,) = sizes
     flags = [
-        f"data.train_files=[{path.resolve()}]",
+        store.verl_files_flag("train", [str(path.resolve())]),  # one shell word
         "data.shuffle=False",
         f"data.train_batch_size={b}",
         "trainer.total_epochs=1",

@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Sampler
-from trl import GRPOTrainer
 
 from gain_curate.curriculum.online import Capture, OnlineAngles, question_of
 from gain_curate.integrations._common import (
@@ -56,6 +55,16 @@ from gain_curate.integrations._common import (
     step_metrics,
 )
 from gain_curate.integrations.trl_state import GainCheckpoints, GainRepeatSampler
+
+try:
+    from trl import GRPOTrainer
+except ModuleNotFoundError as e:  # TRL itself absent (not one of its own imports): one line
+    if e.name != "trl":
+        raise
+    raise ImportError(
+        "gain_curate.integrations.trl needs TRL, which this Python does not have: "
+        "pip install 'gain-curate[trl]' (TRL 1.16 or newer)"
+    ) from None
 
 
 def refuse_iterable(dataset: Any) -> None:

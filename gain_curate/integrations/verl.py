@@ -35,7 +35,16 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
-from verl.utils.dataset.rl_dataset import RLHFDataset
+
+try:
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+except ModuleNotFoundError as e:  # verl itself absent (not one of its own imports): one line
+    if e.name != "verl":
+        raise
+    raise ImportError(
+        "gain_curate.integrations.verl runs inside verl's own environment, and this Python "
+        "has no verl: install verl 0.5 to 0.9 there (pip install 'verl>=0.5,<0.10')"
+    ) from None
 
 from gain_curate.curriculum.schedule import GainSchedule
 from gain_curate.integrations._common import (

@@ -29,7 +29,7 @@ class ScoreConfig:
     template: ScoringTemplate = field(default_factory=ScoringTemplate)
     question_key: str | None = None
     answer_key: str | None = None
-    split: str = "train"
+    split: str | None = None  # None: from the input (sources.input_split), set on creation
     limit: int | None = None
     layer: int | None = None
     inter_weight: float = 1.0
@@ -53,6 +53,12 @@ class ScoreConfig:
     # of the request key (a rerun with it must write them), never of the config hash: the
     # scores and the shards are the same bytes with it or without it.
     keep_states: bool = False
+
+    def __post_init__(self) -> None:
+        if self.split is None:  # test.jsonl: test; the rest (train files, presets, hub): train
+            from gain_curate.scoring.sources import input_split
+
+            object.__setattr__(self, "split", input_split(self.data, None)[0])
 
 
 # How the work is split never changes the scores: these flags are not part of a run's identity.

@@ -101,6 +101,7 @@ def merge(prep: Prepared, started: float) -> ScoreResult:
         n,
         cfg.out,
         rows_per_shard=cfg.rows_per_shard,
+        split=cfg.split,
         advance=progress.step(f"merge: writing {_count(n_shards, 'shard')} to {cfg.out}", n_shards),
     )
     kept = (
@@ -258,10 +259,13 @@ def build_manifest(
         },
         "seconds": None,  # the command's, to the manifest: merge() sets it last
         "prefill": run_info,
-        "trainer_flags": {
-            "verl": [
-                f"data.train_files=[{','.join(files)}]",
-                "data.shuffle=False",
-            ],
-        },
+        # one shell word each (store.verl_files_flag): they paste into bash or zsh as they are
+        "trainer_flags": {"verl": verl_flags(cfg.split, files)},
     }
+
+
+def verl_flags(split: str, files: list[str]) -> list[str]:
+    """data.train_files (rank order: data.shuffle=False) or, for a test or validation split,
+    data.val_files (verl never shuffles those)."""
+    train = store.verl_files_key(split) == "data.train_files"
+    return [store.verl_files_flag(split, files)] + (["data.shuffle=False"] if train else [])

@@ -14,6 +14,11 @@ given, else the input's own data_source column, the preset's or hub dataset's id
 dataset recognised by its shape (GSM8K, MATH: the names verl's default reward knows), else
 the file's name; `InputSpec.data_source_from` says which.
 
+The split (extra_info.split, the shards' names, verl's train_files or val_files) is `split=`
+(--split) when given, else the file's name (test.jsonl, gsm8k_test.parquet: test; val, dev,
+eval, validation likewise), else train (presets and hub datasets: their train split);
+`InputSpec.split_from` says which (input_split).
+
 Reading local files and presets is in readers.py, the hub in hub.py, per-row question and
 answer text in answers.py.
 """
@@ -53,6 +58,8 @@ QUESTION_KEYS = ("question", "problem", "prompt", "query", "input")
 ANSWER_KEYS = ("answer", "solution", "ground_truth", "reward_model.ground_truth")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+# A file named after one of these (its stem's first or last word) holds that split.
+SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class InputSpec:
     data_source: str  # the verl data_source written for rows lacking one (all rows: --data-source)
     is_verl_schema: bool
     data_source_from: str = ""  # how data_source was chosen, in words
+    split_from: str = ""  # how split was chosen, in words (input_split)
 
 
 @dataclass
@@ -90,14 +98,19 @@ def load_source(
     *,
     question_key: str | None = None,
     answer_key: str | None = None,
-    split: str = "train",
+    split: str | None = None,
     limit: int | None = None,
     data_source: str | None = None,
 ) -> SourceData:
     """Read `data` (path, preset or hub id), pick its question and answer columns and name
-    its data_source (`data_source` when given)."""
+    its data_source (`data_source` when given) and its split (`split` when given)."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
+    implied, split_from = input_split(data, None)
+    if split is None or split == implied:
+        split = implied
+    else:
+        split_from = "--split"
     raw = _read(data, split)
     preset, where, rows_total = raw.preset, raw.path or raw.hub_id or data, raw.table.num_rows
     if rows_total == 0:
@@ -154,8 +167,24 @@ def load_source(
         name,
         is_verl,
         how,
+        split_from,
     )
     return SourceData(table, list(questions), answers, problems, spec)
+
+
+def input_split(data: str, split: str | None) -> tuple[str, str]:
+    """(the split, how it was chosen): `split` when given; else a .jsonl/.json/.parquet/.csv
+    file's name when its stem's first or last word is a split name (test.jsonl,
+    gsm8k_test.parquet, test-00000-of-00001.parquet: test); else train. Reads nothing."""
+    if split is not None:
+        return split, "--split"
+    path = Path(data).expanduser()
+    if path.suffix.lower() in EXTENSIONS:
+        words = [w for w in re.split(r"[\s_.-]+", path.stem.lower()) if w]
+        for word in words[:1] + words[-1:]:
+            if word in SPLIT_NAMES:
+                return word, f"the file's name ({path.name}; --split sets it)"
+    return "train", "the default (--split sets it)"
 
 
 MATH_COLUMNS = ("level", "type")

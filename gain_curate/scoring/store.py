@@ -3,6 +3,7 @@
     OUT/
       gain_manifest.json                  written last, atomically (tmp + rename)
       data/train-00000-of-0000N.parquet   rows sorted by gain_rank, one Arrow schema for all
+                                          (named by the input's split: test-00000-of-...)
       states.npz                          score --keep-states: pooled hidden states per row
       .gain-curate/                       staging and work parts (hidden from loaders)
 
@@ -17,6 +18,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator
@@ -34,8 +37,32 @@ WORK_DIR = ".gain-curate"
 STATES = "states.npz"  # score --keep-states: row, gain_uid, question_mean, last_token
 
 
-def shard_name(i: int, n: int) -> str:
-    return f"train-{i:05d}-of-{n:05d}.parquet"
+def shard_name(i: int, n: int, split: str = "train") -> str:
+    """`test-00000-of-00001.parquet`: the split as a file-name word (`train[:10%]`: train)."""
+    word = re.sub(r"[^\w.-]+", "_", split.split("[")[0]).strip("._") or "train"
+    return f"{word}-{i:05d}-of-{n:05d}.parquet"
+
+
+def verl_files_key(split: str) -> str:
+    """verl's flag for a split's files: train trains, every other split validates."""
+    return "data.train_files" if split.split("[")[0] == "train" else "data.val_files"
+
+
+def verl_files_flag(split: str, files: list[str]) -> str:
+    """verl's flag for these shards as one shell word that bash and zsh pass as it is:
+    `'data.train_files=[/a/x.parquet,/b c/y.parquet]'`. A path Hydra cannot read bare
+    (`,` `=` `'` `"` brackets, ...) is quoted inside the list."""
+    value = ",".join(_hydra_string(f) for f in files)
+    return shlex.quote(f"{verl_files_key(split)}=[{value}]")
+
+
+def _hydra_string(text: str) -> str:
+    """One list element for Hydra's override parser: bare when its grammar reads it back
+    as it is, else in double quotes (a quote, and backslashes before one, escaped)."""
+    if "/" in text and re.fullmatch(r"[A-Za-z0-9_./+@%-]+(?: +[A-Za-z0-9_./+@%-]+)*", text):
+        return text  # a path (never read as a number or a bool), spaces inside kept
+    body = re.sub(r'(\\*)"', r'\1\1\\"', text)  # a quote, and backslashes before it
+    return '"' + re.sub(r"(\\+)$", r"\1\1", body) + '"'  # and before the closing quote
 
 
 def shard_count(n_rows: int, rows_per_shard: int) -> int:
@@ -48,9 +75,11 @@ def write_shards(
     out: Path,
     *,
     rows_per_shard: int,
+    split: str = "train",
     advance: Callable[[int], None] = lambda n: None,
 ) -> list[dict[str, Any]]:
-    """Write the ranked rows as shards under OUT/data, all at once or not at all:
+    """Write the ranked rows as shards under OUT/data (named by `split`), all at once or not
+    at all:
     `tables(first, end)` builds the rows ranked first..end-1 (one shard's, so a million rows
     are never one table); advance(1) as each shard is written.
 
@@ -66,7 +95,7 @@ def write_shards(
         for i in range(n_shards):
             first = i * rows_per_shard
             part = tables(first, min(first + rows_per_shard, n_rows))
-            path = staging / shard_name(i, n_shards)
+            path = staging / shard_name(i, n_shards, split)
             pq.write_table(part, path, compression="zstd")
             shards.append(
                 {
