@@ -6,7 +6,7 @@ optional `datasets` package). It keeps every column with its Arrow type, finds t
 and answer columns (dotted keys reach into structs) and records in `InputSpec` what the
 manifest needs. Bad input raises a one-line `InputError`.
 
-    src = load_source("../shared/data/verl/gsm8k_train.parquet", limit=100)
+    src = load_source("data/gsm8k_train.parquet", limit=100)  # verl's GSM8K Parquet
     src.questions[0], src.answers[0], src.spec.question_key   # ..., "72", "prompt"
 
 data_source (what verl's reward router dispatches on) is `data_source=` (--data-source) when

@@ -1,4 +1,4 @@
-"""Everything that touches disk: the ranked Parquet shards and the manifest (DESIGN.md 4).
+"""Everything that touches disk: the ranked Parquet shards and the manifest (docs/design.md).
 
     OUT/
       gain_manifest.json                  written last, atomically (tmp + rename)
