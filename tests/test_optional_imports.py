@@ -76,3 +76,19 @@ def test_a_missing_dependency_of_trl_itself_is_not_called_missing_trl() -> None:
     got = import_without("gain_curate.integrations.trl", "trl.trainer")
     assert "ModuleNotFoundError" in got.stderr or "ImportError" in got.stderr
     assert "gain-curate[trl]" not in got.stderr
+
+
+def test_openrlhf_launcher_without_ray_or_openrlhf_says_so_in_one_line(tmp_path) -> None:
+    import importlib.util
+
+    missing = [m for m in ("ray", "openrlhf") if importlib.util.find_spec(m) is None]
+    if not missing:
+        pytest.skip("ray and openrlhf are both installed here")
+    from gain_curate.integrations.openrlhf import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--run", str(tmp_path), "--", "--train.num_episodes", "1"])
+    assert (
+        str(e.value) == f"error: the OpenRLHF launcher needs {missing[0]}, which this Python lacks"
+    )
+    assert not any(tmp_path.iterdir())  # nothing written before the refusal

@@ -258,6 +258,11 @@ def main(argv: list[str] | None = None) -> None:
             "usage: python -m gain_curate.integrations.openrlhf --run OUT "
             "[--rank-by angle|learnability|length] -- <openrlhf train_ppo_ray arguments>"
         )
+    import importlib.util
+
+    for mod in ("ray", "openrlhf"):  # one line before any work, not a traceback after it
+        if importlib.util.find_spec(mod) is None:
+            sys.exit(f"error: the OpenRLHF launcher needs {mod}, which this Python lacks")
     ours = argv[: argv.index("--")]
     run = Path(ours[ours.index("--run") + 1]).resolve()
     try:
