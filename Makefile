@@ -80,9 +80,21 @@ $(V09_STAMP): pyproject.toml Makefile .ci/constraints.txt
 	$(V09_VENV)/bin/python -m pip install -q --no-deps verl==0.9.1 transferqueue==0.1.11 $(DATA_PACKAGES)
 	touch $(V09_STAMP)
 
-test-integrations: $(INT_STAMP) $(V09_STAMP)
+# verl 0.9.0 (another filter_groups.metric default, DAPO metric read from reward_extra_info):
+# the same environment, verl 0.9.0 alone --no-deps in a folder that PYTHONPATH puts first.
+V090_DIR := $(V09_VENV)/verl-0.9.0
+V090_STAMP := $(V090_DIR)/.installed-stamp
+
+$(V090_STAMP): $(V09_STAMP)
+	rm -rf $(V090_DIR)
+	$(V09_VENV)/bin/python -m pip install -q --no-deps --target $(V090_DIR) verl==0.9.0
+	touch $(V090_STAMP)
+
+test-integrations: $(INT_STAMP) $(V09_STAMP) $(V090_STAMP)
 	$(INT_VENV)/bin/pytest -q tests/integrations $(PYTEST_ARGS)
 	$(V09_VENV)/bin/pytest -q tests/integrations/test_verl09.py tests/integrations/test_verl_rewards.py $(PYTEST_ARGS)
+	PYTHONPATH=$(V090_DIR) $(V09_VENV)/bin/python -c "import verl; assert verl.__version__ == '0.9.0', verl.__file__"
+	PYTHONPATH=$(V090_DIR) $(V09_VENV)/bin/pytest -q tests/integrations/test_verl09.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(INT_VENV) $(V09_VENV) runs build *.egg-info

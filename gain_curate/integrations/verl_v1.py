@@ -33,6 +33,13 @@ kept or filtered out (or discarded as surplus): the filtered all-right groups ar
 what tells the rule the model has outgrown these prompts, and counting only the kept
 (mixed) groups would hold acc near 0.5 and mu still.
 
+One schedule epoch is one trainer step. With `+trainer.v1.sync.parameter_sync_step=k` verl's
+`PPOTrainer.step` draws the step's train_batch_size prompts once and then calls `sample()` k
+times (train_batch_size / k groups each, one actor update after each): the buffer gathers the
+results of all k calls and moves mu once, after the k-th. A trajectory is right when its
+reward manager's `reward_extra_info.acc` says so (verl's naive manager sets it to the score),
+else when its reward (`rm_scores`) is positive.
+
 The schedule's state is the dataset's state_dict, which verl's V1 checkpoint saves inside the
 train dataloader's state (data.pt) when data.dataloader_num_workers=0, so a resumed run
 continues the same plan. gain/* metrics join the step's metrics. Rewards must be computed
@@ -85,28 +92,39 @@ def builtin_kwargs(trainer: Any) -> dict[str, Any]:
     }
 
 
+def _correct(reward: Any, extra_fields: Any) -> float:
+    """One trajectory right (1.0) or not: the reward manager's `acc` (what verl's naive manager
+    sets from the score; DAPO's sets it apart from its penalties), else reward > 0."""
+    fields = getattr(extra_fields, "data", extra_fields)  # TransferQueue may hand NonTensorData
+    info = fields.get("reward_extra_info") if isinstance(fields, dict) else None
+    acc = info.get("acc") if isinstance(info, dict) else None
+    if acc is not None:
+        return min(max(float(acc), 0.0), 1.0)
+    return float(float(reward.sum()) > 0)
+
+
 def trajectory_results(keys: list[str], partition_id: str) -> tuple[list[str], list[float]] | None:
-    """Trajectories' (gain_uid, correct) from TransferQueue, one entry per trajectory."""
-    import torch
+    """Trajectories' (gain_uid, correct) from TransferQueue, one entry per trajectory, from the
+    fields verl's agent loop writes: `extra_info` (the dataset row's), `rm_scores` (the reward
+    at the last response token) and `extra_fields.reward_extra_info` (the reward manager's)."""
     import transfer_queue as tq
 
     if not keys:
         return [], []
     try:
         data = tq.kv_batch_get(
-            keys=keys, partition_id=partition_id, select_fields=["extra_info", "rm_scores"]
+            keys=keys,
+            partition_id=partition_id,
+            select_fields=["extra_info", "rm_scores", "extra_fields"],
         )
     except (KeyError, ValueError, RuntimeError):  # no rm_scores yet: a colocated reward model
         return None
-    infos = list(data["extra_info"])
-    scores = data["rm_scores"]  # per token, the score at the last position; jagged across puts
-    totals = (
-        torch.stack([r.sum() for r in scores.unbind(0)]) if scores.is_nested else scores.sum(-1)
-    )
-    uids = [(e or {}).get("gain_uid") for e in infos]
+    uids = [(e or {}).get("gain_uid") for e in data["extra_info"]]
     if any(u is None for u in uids):
         return None
-    return uids, (totals > 0).float().tolist()
+    scores = data["rm_scores"]  # (T,) per trajectory; nested (jagged) across puts
+    rows = scores.unbind(0) if scores.is_nested else list(scores)
+    return uids, [_correct(r, f) for r, f in zip(rows, data["extra_fields"], strict=True)]
 
 
 class GainReplayBuffer(ReplayBuffer):
@@ -139,6 +157,15 @@ class GainReplayBuffer(ReplayBuffer):
             )
         # verl passes a custom sampler none of these (0.9.1); should a later verl, its win
         kwargs = {**builtin_kwargs(self._trainer), **kwargs}
+        # verl's step() calls sample() parameter_sync_step times (trainer_base, the same lookup)
+        self.sync_steps = int((trainer_config or {}).get("parameter_sync_step", 1))
+        if self.sync_steps > 1 and kwargs["filter_groups_metric"] is not None:
+            raise ValueError(
+                "verl's sync DAPO filter (algorithm.filter_groups.enable=True) keeps no buffer: "
+                "the first of a step's sample() calls discards the step's other groups and the "
+                f"next waits for groups that never come, so trainer.v1.sync.parameter_sync_step="
+                f"{self.sync_steps} would hang: set it to 1, or turn filter_groups off"
+            )
         super().__init__(
             trainer_mode=trainer_mode,
             trainer_config=trainer_config,
@@ -149,7 +176,10 @@ class GainReplayBuffer(ReplayBuffer):
             refill_fn=refill_fn,
             **kwargs,
         )
-        self._cleared: list[tuple[list[str], list[float]]] = []  # groups evicted in this sample
+        self._calls = 0  # sample() calls of the current step so far
+        self._uids: list[str] = []  # the current step's trajectories, kept or cleared
+        self._correct: list[float] = []
+        self._scored = True
 
     def _follower(self) -> _Follower:
         ds = getattr(self._trainer, "train_dataset", None)
@@ -171,10 +201,15 @@ class GainReplayBuffer(ReplayBuffer):
         first, so the step's accuracy counts every group rolled out for it."""
         if partition_id == "train" and uids:
             keys = [k for k in self.partitions[partition_id] if k.split("_")[0] in uids]
-            got = trajectory_results(keys, partition_id)
-            if got is not None:
-                self._cleared.append(got)
+            self._gather(trajectory_results(keys, partition_id))
         super()._clear_groups(partition_id, uids)
+
+    def _gather(self, got: tuple[list[str], list[float]] | None) -> None:
+        if got is None:
+            self._scored = False
+        else:
+            self._uids += got[0]
+            self._correct += got[1]
 
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[Any, dict]:
         if partition_id != "train":
@@ -182,13 +217,19 @@ class GainReplayBuffer(ReplayBuffer):
                 global_steps=global_steps, partition_id=partition_id, batch_size=batch_size
             )
         follower = self._follower()
-        follower.close_loop()  # this step ends here; refills continue its draws
-        self._cleared = []
+        if self._calls == 0:  # the step's first sample(): its results start here
+            follower.close_loop()  # this step ends with its results; refills continue its draws
+            self._uids, self._correct, self._scored = [], [], True
         meta, metrics = super().sample(
             global_steps=global_steps, partition_id=partition_id, batch_size=batch_size
         )
         kept = trajectory_results(meta.keys, partition_id)
-        if kept is None or not kept[0]:
+        self._gather(None if kept is not None and not kept[0] else kept)
+        self._calls += 1
+        if self._calls < self.sync_steps:  # more of this step to come: mu moves once, at its end
+            return meta, metrics
+        self._calls = 0
+        if not self._scored:
             LOG.warning(
                 "gain-curate: step %s: trajectories carry no gain_uid/score; "
                 "the schedule did not move",
@@ -196,6 +237,4 @@ class GainReplayBuffer(ReplayBuffer):
             )
             follower.skip()
             return meta, metrics
-        uids = kept[0] + [u for got in self._cleared for u in got[0]]
-        correct = kept[1] + [c for got in self._cleared for c in got[1]]
-        return meta, {**metrics, **follower.results(*per_prompt(uids, correct))}
+        return meta, {**metrics, **follower.results(*per_prompt(self._uids, self._correct))}

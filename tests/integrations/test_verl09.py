@@ -7,16 +7,23 @@ Runs in the verl 0.9 environment `make test-integrations` builds; skipped elsewh
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
+import threading
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
-import torch
+from omegaconf import open_dict
 
 verl = pytest.importorskip("verl", reason="verl not installed: run `make test-integrations`")
 if tuple(int(x) for x in verl.__version__.split(".")[:2]) < (0, 9):
     pytest.skip(f"verl {verl.__version__}: these tests are for verl 0.9", allow_module_level=True)
+VERL_091 = tuple(int(x) for x in verl.__version__.split(".")[:3]) >= (0, 9, 1)
 
 from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler  # noqa: E402
@@ -40,7 +47,14 @@ def run(tiny_qwen2_dir: Path, tmp_path_factory) -> Path:
             for i in range(40)
         )
     )
-    run_score(ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp / "run", device="cpu"))
+    cfg = ScoreConfig(
+        data=str(data),
+        model=str(tiny_qwen2_dir),
+        out=tmp / "run",
+        device="cpu",
+        data_source="openai/gsm8k",  # verl's default reward scores it (GSM8K's #### answer)
+    )
+    run_score(cfg)
     return tmp / "run"
 
 
@@ -187,118 +201,25 @@ def test_exported_plan_iterates_in_plan_order_through_verls_builders(
     assert step == 3
 
 
-@pytest.fixture(scope="module")
-def transfer_queue():
-    """A real TransferQueue on CPU, set up as verl's TaskRunnerV1 does (one storage unit:
-    verl's default of 8 needs 9 Ray CPUs)."""
-    import ray
-    import transfer_queue as tq
-
-    cfg = main_ppo_config()
-    cfg.transfer_queue.enable = True
-    cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units = 1
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    tq.init(cfg.transfer_queue)
-    yield tq
-    tq.close()
-    ray.shutdown()
-
-
-def put_group(tq, uid: str, info: dict, scores: list[float], step: int) -> None:
-    """What verl's agent loop writes for one finished prompt (agent_loop_tq.py): its prompt key,
-    then each trajectory with its fields and an rm_scores row holding the reward at the end."""
-    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-
-    tq.kv_batch_put(
-        keys=[uid],
-        partition_id="train",
-        tags=[{"is_prompt": True, "status": "pending", "global_steps": step}],
-    )
-    for session, score in enumerate(scores):
-        prompts, responses = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6, 7][: 2 + session])
-        mask = torch.ones(len(responses), dtype=torch.int64)
-        rm = torch.zeros(len(responses), dtype=torch.float32)
-        rm[-1] = score
-        field = {
-            "prompts": prompts,
-            "responses": responses,
-            "response_mask": mask,
-            "input_ids": torch.cat([prompts, responses]),
-            "rm_scores": rm,
-            "extra_info": dict(info),
-            "uid": uid,
-            "session_id": session,
-            "global_steps": step,
-            "extra_fields": {"min_global_steps": step, "max_global_steps": step},
-        }
-        tag = {
-            "status": "success",
-            "prompt_len": 3,
-            "response_len": len(responses),
-            "seq_len": 3 + len(responses),
-            "global_steps": step,
-            "min_global_steps": step,
-            "max_global_steps": step,
-        }
-        tq.kv_batch_put(
-            keys=[f"{uid}_{session}_0"],
-            fields=list_of_dict_to_tensordict([field]),
-            tags=[tag],
-            partition_id="train",
-        )
-    tq.kv_put(key=uid, partition_id="train", tag={"status": "finished"})
-
-
 class StubTrainer:
-    """verl 0.9.1's V1 PPOTrainer as far as the replay buffer sees it, run by verl's own code:
+    """verl's V1 PPOTrainer as far as building the replay buffer goes, run by verl's own code:
     `_build_replay_buffer` (how verl builds a custom sampler or its own) and
-    `_resolve_filter_groups_metric` are PPOTrainer's. `_add_prompts_to_generate` (the
-    refill_fn verl hands the buffer) takes the next prompts and puts them in TransferQueue
-    finished, with the rollout scores `scores_of(i)` gives the i-th prompt of the step."""
+    `_resolve_filter_groups_metric` are PPOTrainer's; `_add_prompts_to_generate` is the
+    refill_fn verl hands the buffer (never called here)."""
 
-    def __init__(self, cfg, train_dataset, next_info, scores_of, tq, tag: str) -> None:
+    def __init__(self, cfg, train_dataset=None) -> None:
         from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
         self._build = PPOTrainer._build_replay_buffer.__get__(self)
         self._resolve_filter_groups_metric = PPOTrainer._resolve_filter_groups_metric.__get__(self)
-        self.config, self.trainer_mode, self.train_dataset = (
-            cfg,
-            cfg.trainer.v1.trainer_mode,
-            train_dataset,
-        )
-        self.next_info, self.scores_of, self.tq, self.tag = next_info, scores_of, tq, tag
-        self.fed: list[dict] = []  # every prompt put, in order
-        self.refills: list[int] = []
+        self.config, self.trainer_mode = cfg, cfg.trainer.v1.trainer_mode
+        self.train_dataset = train_dataset
 
     def replay_buffer(self):
         return self._build()
 
     def _add_prompts_to_generate(self, num_prompts: int) -> int:
-        self.refills.append(num_prompts)
-        return self.put(num_prompts)
-
-    def put(self, num_prompts: int, step: int = 1) -> int:
-        for _ in range(num_prompts):
-            info = self.next_info()
-            put_group(
-                self.tq, f"{self.tag}{len(self.fed)}", info, self.scores_of(len(self.fed)), step
-            )
-            self.fed.append(info)
-        return num_prompts
-
-
-def sample_within(rb, seconds: int = 60):
-    import signal
-
-    def hang(*_):
-        raise TimeoutError(f"ReplayBuffer.sample did not return in {seconds} s")
-
-    signal.signal(signal.SIGALRM, hang)
-    signal.alarm(seconds)
-    try:
-        return rb.sample(global_steps=1, partition_id="train", batch_size=B)
-    finally:
-        signal.alarm(0)
+        raise AssertionError("no refill expected")
 
 
 def gain_flags(run: Path, *extra: str) -> list[str]:
@@ -310,62 +231,203 @@ def gain_flags(run: Path, *extra: str) -> list[str]:
     )
 
 
-def v1_loader(cfg, ds, batch_size: int):
-    return iter(
-        StatefulDataLoader(
-            ds,
-            batch_size=batch_size,
-            num_workers=0,
-            drop_last=True,
-            collate_fn=collate_fn,
-            sampler=create_rl_sampler(cfg.data, ds),
-        )
+@pytest.fixture(scope="module")
+def transfer_queue():
+    """A real TransferQueue on CPU, set up as verl's TaskRunnerV1 does (one storage unit:
+    verl's default of 8 needs 9 Ray CPUs); 4 logical Ray CPUs also hold the reward worker."""
+    import ray
+    import transfer_queue as tq
+
+    cfg = main_ppo_config()
+    cfg.transfer_queue.enable = True
+    cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units = 1
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    tq.init(cfg.transfer_queue)
+    yield tq
+    tq.close()
+    ray.shutdown()
+
+
+def right_of(index: int) -> list[bool]:
+    """The stand-in LLM's two answers to question `index`: both right on even questions, one
+    of two on odd ones (groups of zero variance on even questions: what DAPO filters out)."""
+    return [True, True] if index % 2 == 0 else [True, False]
+
+
+class ScriptedLLM:
+    """The one stand-in: the LLM server verl's SingleTurnAgentLoop calls (`generate`, the
+    client's signature), answering "What is i times i+3?" in GSM8K's `#### answer` format,
+    right or wrong as `right_of(i)` says, its n calls per question in turn."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.calls = tokenizer, Counter()
+
+    async def generate(self, request_id: str, prompt_ids: list[int], sampling_params, **_):
+        from verl.workers.rollout.replica import TokenOutput
+
+        text = self.tokenizer.decode(prompt_ids)
+        i = int(re.findall(r"What is (\d+) times", text)[-1])
+        right = right_of(i)[self.calls[i] % 2]
+        self.calls[i] += 1
+        answer = i * (i + 3) if right else -1
+        ids = self.tokenizer.encode(f"So the answer is #### {answer}", add_special_tokens=False)
+        return TokenOutput(token_ids=[*ids, self.tokenizer.eos_token_id], extra_fields={})
+
+
+@pytest.fixture(scope="module")
+def event_loop_thread():
+    """The event loop an AgentLoopWorkerTQ actor runs its rollouts on, in a thread here."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def loop_flags(run: Path, tiny_qwen2_dir: Path, *extra: str) -> list[str]:
+    """main_ppo flags for the GRPO loop below: our dataset and buffer, the tiny model's
+    tokenizer, n=2 rollouts per prompt, verl's default (naive) reward manager, one worker."""
+    return gain_flags(
+        run,
+        f"data.val_files=[{run.parent / 'val.parquet'}]",
+        f"actor_rollout_ref.model.path={tiny_qwen2_dir}",
+        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.n=2",
+        "algorithm.adv_estimator=grpo",
+        "actor_rollout_ref.actor.use_kl_loss=False",
+        "reward.num_workers=1",
+        "trainer.logger=[console]",
+        "trainer.val_before_train=False",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        *extra,
     )
 
 
-def test_v1_replay_buffer_feeds_the_steps_rewards_to_the_schedule(
-    run: Path, qwen_tokenizer, transfer_queue
+@pytest.fixture(scope="module")
+def reward_loop(run: Path, tiny_qwen2_dir: Path, transfer_queue):
+    """verl's RewardLoopManager: its one Ray reward worker (named, so one per Ray session)."""
+    from verl.experimental.reward_loop import RewardLoopManager
+
+    return RewardLoopManager(
+        config=main_ppo_config(*loop_flags(run, tiny_qwen2_dir)), rm_resource_pool=None
+    )
+
+
+def fit(cfg, loop, tq, reward_loop, steps: int) -> tuple[Any, list[dict], list[dict]]:
+    """verl 0.9's V1 sync trainer, `PPOTrainerSync.fit` for `steps` steps, run for real from
+    the dataloader to TransferQueue and back: `step` (prepare_step, then parameter_sync_step
+    calls of `_step_once` -> our buffer's sample()), the refills, verl's AgentLoopWorkerTQ
+    with its SingleTurnAgentLoop (rollouts, `_agent_loop_postprocess` writing each trajectory
+    to TransferQueue) and its RewardLoopManager's Ray reward worker (naive manager, verl's
+    GSM8K score). Stand-ins: the LLM (ScriptedLLM), the Ray hop from the manager to the
+    worker, and the GPU stages after sampling (log-probs, advantage, actor update: identity).
+
+    Returns the trainer, the metrics each step logs, and every prompt submitted (global step,
+    uid, extra_info), in order."""
+    from verl.trainer.ppo.v1 import get_trainer_cls
+    from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopWorkerTQ
+
+    trainer = get_trainer_cls("sync")(config=cfg)
+    trainer._init_tokenizer()
+    trainer._init_dataloader()
+    trainer._init_dump_executor()
+    trainer.reward_loop_manager = reward_loop
+    worker_cls = AgentLoopWorkerTQ.__ray_metadata__.modified_class.__bases__[0]  # unwrapped
+
+    def on_loop(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(120)
+
+    async def make_worker():
+        llm = ScriptedLLM(trainer.tokenizer)
+        return worker_cls(cfg, llm, None, trainer.get_reward_handles())
+
+    worker = on_loop(make_worker())
+    submitted: list[dict] = []
+
+    class Manager:  # AgentLoopManagerTQ.generate_sequences, minus its ray.get to the actor
+        def generate_sequences(self, batch) -> None:
+            for uid, info in zip(batch["uid"], batch["extra_info"], strict=True):
+                submitted.append({"step": trainer.global_steps, "uid": uid, "info": info})
+            on_loop(worker.generate_sequences(batch))
+
+    class Idle:  # the checkpoint engine: weight sync to rollout replicas (there are none)
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    trainer.checkpoint_manager = Idle()
+    for stage in ("_balance_batch", "_compute_old_log_prob", "_compute_advantage", "_update_actor"):
+        setattr(trainer, stage, lambda batch, metrics=None, **_: batch)
+    logged: list[dict] = []
+    trainer._compute_metrics = lambda batch, metrics, *a, **k: logged.append(
+        {**metrics, "keys": list(batch.keys)}
+    )
+    trainer.global_steps = 0
+    with open_dict(trainer.config):
+        trainer.config.trainer.total_training_steps = steps
+    trainer.total_training_steps = steps
+    trainer.fit(Manager())
+    leftover = list((tq.kv_list("train") or {}).get("train", {}))
+    if leftover:  # what the next test must not see
+        tq.kv_clear(keys=leftover, partition_id="train")
+    return trainer, logged, submitted
+
+
+@pytest.fixture(scope="module")
+def val_file(run: Path) -> Path:
+    import pyarrow.parquet as pq
+
+    path = run.parent / "val.parquet"
+    pq.write_table(pq.read_table(shards(run)[0]).slice(0, 4), path)
+    return path
+
+
+def acc_of(prompts: list[dict]) -> float:
+    return float(np.mean([np.mean(right_of(p["info"]["index"])) for p in prompts]))
+
+
+@pytest.mark.parametrize("sync_steps", [1, 2])
+def test_v1_fit_moves_mu_once_per_trainer_step(
+    run: Path,
+    tiny_qwen2_dir: Path,
+    val_file: Path,
+    transfer_queue,
+    event_loop_thread,
+    reward_loop,
+    sync_steps,
 ) -> None:
-    """The closed loop under verl 0.9's default trainer: verl builds our dataset, and builds our
-    replay buffer from main_ppo's config; sample() over real TransferQueue trajectories moves
-    mu by the rule, and the next batch is drawn at the new mu."""
-    import numpy as np
+    """verl's real loop, trainer.v1.sync.parameter_sync_step = 1 and 2: step() draws B prompts,
+    then samples B / k groups k times; the schedule ends one epoch per trainer step, on the
+    accuracy of all B prompts (verl's reward, read from what its agent loop wrote), and the
+    next step's prompts are drawn at the new mu."""
+    from gain_curate.curriculum.schedule import GainSchedule
 
-    from gain_curate.curriculum.schedule import mu_update
-    from gain_curate.integrations.verl_v1 import GainReplayBuffer
-
-    cfg = main_ppo_config(*gain_flags(run))
-    ds = create_rl_dataset(cfg.data.train_files, cfg.data, qwen_tokenizer, None)
-    it = v1_loader(cfg, ds, B)
-    rows = next(it)
-    ranks = [e["gain_rank"] for e in rows["extra_info"]]
-    # two rollouts per prompt: both right on even ranks, one of two on odd ranks
-    queue = iter(rows["extra_info"])
-    trainer = StubTrainer(
-        cfg,
-        ds,
-        lambda: next(queue),
-        lambda i: [1.0, 1.0] if ranks[i] % 2 == 0 else [1.0, 0.0],
-        transfer_queue,
-        tag="c",
+    cfg = main_ppo_config(
+        *loop_flags(run, tiny_qwen2_dir, f"+trainer.v1.sync.parameter_sync_step={sync_steps}")
     )
-    trainer.put(B)
-    rb = trainer.replay_buffer()
-    assert type(rb) is GainReplayBuffer and rb.filter_groups_metric is None
-    meta, metrics = sample_within(rb)
-    assert len(meta.keys) == 2 * B and trainer.refills == []
-    acc = float(np.mean([1.0 if r % 2 == 0 else 0.5 for r in ranks]))
-    want, _ = mu_update(0.0, acc, 0.0, ds.schedule.params, 40)
-    assert ds.schedule.epoch == 1 and ds.schedule.mu == pytest.approx(want) and want > 0
-    assert metrics["gain/mu"] == pytest.approx(want) and metrics["gain/acc"] == pytest.approx(acc)
-    plan = [ds.schedule.uids[r] for r in ds.schedule.plan_epoch()]  # epoch 1, at the new mu
-    assert [e["gain_uid"] for e in next(it)["extra_info"]] == plan
-    transfer_queue.kv_clear(keys=meta.keys, partition_id="train")
+    trainer, logged, submitted = fit(cfg, event_loop_thread, transfer_queue, reward_loop, steps=2)
+    ds = trainer.train_dataset
+    assert ds.schedule.epoch == 2  # one epoch per trainer step, not per sample() call
+    plain = GainSchedule(40, ds.schedule.params)  # the same rule, fed what verl's reward said
+    for step, metrics in enumerate(logged, start=1):
+        prompts = [p for p in submitted if p["step"] == step]
+        assert [p["info"]["gain_uid"] for p in prompts] == [
+            ds.schedule.uids[r] for r in plain.plan_epoch()
+        ]  # drawn at the mu the previous step left
+        assert len(metrics["keys"]) == 2 * B  # every trajectory of the step trained
+        plain.observe_accuracy([acc_of(prompts)])
+        mu = plain.end_epoch()["mu_next"]
+        assert metrics["gain/acc"] == pytest.approx(acc_of(prompts))
+        assert metrics["gain/mu"] == pytest.approx(mu)
+    assert ds.schedule.mu == pytest.approx(mu) and mu > 0
+    assert trainer.replay_buffer.sync_steps == sync_steps
 
 
 def test_v1_replay_buffer_gets_verls_own_filter_settings(run: Path, qwen_tokenizer) -> None:
     """verl hands a custom sampler no DAPO settings; ours resolves exactly those verl gives its
-    own buffer, for DAPO on and off."""
+    own buffer, for DAPO on and off, and follows each verl's filter_groups.metric default:
+    0.9.1's "reward" (rm_scores), 0.9.0's none (verl refuses DAPO without one: so does ours)."""
     names = (
         "filter_groups_metric",
         "sync_refill_failed_groups",
@@ -380,95 +442,69 @@ def test_v1_replay_buffer_gets_verls_own_filter_settings(run: Path, qwen_tokeniz
         [
             "algorithm.filter_groups.enable=True",
             "algorithm.filter_groups.max_inflight_gen_batches=3",
+            "algorithm.filter_groups.metric=acc",
         ],
         ["trainer.v1.sampler.sync_refill_failed_groups=True"],
         ["data.gen_batch_size=16"],
     ):
-        ours = StubTrainer(
-            main_ppo_config(*gain_flags(run, *extra)), None, None, None, None, "x"
-        ).replay_buffer()
-        verls = StubTrainer(
-            main_ppo_config(*our_flags(run, *extra)), None, None, None, None, "x"
-        ).replay_buffer()
+        ours = StubTrainer(main_ppo_config(*gain_flags(run, *extra))).replay_buffer()
+        verls = StubTrainer(main_ppo_config(*our_flags(run, *extra))).replay_buffer()
         assert type(verls).__name__ == "ReplayBuffer" and type(ours).__name__ == "GainReplayBuffer"
         assert {n: getattr(ours, n) for n in names} == {n: getattr(verls, n) for n in names}, extra
     assert ours.filter_groups_metric is None
-    dapo = StubTrainer(
-        main_ppo_config(*gain_flags(run, "algorithm.filter_groups.enable=True")),
-        None,
-        None,
-        None,
-        None,
-        "x",
-    )
-    assert dapo.replay_buffer().filter_groups_metric == "reward"
+    dapo = "algorithm.filter_groups.enable=True"
+    if VERL_091:
+        for flags in (gain_flags(run, dapo), our_flags(run, dapo)):
+            assert StubTrainer(main_ppo_config(*flags)).replay_buffer().filter_groups_metric == (
+                "reward"
+            )
+    else:
+        for flags in (gain_flags(run, dapo), our_flags(run, dapo)):
+            with pytest.raises(ValueError, match="filter_groups.metric must be set"):
+                StubTrainer(main_ppo_config(*flags)).replay_buffer()
 
 
-def test_v1_replay_buffer_under_dapo_keeps_what_verls_buffer_keeps(
-    run: Path, qwen_tokenizer, transfer_queue
+def test_v1_fit_under_dapo_counts_every_group_of_the_step(
+    run: Path, tiny_qwen2_dir: Path, val_file: Path, transfer_queue, event_loop_thread, reward_loop
 ) -> None:
-    """algorithm.filter_groups.enable=True: on the same input (B prompts of which 2 have
-    zero-variance groups; each refill half zero-variance), GainReplayBuffer evicts, refills
-    and keeps exactly what verl's own ReplayBuffer does. The refills continue the step's
-    draws, and the step's accuracy counts the filtered groups too."""
-    import numpy as np
+    """algorithm.filter_groups.enable=True, verl's real loop: verl's own filter (the buffer's
+    superclass) evicts the zero-variance groups (even questions, all right), refills, drains
+    and discards the surplus; the refills continue the step's draws (one schedule epoch), the
+    step trains B mixed groups, and its accuracy counts every group rolled out for it (the
+    kept ones alone would say 0.5). 0.9.1 filters on its default metric ("reward":
+    rm_scores), 0.9.0 on reward_extra_info["acc"] (it has no default)."""
+    from gain_curate.curriculum.schedule import GainSchedule
 
-    from gain_curate.curriculum.schedule import GainSchedule, mu_update
-
-    def scores_of(i: int) -> list[float]:  # prompts 0, 1 and every even refill: all right
-        return [1.0, 1.0] if i < 2 or (i >= B and i % 2 == 0) else [1.0, 0.0]
-
-    dapo = ("algorithm.filter_groups.enable=True",)
-    cfg = main_ppo_config(*gain_flags(run, *dapo))
-    ds = create_rl_dataset(cfg.data.train_files, cfg.data, qwen_tokenizer, None)
-    it = v1_loader(cfg, ds, 1)  # verl fetches one prompt at a time under DAPO
-    ours = StubTrainer(
-        cfg, ds, lambda: next(it)["extra_info"][0], scores_of, transfer_queue, tag="g"
-    )
-    ours.put(B)  # the step's batch (prepare_step), drawn before sample()
-    meta, metrics = sample_within(ours.replay_buffer())
-    assert ours.refills == [4] and len(ours.fed) == B + 4
-
-    fed = iter(ours.fed)  # verl's own buffer, on the same prompts with the same scores
-    verls = StubTrainer(
-        main_ppo_config(*our_flags(run, *dapo)),
-        None,
-        lambda: next(fed),
-        scores_of,
-        transfer_queue,
-        tag="v",
-    )
-    verls.put(B)
-    vmeta, vmetrics = sample_within(verls.replay_buffer())
-
-    def kept(keys: list[str], trainer: StubTrainer) -> list[tuple[str, str]]:
-        return sorted(
-            (trainer.fed[int(k.split("_")[0][1:])]["gain_uid"], k.split("_", 1)[1]) for k in keys
-        )
-
-    assert kept(meta.keys, ours) == kept(vmeta.keys, verls) and len(meta.keys) == 2 * B
-    assert verls.refills == ours.refills == [4]
-    assert (
-        metrics["training/filter_groups/evicted_samples"]
-        == vmetrics["training/filter_groups/evicted_samples"]
-        == 4
-    )
-    zero_variance = {ours.fed[i]["gain_uid"] for i in range(B + 4) if len(set(scores_of(i))) == 1}
-    assert not zero_variance & {u for u, _ in kept(meta.keys, ours)}
-
-    # the schedule: 12 distinct draws of one epoch (the refills continue its order), then one
-    # update with the accuracy of all 12 groups (8/12; the 8 kept alone would say 0.5)
+    metric = [] if VERL_091 else ["algorithm.filter_groups.metric=acc"]
+    flags = ["algorithm.filter_groups.enable=True", *metric]
+    cfg = main_ppo_config(*loop_flags(run, tiny_qwen2_dir, *flags))
+    trainer, logged, submitted = fit(cfg, event_loop_thread, transfer_queue, reward_loop, steps=1)
+    ds, (metrics,) = trainer.train_dataset, logged
+    assert trainer.replay_buffer.filter_groups_metric == ("reward" if VERL_091 else "acc")
+    by_uid = {p["uid"]: p["info"]["index"] for p in submitted}
+    kept = [by_uid[k.split("_")[0]] for k in metrics["keys"]]
+    zero_variance = [p for p in submitted if p["info"]["index"] % 2 == 0]
+    assert len(set(kept)) == B and all(i % 2 == 1 for i in kept) and len(kept) == 2 * B
+    assert metrics["training/filter_groups/evicted_samples"] == len(zero_variance) > 0
+    surplus = metrics.get("training/filter_groups/discarded_surplus_samples", 0)
+    assert len(submitted) == B + len(zero_variance) + surplus
     plain = GainSchedule(40, ds.schedule.params)
-    assert [e["gain_uid"] for e in ours.fed] == [
-        ds.schedule.uids[r] for r in plain.take(B + 4, extend=True)
-    ]
-    acc = float(np.mean([np.mean(scores_of(i)) for i in range(B + 4)]))
-    assert acc == pytest.approx(8 / 12) and metrics["gain/acc"] == pytest.approx(acc)
-    want, _ = mu_update(0.0, acc, 0.0, ds.schedule.params, 40)
-    assert (ds.schedule.epoch, ds.schedule.consumed) == (1, 0) and want > 0
-    assert ds.schedule.mu == pytest.approx(want)
-    for m in (meta, vmeta):
-        transfer_queue.kv_clear(keys=m.keys, partition_id="train")
+    assert [p["info"]["gain_uid"] for p in submitted] == [
+        ds.schedule.uids[r] for r in plain.take(len(submitted), extend=True)
+    ]  # one epoch's draws, in order
+    assert metrics["gain/acc"] == pytest.approx(acc_of(submitted)) and acc_of(submitted) > 0.5
+    assert (ds.schedule.epoch, ds.schedule.consumed) == (1, 0)
+
+
+def test_v1_dapo_with_several_samples_per_step_is_refused_in_one_line(run: Path) -> None:
+    """verl's sync DAPO buffer discards the step's other groups at its first sample(): with
+    parameter_sync_step > 1 the second would wait forever (read in replay_buffer.sample)."""
+    metric = [] if VERL_091 else ["algorithm.filter_groups.metric=acc"]
+    flags = ["algorithm.filter_groups.enable=True", "+trainer.v1.sync.parameter_sync_step=2"]
+    cfg = main_ppo_config(*gain_flags(run, *flags, *metric))
+    with pytest.raises(ValueError, match="parameter_sync_step=2 would hang") as e:
+        StubTrainer(cfg).replay_buffer()
+    assert "\n" not in str(e.value)
 
 
 def test_v1_replay_buffer_refusals_are_one_line(run: Path, qwen_tokenizer) -> None:
@@ -476,13 +512,13 @@ def test_v1_replay_buffer_refusals_are_one_line(run: Path, qwen_tokenizer) -> No
 
     cfg = main_ppo_config(*gain_flags(run, "trainer.v1.trainer_mode=colocate_async"))
     with pytest.raises(ValueError, match="set trainer.v1.trainer_mode=sync") as e:
-        StubTrainer(cfg, None, None, None, None, "x").replay_buffer()
+        StubTrainer(cfg).replay_buffer()
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="no trainer's method"):
         GainReplayBuffer("sync", {}, 8, "drop", {}, refill_fn=lambda n: n)
     cfg = main_ppo_config(*gain_flags(run))
     plain = RLHFDataset(data_files=cfg.data.train_files, tokenizer=qwen_tokenizer, config=cfg.data)
-    rb = StubTrainer(cfg, plain, None, None, None, "x").replay_buffer()
+    rb = StubTrainer(cfg, plain).replay_buffer()
     with pytest.raises(ValueError, match="data.custom_cls.name=GainRLHFDataset") as e:
         rb.sample(global_steps=1, partition_id="train", batch_size=B)
     assert "\n" not in str(e.value)
