@@ -92,3 +92,9 @@ def test_openrlhf_launcher_without_ray_or_openrlhf_says_so_in_one_line(tmp_path)
         str(e.value) == f"error: the OpenRLHF launcher needs {missing[0]}, which this Python lacks"
     )
     assert not any(tmp_path.iterdir())  # nothing written before the refusal
+
+
+def test_verl_v1_adapter_without_verls_v1_trainer_says_which_verl() -> None:
+    line = last_line(import_without("gain_curate.integrations.verl_v1", "verl"))
+    assert line.startswith("ImportError: gain_curate.integrations.verl_v1 is verl 0.9's V1"), line
+    assert "pip install 'verl>=0.9,<0.10'" in line

@@ -55,7 +55,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+try:
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+except ModuleNotFoundError as e:  # no verl, or a verl before the V1 trainer: one line
+    if e.name is None or not e.name.startswith("verl"):
+        raise
+    raise ImportError(
+        "gain_curate.integrations.verl_v1 is verl 0.9's V1 replay buffer, and this Python has "
+        f"no {e.name}: install verl 0.9 (pip install 'verl>=0.9,<0.10'), or on verl 0.5-0.8 use "
+        "gain_curate.integrations.verl"
+    ) from None
 
 from gain_curate.integrations._common import per_prompt
 from gain_curate.integrations.verl import GainRLHFDataset, _Follower
