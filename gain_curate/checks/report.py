@@ -85,7 +85,7 @@ def summarize(out: Path, top: int = 5) -> dict[str, Any]:
         "model": manifest["model"]["name"],
         "data_source": manifest["input"].get("data_source"),
         "data_source_from": manifest["input"].get("data_source_from"),
-        # One conversation (docs/design.md, "Outputs"): whether `prompt` is what was scored, in one line.
+        # One conversation (docs/design.md, "Outputs"): whether `prompt` is what was scored.
         "conversation": conv.get(
             "note", "not recorded (a run made before gain-curate recorded it)"
         ),

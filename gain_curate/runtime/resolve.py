@@ -1,4 +1,5 @@
-"""Where and how a scoring run computes, decided ONCE where the run starts (docs/design.md, "Scale and the runtime").
+"""Where and how a scoring run computes, decided ONCE where the run starts (docs/design.md,
+"Scale and the runtime").
 
     runtime = resolve_runtime(cfg, config, layer)     # the launcher, or a Ray GPU probe task
     work.claim(..., runtime=runtime)                  # written into OUT/.gain-curate/run.json
