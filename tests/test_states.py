@@ -108,6 +108,10 @@ def test_stored_states_equal_the_states_score_used(
     st = read_npz(out / STATES)
     entry = res.manifest["states"]
     assert entry["rows"] == len(QUESTIONS) and entry["layer"] == 3 and entry["dtype"] == "float16"
+    # the prompt end at the default probe layers of 4 layers (test_prompt_end.py: its values)
+    assert entry["probe_layers"] == [2, 3]
+    features = ["question_mean", "last_token", "prompt_end@L2", "prompt_end@L3"]
+    assert entry["features"] == features and sorted(st) == sorted(["row", "gain_uid", *features])
     assert st["row"].tolist() == list(range(len(QUESTIONS)))
     assert st["question_mean"].dtype == np.float16 and st["question_mean"].shape == (
         len(QUESTIONS),
@@ -165,3 +169,49 @@ def test_a_run_scored_without_states_keeps_them_when_asked_again(
     assert shard_bytes(out) == before
     run_score(replace(cfg, keep_states=False))  # and a run without them lists none, holds none
     assert not (out / STATES).exists() and shard_bytes(out) == before
+
+
+def test_other_probe_layers_keep_other_states_and_the_same_shards(
+    tiny_qwen2_dir: Path, data: Path, tmp_path: Path
+) -> None:
+    """The probe layers are part of the states' identity, not of the scores': a rerun with
+    other --probe-layers keeps states at those (its parts' states are made again), with the
+    same config hash and shard bytes, and the unchanged arrays are the same bytes."""
+    out = tmp_path / "run"
+    first = run_score(cfg_for(tiny_qwen2_dir, data, out))
+    before, st = shard_bytes(out), read_npz(out / STATES)
+    again = run_score(cfg_for(tiny_qwen2_dir, data, out, probe_layers=(1, 3)))
+    assert again.manifest["states"]["probe_layers"] == [1, 3]
+    assert again.manifest["config_hash"] == first.manifest["config_hash"]
+    assert shard_bytes(out) == before
+    now = read_npz(out / STATES)
+    assert sorted(now) == sorted(
+        ["row", "gain_uid", "question_mean", "last_token"]
+        + [
+            "prompt_end@L1",
+            "prompt_end@L3",
+        ]
+    )
+    for name in ("question_mean", "last_token", "prompt_end@L3"):
+        assert np.array_equal(now[name], st[name]), name
+    assert not np.array_equal(now["prompt_end@L1"], st["prompt_end@L2"])
+
+
+def test_probe_layers_are_no_part_of_a_run_without_states(tmp_path: Path) -> None:
+    """Without --keep-states the request key is the one it was before probe layers existed:
+    the flags less the parallelism (a preset and a model name fingerprint as themselves),
+    hashed as before; with it, the probe layers count."""
+    import hashlib
+
+    from gain_curate.scoring.config import PARALLEL_FIELDS, config_dict, request_key
+
+    cfg = ScoreConfig(data="gsm8k", model="smollm2", out=tmp_path, keep_states=False)
+    flags = {
+        k: v
+        for k, v in config_dict(cfg).items()
+        if k not in PARALLEL_FIELDS and k != "probe_layers"
+    }
+    before = hashlib.sha256(json.dumps(flags, sort_keys=True, default=str).encode()).hexdigest()
+    assert request_key(cfg) == before[:16]
+    kept = replace(cfg, keep_states=True)
+    assert request_key(kept) != request_key(replace(kept, probe_layers=(3,)))

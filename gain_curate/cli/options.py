@@ -267,9 +267,10 @@ score_options = _stack(
     click.option(
         "--keep-states",
         is_flag=True,
-        help="Also keep each prompt's pooled hidden states at the scored layer (mean of its "
-        "question tokens, and its last question token; float16) in OUT/states.npz, for "
-        "`gain-curate predict`. The shards are the same bytes with or without it.",
+        help="Also keep each prompt's hidden states in OUT/states.npz (float16) for `gain-curate "
+        "predict`: question_mean and last_token (its question tokens' mean, its last one) at the "
+        "scored layer; prompt_end@L<k> (the residual stream after k layers at the prompt's last "
+        "token, generation prompt included) per --probe-layers k. Same shard bytes either way.",
     ),
     click.option("--limit", type=click.IntRange(min=1), help="Score only the first N rows."),
     click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),

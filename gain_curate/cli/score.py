@@ -18,8 +18,24 @@ from gain_curate.cli.progress import progress
 from gain_curate.cli.views import print_summary
 
 
+def _probe_layers(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from gain_curate.scoring.probe_layers import parse_probe_layers
+
+    try:
+        return None if value is None else parse_probe_layers(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command()
 @score_options
+@click.option(
+    "--probe-layers",
+    callback=_probe_layers,
+    metavar="K,K,...",
+    help="With --keep-states: the layers k of prompt_end@L<k> (1..the scored layer). Default: "
+    "1/2, 2/3 and 5/6 of the model's depth (24 layers: 12,16,20).",
+)
 @template_options
 def score(**kw: Any) -> None:
     """Score every prompt, rank, and write verl-ready Parquet shards plus a manifest.

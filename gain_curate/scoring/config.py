@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gain_curate.errors import InputError
 from gain_curate.scoring.template import ScoringTemplate
 
 
@@ -53,8 +54,15 @@ class ScoreConfig:
     # of the request key (a rerun with it must write them), never of the config hash: the
     # scores and the shards are the same bytes with it or without it.
     keep_states: bool = False
+    # --keep-states' layers for the prompt-end residual stream (probe_layers.py); None: the
+    # defaults at 1/2, 2/3 and 5/6 of the depth. In the request key only with keep_states.
+    probe_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.probe_layers is not None and not self.keep_states:
+            raise InputError("--probe-layers needs --keep-states: pass both, or neither")
+        if self.probe_layers is not None:  # a list from run.json: hashable like the rest
+            object.__setattr__(self, "probe_layers", tuple(int(k) for k in self.probe_layers))
         if self.split is None:  # test.jsonl: test; the rest (train files, presets, hub): train
             from gain_curate.scoring.sources import input_split
 
@@ -120,6 +128,8 @@ def _fingerprint(spec: str | None) -> Any:
 def request_key(cfg: ScoreConfig) -> str:
     """The flags that decide the scores plus a cheap fingerprint of the input and model."""
     d = {k: v for k, v in config_dict(cfg).items() if k not in PARALLEL_FIELDS}
+    if not cfg.keep_states:  # a run without states has the key it had before probe layers
+        d.pop("probe_layers")
     d["data"] = _fingerprint(cfg.data)
     d["model"] = _fingerprint(cfg.model)
     d["chat_template"] = _fingerprint(cfg.chat_template)

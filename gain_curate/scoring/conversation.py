@@ -7,7 +7,9 @@ Segments come from character offsets, never hard-coded token counts:
     P = every token before the first token that overlaps the question text,
     Q = the tokens whose character span overlaps the question text,
     the rest (instruction, end of turn, generation prompt) is in no segment.
-Causal attention means tokens after Q never influence P or Q, so they are never run.
+Causal attention means tokens after Q never influence P or Q, so the angle score never runs
+them; `score --keep-states` runs them (Segments.tail) after the question pass, for the
+residual stream at the prompt's last token (prompt_end.py).
 
 One conversation (docs/design.md, "Outputs"): by default the conversation scored is the one
 the trainer renders from the output's `prompt` column. `conversations()` decides both, per row.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gain_curate.errors import InputError, ModelError
@@ -102,12 +104,15 @@ class Segments:
     """Token ids of one scoring conversation up to the end of the question.
 
     input_ids[:p] is P, input_ids[p:] is Q (q = len(input_ids) - p); total_tokens is the
-    length of the whole rendered conversation (what --max-tokens limits).
+    length of the whole rendered conversation (what --max-tokens limits). tail: the ids after
+    the question to the end of the rendered prompt (instruction, end of turn, generation
+    prompt), so input_ids + tail is the whole prompt; only --keep-states runs them.
     """
 
     input_ids: list[int]
     p: int
     total_tokens: int
+    tail: list[int] = field(default_factory=list)
 
     @property
     def q(self) -> int:
@@ -175,7 +180,11 @@ def token_segments(tokenizer: Any, rendered: list[tuple[str, int, int]]) -> list
             out.append(None)
             continue
         first, last = overlap[0], overlap[-1]
-        out.append(Segments(input_ids=list(ids[: last + 1]), p=first, total_tokens=len(ids)))
+        out.append(
+            Segments(
+                list(ids[: last + 1]), p=first, total_tokens=len(ids), tail=list(ids[last + 1 :])
+            )
+        )
     return out
 
 

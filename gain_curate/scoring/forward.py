@@ -63,14 +63,21 @@ def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def new_cache(lm: LoadedModel) -> Any:
+    """An empty cache for `question_batch` / `full_batch` to fill, which the caller keeps
+    (the prompt-end pass of --keep-states runs on from it)."""
+    return _new_cache(lm)
+
+
 def question_batch(
-    lm: LoadedModel, prefix: PrefixState, qs: list[list[int]], pad_id: int
+    lm: LoadedModel, prefix: PrefixState, qs: list[list[int]], pad_id: int, cache: Any = None
 ) -> torch.Tensor:
-    """Question tokens only, right-padded, attending to the shared prefix: (B, T, d)."""
+    """Question tokens only, right-padded, attending to the shared prefix: (B, T, d).
+    `cache`: an empty one (new_cache) that is left holding P + Q's KV, (B, kv, p + T, hd)."""
     ids, q_mask = right_pad(qs, pad_id)
     (b, width), p = ids.shape, len(prefix.ids)
     mask = torch.cat([torch.ones(b, p, dtype=torch.long), q_mask], dim=1)
-    cache = _new_cache(lm)
+    cache = _new_cache(lm) if cache is None else cache
     for layer, (k, v) in enumerate(prefix.kv):
         cache.update(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1), layer)
     pos = torch.arange(p, p + width).expand(b, -1)
@@ -84,11 +91,16 @@ def question_batch(
     )
 
 
-def full_batch(lm: LoadedModel, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+def full_batch(
+    lm: LoadedModel, seqs: list[list[int]], pad_id: int, cache: Any = None
+) -> torch.Tensor:
     """Whole conversations (P and Q), right-padded: (B, T, d). Real tokens never attend to
-    pads under a causal mask, and keep positions 0..n-1, so this equals a per-prompt run."""
+    pads under a causal mask, and keep positions 0..n-1, so this equals a per-prompt run.
+    `cache`: an empty one (new_cache) left holding the batch's KV; the attention is the same
+    (an empty cache adds no key, and the mask is sized from the same T)."""
     ids, mask = right_pad(seqs, pad_id)
-    return mlp_inputs(lm, ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
+    kw = cache_kwargs(lm.model, cache) if cache is not None else {"use_cache": False}
+    return mlp_inputs(lm, ids.to(lm.device), attention_mask=mask.to(lm.device), **kw)
 
 
 def packed(h: torch.Tensor, lengths: list[int]) -> torch.Tensor:

@@ -19,6 +19,7 @@ from gain_curate.scoring.angles import FORMULA
 from gain_curate.scoring.config import ScoreConfig, ScoreResult
 from gain_curate.scoring.prepare import run_conversations
 from gain_curate.scoring.prepared import Prepared, load_prepared
+from gain_curate.scoring.probe_layers import POOLED, feature_name, run_probe_layers, states_key
 from gain_curate.scoring.record import RankedRows, ScoredRows
 from gain_curate.scoring.recorded import conversation_record, recorded_template
 from gain_curate.scoring.table import build_table, rank_order
@@ -39,6 +40,7 @@ def merge(prep: Prepared, started: float) -> ScoreResult:
         keys,
         prep.config_hash,
         states=cfg.keep_states,
+        states_key=states_key(cfg, prep.model_info),
         advance=progress.step(f"merge: reading {_count(len(keys), 'part')}", len(keys)),
     )
     rows = prep.rows.to_pydict()
@@ -105,7 +107,14 @@ def merge(prep: Prepared, started: float) -> ScoreResult:
         advance=progress.step(f"merge: writing {_count(n_shards, 'shard')} to {cfg.out}", n_shards),
     )
     kept = (
-        write_states(work, len(prep.parts), uids, duplicate_of, prep.model_info)
+        write_states(
+            work,
+            len(prep.parts),
+            uids,
+            duplicate_of,
+            prep.model_info,
+            run_probe_layers(cfg, prep.model_info),
+        )
         if cfg.keep_states
         else None
     )
@@ -118,6 +127,8 @@ def merge(prep: Prepared, started: float) -> ScoreResult:
     }
     for key in ("prompts", "tokens_run", "tokens_padded", "prompts_sharing_prefix", "oom_retries"):
         totals[key] = sum(s[key] for s in part_stats)
+    if cfg.keep_states:  # the prompt-end pass's tail tokens (a run without states: as before)
+        totals["prompt_end_tokens"] = sum(s.get("prompt_end_tokens", 0) for s in part_stats)
     totals["shared_prefix_tokens"] = len(prep.prefix_ids) if prep.prefix_ids else 0
     totals["forward_seconds"] = round(sum(s.get("seconds", 0.0) for s in part_stats), 3)
     totals["parts"] = len(prep.parts)
@@ -163,10 +174,12 @@ def write_states(
     uids: list[str],
     duplicate_of: list[int | None],
     model_info: dict[str, Any],
+    probe_layers: list[int],
 ) -> dict[str, Any]:
     """OUT/states.npz from the parts' pooled states: one row per scored input row (a duplicate
     gets its first occurrence's states, as it gets its scores), in input-row order, with
-    `row` (the input row, extra_info.index) and `gain_uid`. The manifest's `states` entry."""
+    `row` (the input row, extra_info.index) and `gain_uid`, then the (N, d) float16 features:
+    question_mean, last_token, prompt_end@L<k> per probe layer. The manifest's `states` entry."""
     got = work.read_states(
         n_parts, progress.step(f"merge: reading the states of {_count(n_parts, 'part')}", n_parts)
     )
@@ -180,7 +193,8 @@ def write_states(
     row = np.concatenate([rows, np.array([i for i, _ in copies], np.int64)])
     order = np.argsort(row, kind="stable")
     arrays = {"row": row[order], "gain_uid": np.array([uids[r] for r in row[order]], dtype=np.str_)}
-    for name in ("question_mean", "last_token"):
+    features = [*POOLED, *(feature_name(k) for k in probe_layers)]
+    for name in features:
         v = got.get(name, np.zeros((0, d), np.float16))
         arrays[name] = v[take[order]]
     sha = store.write_npz_atomic(work.out / store.STATES, arrays)
@@ -191,12 +205,19 @@ def write_states(
         "dtype": "float16",
         "layer": model_info["layer"],
         "hidden_size": d,
+        "probe_layers": list(probe_layers),
+        "features": features,
         "arrays": {
             "row": "input row (extra_info.index)",
             "gain_uid": "the row's gain_uid",
             "question_mean": "mean of the question tokens' MLP inputs at the layer",
-            "last_token": "MLP input at the last token that runs: the question's last "
-            "(the prefill stops at the end of the question)",
+            "last_token": "MLP input at the question's last token, at the layer",
+            **{
+                feature_name(k): f"residual stream after {k} decoder layers (Hugging Face's "
+                f"output_hidden_states[{k}]) at the last token of the whole prompt, "
+                "generation prompt included"
+                for k in probe_layers
+            },
         },
     }
 

@@ -6,17 +6,18 @@ they cannot change P or Q. The shared prefix P runs once and only question token
 after it (forward); a prompt whose tokens do not start with it runs whole. The batches
 come from the plan (batching); out of memory, the rest is re-planned at half the budget.
 
-Pooled states (`keep_states`, what `score --keep-states` stores for a learnability probe):
-per prompt, the mean of its question tokens' MLP inputs (the very rows the reduction reads)
-and the MLP input at its LAST token that runs, which is the question's last token (the
-prefill stops at the end of the question: no instruction, no generation prompt), float16.
+States (`keep_states`, what `score --keep-states` stores for a learnability probe), float16
+per prompt: the mean of its question tokens' MLP inputs (the very rows the reduction reads),
+the MLP input at the question's last token, and at each probe layer k the residual stream
+at the last token of the whole prompt, generation prompt included (prompt_end.py: the tail
+runs after the question pass, on its KV cache; the question pass is the same either way).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,18 +28,21 @@ from gain_curate.scoring.conversation import Segments
 from gain_curate.scoring.forward import (
     PrefixState,
     full_batch,
+    new_cache,
     packed,
     question_batch,
     run_prefix,
 )
+from gain_curate.scoring.prompt_end import question_ends, with_prompt_end
 from gain_curate.scoring.reduction import reduce_rows
 
 
 @dataclass(frozen=True)
 class BatchSums:
     """Segment sums of one batch: indices into the caller's list, (B, d) fp32 sums on CPU;
-    with keep_states also (B, 2, d) float16 pooled states on CPU: [:, 0] the mean of the
-    question tokens' MLP inputs, [:, 1] the MLP input at the question's last token."""
+    with keep_states also (B, 2 + K, d) float16 states on CPU: [:, 0] the mean of the
+    question tokens' MLP inputs, [:, 1] the MLP input at the question's last token,
+    [:, 2 + j] the residual stream after probe_layers[j] layers at the prompt's last token."""
 
     indices: list[int]
     s_p: torch.Tensor
@@ -55,6 +59,7 @@ class PrefillStats:
     tokens_padded: int = 0  # B x T summed over batches
     shared_prefix_tokens: int = 0
     prompts_sharing_prefix: int = 0
+    prompt_end_tokens: int = 0  # --keep-states: real tail tokens run after the questions
     oom_retries: int = 0
     seconds: float = 0.0  # the model's forward + the reduction only (what MFU divides by)
 
@@ -93,9 +98,11 @@ def run_plan(
     stats: PrefillStats | None = None,
     recover_after: int = 8,
     keep_states: bool = False,
+    probe_layers: Sequence[int] = (),
 ) -> Iterator[BatchSums]:
     """Run planned batches and yield their P and Q unit-vector sums (BatchSums.indices are
-    the segments' keys), with `keep_states` also each prompt's pooled states. Out of memory:
+    the segments' keys), with `keep_states` also each prompt's states (BatchSums), the
+    prompt end at `probe_layers`. Out of memory:
     halve the budget and re-plan everything not yet run
     at it (not just the failed batch, so later batches do not each fail first); after
     `recover_after` batches in a row succeed, double it again (up to the start) and re-plan.
@@ -122,7 +129,7 @@ def run_plan(
             stats.shared_prefix_tokens = p
         oom = False
         # keep_states only when asked: the runners' positional signature stays as it was
-        keep = {"keep_states": True} if keep_states else {}
+        keep = {"keep_states": True, "probe_layers": tuple(probe_layers)} if keep_states else {}
         try:
             with _timed(stats):
                 result = (
@@ -163,16 +170,27 @@ def _run_shared(
     on_batch: Callable[[int, int], None] | None,
     *,
     keep_states: bool = False,
+    probe_layers: tuple[int, ...] = (),
 ) -> BatchSums:
     p = len(prefix.ids)
     qs = [segments[k].input_ids[p:] for k in batch.rows]
     lengths = [len(q) for q in qs]
-    h = question_batch(lm, prefix, qs, pad_id)
+    tails = [segments[k].tail for k in batch.rows]
+    cache = new_cache(lm) if probe_layers else None  # kept for the prompt-end pass
+    kept = {"cache": cache} if cache is not None else {}  # without states: the same call
+    with question_ends(lm, probe_layers, tails, lengths) as at_q:
+        h = question_batch(lm, prefix, qs, pad_id, **kept)
     offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     s_q = reduce_rows(packed(h, lengths), offsets, kernel).cpu()
     _count(stats, len(qs), sum(lengths), h.shape[0] * h.shape[1], on_batch)
     stats.prompts_sharing_prefix += len(qs)
-    states = pooled_states(h, [0] * len(qs), lengths) if keep_states else None
+    states = None
+    if keep_states:
+        stats.prompt_end_tokens += sum(len(t) for t in tails) if cache is not None else 0
+        states = pooled_states(h, [0] * len(qs), lengths)
+        del h  # the tail pass's activations need the room more
+        ctx = [p + n for n in lengths]
+        states = with_prompt_end(lm, states, cache, ctx, tails, pad_id, probe_layers, at_q)
     return BatchSums(list(batch.rows), prefix.s_p.expand(len(qs), -1), s_q, states)
 
 
@@ -186,10 +204,15 @@ def _run_alone(
     on_batch: Callable[[int, int], None] | None,
     *,
     keep_states: bool = False,
+    probe_layers: tuple[int, ...] = (),
 ) -> BatchSums:
     segs = [segments[k] for k in batch.rows]
     lengths = [len(s.input_ids) for s in segs]
-    h = full_batch(lm, [s.input_ids for s in segs], pad_id)
+    tails = [s.tail for s in segs]
+    cache = new_cache(lm) if probe_layers else None
+    kept = {"cache": cache} if cache is not None else {}
+    with question_ends(lm, probe_layers, tails, lengths) as at_q:
+        h = full_batch(lm, [s.input_ids for s in segs], pad_id, **kept)
     bounds = [0]
     for s in segs:  # P then Q of each prompt, consecutive in the packed rows
         bounds += [bounds[-1] + s.p, bounds[-1] + len(s.input_ids)]
@@ -197,7 +220,12 @@ def _run_alone(
         reduce_rows(packed(h, lengths), torch.tensor(bounds), kernel).cpu().view(len(segs), 2, -1)
     )
     _count(stats, len(segs), sum(lengths), h.shape[0] * h.shape[1], on_batch)
-    states = pooled_states(h, [s.p for s in segs], lengths) if keep_states else None
+    states = None
+    if keep_states:
+        stats.prompt_end_tokens += sum(len(t) for t in tails) if cache is not None else 0
+        states = pooled_states(h, [s.p for s in segs], lengths)
+        del h
+        states = with_prompt_end(lm, states, cache, lengths, tails, pad_id, probe_layers, at_q)
     return BatchSums(list(batch.rows), sums[:, 0], sums[:, 1], states)
 
 
@@ -223,9 +251,10 @@ def segment_sums(
     on_batch: Callable[[int, int], None] | None = None,
     stats: PrefillStats | None = None,
     keep_states: bool = False,
+    probe_layers: Sequence[int] = (),
 ) -> Iterator[BatchSums]:
     """Plan and run: the P and Q unit-vector sums of every segment, a batch at a time
-    (indices into `segments`); with `keep_states` also the pooled states (BatchSums)."""
+    (indices into `segments`); with `keep_states` also the states (BatchSums)."""
     keyed = dict(enumerate(segments))
     plan = plan_batches(
         keyed, token_budget=token_budget, share_prefix=share_prefix, device_type=lm.device.type
@@ -241,6 +270,7 @@ def segment_sums(
         on_batch=on_batch,
         stats=stats,
         keep_states=keep_states,
+        probe_layers=probe_layers,
     )
 
 

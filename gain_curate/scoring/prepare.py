@@ -33,6 +33,7 @@ from gain_curate.scoring.prepared import (
     device_flops,
     rows_table,
 )
+from gain_curate.scoring.probe_layers import resolve_probe_layers
 from gain_curate.scoring.recorded import conversation_note
 
 
@@ -76,6 +77,8 @@ def prepare(
     hooks.status(f"data_source {src.spec.data_source}: {src.spec.data_source_from}")
     n = src.table.num_rows
     ref, config, shape = model or read_model_config(cfg)
+    if cfg.keep_states:  # a probe layer the loaded model cannot compute: one line, now
+        resolve_probe_layers(cfg.probe_layers, shape.num_layers, shape.layer)
     hooks.status(f"loading tokenizer of {ref.name}")
     template_text = None
     if cfg.chat_template is not None:

@@ -3,7 +3,8 @@ uid, duplicate, reason and tokens; the batch plan cut into parts; run.json.
 
     OUT/.gain-curate/run.json                  config, request key, config hash, runtime, parts
     OUT/.gain-curate/prepared/rows.parquet     per input row: uid, question, answer, reason,
-                                               duplicate_of, token ids up to the question, p
+                                               duplicate_of, token ids up to the question, p,
+                                               total_tokens, tail (ids after the question)
     OUT/.gain-curate/prepared/batches.parquet  the batch plan: (shared, rows) in run order
     OUT/.gain-curate/prepared/input.parquet    the input table the shards are built from
 """
@@ -188,6 +189,10 @@ def rows_table(
             "total_tokens": pa.array(
                 [tokens[i].total_tokens if i in tokens else None for i in range(n)], pa.int32()
             ),
+            # the ids after the question to the end of the prompt: --keep-states runs them
+            "tail": pa.array(
+                [tokens[i].tail if i in tokens else None for i in range(n)], pa.list_(pa.int32())
+            ),
         }
     )
 
@@ -256,7 +261,10 @@ def load_prepared(out: Path, *, for_merge: bool = False) -> Prepared:
     batches = [Batch(list(r), bool(s)) for s, r in zip(bt["shared"], bt["rows"])]
     running = {k for b in batches for k in b.rows}
     ids, ps, totals = (rows[c].to_pylist() for c in ("input_ids", "p", "total_tokens"))
-    segments = {k: Segments(ids[k], ps[k], totals[k]) for k in sorted(running)}
+    # a run prepared before tails were kept has none: its request key differs from any
+    # --keep-states run's (probe layers), so such a run is prepared again before it needs them
+    tails = rows["tail"].to_pylist() if "tail" in rows.column_names else [[]] * rows.num_rows
+    segments = {k: Segments(ids[k], ps[k], totals[k], tails[k]) for k in sorted(running)}
     cfg = config_from_dict({**info["config"], "out": str(out)})
     return Prepared(
         cfg,

@@ -39,13 +39,20 @@ class _PartScorer:
         self.work = WorkDir(self.prep.out)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from gain_curate.scoring.probe_layers import states_key
         from gain_curate.scoring.score import score_part
 
         rows = []
         for p in batch["part"]:
             table, stats, states = score_part(self.prep, self.lm, int(p), Hooks())
             self.work.write_part(
-                int(p), table, self.prep.config_hash, stats, self.prep.part_key(int(p)), states
+                int(p),
+                table,
+                self.prep.config_hash,
+                stats,
+                self.prep.part_key(int(p)),
+                states,
+                states_key(self.prep.cfg, self.prep.model_info),
             )
             rows.append(table.num_rows)
         return {"part": list(batch["part"]), "rows": rows}

@@ -6,10 +6,12 @@ reduced to C_intra, C_inter and the score (docs/design.md). Pure compute; the la
     lm = load_model_for(prep, device)
     table, stats, states = score_part(prep, lm, part=3, hooks=Hooks())
 
-With cfg.keep_states, `states` holds the part's pooled hidden states at the scored layer
-(prefill.pooled_states: the mean of the question tokens' MLP inputs and the MLP input at
-the question's last token, float16), by input row; else None. The store writes them beside
-the part (OUT/.gain-curate/states/) and the merge gathers them into OUT/states.npz.
+With cfg.keep_states, `states` holds the part's hidden states by input row, float16; else
+None: at the scored layer `question_mean` and `last_token` (prefill.pooled_states: the mean
+of the question tokens' MLP inputs and the MLP input at the question's last token), and per
+probe layer k `prompt_end@L<k>` (prompt_end.py: the residual stream after k layers at the
+last token of the whole prompt). The store writes them beside the part
+(OUT/.gain-curate/states/) and the merge gathers them into OUT/states.npz.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def score_part(
     from gain_curate.scoring.angles import angle_scores
     from gain_curate.scoring.batching import RowTooLarge
     from gain_curate.scoring.prefill import PrefillStats, run_plan
+    from gain_curate.scoring.probe_layers import run_probe_layers, state_features
     from gain_curate.scoring.record import ScoredRows
 
     batches = prep.part_batches(part)
@@ -89,6 +92,7 @@ def score_part(
         on_batch=hooks.batch,
         stats=stats,
         keep_states=keep,
+        probe_layers=run_probe_layers(prep.cfg, prep.model_info),
     )
     try:
         for b in run:
@@ -125,11 +129,10 @@ def score_part(
     )
     states = None
     if keep:
-        d = prep.model_info["hidden_size"]
-        both = np.concatenate(pooled)[order] if pooled else np.zeros((0, 2, d), np.float16)
-        states = {
-            "row": np.asarray(rows, dtype=np.int64),
-            "question_mean": both[:, 0],
-            "last_token": both[:, 1],
-        }
+        d, names = prep.model_info["hidden_size"], state_features(prep.cfg, prep.model_info)
+        every = (
+            np.concatenate(pooled)[order] if pooled else np.zeros((0, len(names), d), np.float16)
+        )
+        states = {"row": np.asarray(rows, dtype=np.int64)}
+        states.update({name: every[:, j] for j, name in enumerate(names)})
     return scored.to_table(), {"token_budget": prep.runtime.token_budget, **asdict(stats)}, states

@@ -34,7 +34,7 @@ from gain_curate.errors import OutputError
 
 MANIFEST = "gain_manifest.json"
 WORK_DIR = ".gain-curate"
-STATES = "states.npz"  # score --keep-states: row, gain_uid, question_mean, last_token
+STATES = "states.npz"  # --keep-states: row, gain_uid, question_mean, last_token, prompt_end@L<k>
 
 
 def shard_name(i: int, n: int, split: str = "train") -> str:

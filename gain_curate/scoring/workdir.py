@@ -125,9 +125,16 @@ class WorkDir:
                     child.unlink(missing_ok=True)
 
     def done(
-        self, part: int, config_hash: str, part_key: str | None = None, *, states: bool = False
+        self,
+        part: int,
+        config_hash: str,
+        part_key: str | None = None,
+        *,
+        states: bool = False,
+        states_key: str | None = None,
     ) -> bool:
-        """Finished with this config (and these batches); `states`: its pooled states too."""
+        """Finished with this config (and these batches); `states`: its states too, holding
+        the arrays `states_key` names (probe_layers.states_key) when it is given."""
         marker = self.parts / f"part-{part:05d}.done"
         if not marker.is_file():
             return False
@@ -146,6 +153,7 @@ class WorkDir:
                 not states
                 or (
                     m.get("states_sha256") is not None
+                    and (states_key is None or m.get("states_key") == states_key)
                     and kept.is_file()
                     and file_sha256(kept) == m["states_sha256"]
                 )
@@ -163,8 +171,10 @@ class WorkDir:
         stats: dict[str, Any],
         part_key: str | None = None,
         states: dict[str, np.ndarray] | None = None,
+        states_key: str | None = None,
     ) -> None:
-        """The part's table, its pooled states if kept, then the marker naming both."""
+        """The part's table, its states if kept (`states_key`: which arrays), then the marker
+        naming both."""
         states_sha = None if states is None else write_npz_atomic(self.states_path(part), states)
         path = self.parts / f"part-{part:05d}.parquet"
         sink = pa.BufferOutputStream()
@@ -178,6 +188,7 @@ class WorkDir:
             "rows": table.num_rows,
             "sha256": hashlib.sha256(data).hexdigest(),
             "states_sha256": states_sha,
+            "states_key": states_key,
             "prefill": stats,
         }
         write_bytes_atomic(self.parts / f"part-{part:05d}.done", json.dumps(marker).encode())
@@ -188,11 +199,14 @@ class WorkDir:
         config_hash: str,
         *,
         states: bool = False,
+        states_key: str | None = None,
         advance: Callable[[int], None] = lambda n: None,
     ) -> tuple[pa.Table, list[dict[str, Any]]]:
         n_parts = len(part_keys)
         missing = [
-            p for p in range(n_parts) if not self.done(p, config_hash, part_keys[p], states=states)
+            p
+            for p in range(n_parts)
+            if not self.done(p, config_hash, part_keys[p], states=states, states_key=states_key)
         ]
         if missing:
             shown = ", ".join(str(p) for p in missing[:8]) + (" ..." if len(missing) > 8 else "")

@@ -15,6 +15,7 @@ from gain_curate.errors import GainCurateError, OutputError
 from gain_curate.scoring import store
 from gain_curate.scoring.config import Hooks, ScoreResult
 from gain_curate.scoring.prepared import Prepared, load_prepared
+from gain_curate.scoring.probe_layers import states_key
 from gain_curate.scoring.workdir import WorkDir
 
 RANK_TIMEOUT_S = float(os.environ.get("GAIN_CURATE_RANK_TIMEOUT", "900"))
@@ -25,7 +26,11 @@ def done(prep: Prepared, part: int) -> bool:
     """Finished for this run: same config and batches, and its states when they are kept
     (a run first scored without --keep-states scores its parts again to keep them)."""
     return WorkDir(prep.out).done(
-        part, prep.config_hash, prep.part_key(part), states=prep.cfg.keep_states
+        part,
+        prep.config_hash,
+        prep.part_key(part),
+        states=prep.cfg.keep_states,
+        states_key=states_key(prep.cfg, prep.model_info),  # the same probe layers
     )
 
 
@@ -98,7 +103,15 @@ def score_parts(
             part_hooks = replace(hooks, batch=on_batch)
             for p in todo:
                 table, stats, states = score_part(prep, lm, p, part_hooks)
-                work.write_part(p, table, prep.config_hash, stats, prep.part_key(p), states)
+                work.write_part(
+                    p,
+                    table,
+                    prep.config_hash,
+                    stats,
+                    prep.part_key(p),
+                    states,
+                    states_key(prep.cfg, prep.model_info),
+                )
                 beat("scoring", finished=p)
     except BaseException as e:
         beat("failed", error=" ".join(str(e).split())[:300] or type(e).__name__)
