@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from omegaconf import open_dict
 
 verl = pytest.importorskip("verl", reason="verl not installed: run `make test-integrations`")
 if tuple(int(x) for x in verl.__version__.split(".")[:2]) < (0, 9):
     pytest.skip(f"verl {verl.__version__}: these tests are for verl 0.9", allow_module_level=True)
 VERL_091 = tuple(int(x) for x in verl.__version__.split(".")[:3]) >= (0, 9, 1)
 
+from omegaconf import open_dict  # noqa: E402
 from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler  # noqa: E402
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn  # noqa: E402
