@@ -69,6 +69,44 @@ def feature_spec(features: Any, layer: int, num_layers: int | None = None) -> li
     return kinds
 
 
+def state_arrays(features: Any, states: dict[str, np.ndarray], layer: int) -> list[str] | None:
+    """The states.npz arrays a probe's feature names read, when each names one exactly
+    ("prompt_end@L16", or "last_token@L23" for the pooled `last_token` at the kept layer 23,
+    as validate's calibration names them); None when a name is not of that form."""
+    parts = list(features) if isinstance(features, (list, tuple)) else str(features).split("+")
+    out = []
+    for part in (str(p).strip() for p in parts):
+        base, _, at = part.partition("@L")
+        if part in states and part not in ("row", "gain_uid"):
+            out.append(part)
+        elif base in KINDS and base in states and at == str(layer):
+            out.append(base)
+        else:
+            return None
+    return out
+
+
+def recommended_probe(folder: Path) -> Path:
+    """The probe `validate` recommends in FOLDER/validate.json; one line when it recommends
+    a ranking without a probe (angle, length) or holds no recommendation."""
+    import json
+
+    path = folder / "validate.json"
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))["summary"]["recommended"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OutputError(
+            f"{path} holds no recommendation: run `gain-curate validate --run RUN "
+            f"--pass-rates FILE --out {folder}` (or --pass-rate-key, --rollouts K) first"
+        ) from None
+    if not rec.get("probe"):
+        raise OutputError(
+            f"{path} recommends --rank-by {rec.get('ranking')}, not a probe: nothing to "
+            f"predict; train with `gain-curate schedule RUN --rank-by {rec.get('ranking')}`"
+        )
+    return Path(rec["probe"])
+
+
 def load_probe(path: Path) -> tuple[Any, Any]:
     """(the probe, its feature name): probe.load if the module offers one, else ProbeFit.load."""
     from gain_curate.checks import probe
@@ -156,8 +194,10 @@ def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
         )
     fit, names = load_probe(probe_path)
     check_fitted_on(fit, probe_path, manifest, out)
-    kinds = feature_spec(names, int(kept["layer"]), manifest["model"].get("num_layers"))
     st = store.read_npz(path)
+    kinds = state_arrays(names, st, int(kept["layer"]))
+    if kinds is None:  # older names ("last token, layer 23"): the pooled states by kind
+        kinds = feature_spec(names, int(kept["layer"]), manifest["model"].get("num_layers"))
     x = np.concatenate([st[k].astype(np.float32) for k in kinds], axis=1)
     try:
         got = np.asarray(fit.predict(x), dtype=np.float64).reshape(-1)
@@ -186,7 +226,7 @@ def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
         rows_per_shard=rows_per_shard,
         split=manifest["input"].get("split") or "train",
     )
-    record = prediction_record(probe_path, names, kinds, kept, pred, table)
+    record = prediction_record(probe_path, fit, names, kinds, kept, pred, table)
     manifest = store.read_manifest(out)  # as it is now: another command may have added a section
     manifest["shards"], manifest["prediction"] = shards, record
     store.write_manifest(out, manifest)
@@ -195,6 +235,7 @@ def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
 
 def prediction_record(
     probe_path: Path,
+    fit: Any,
     names: Any,
     kinds: list[str],
     kept: dict[str, Any],
@@ -211,7 +252,7 @@ def prediction_record(
         "probe": str(Path(probe_path).resolve()),
         "probe_sha256": store.file_sha256(Path(probe_path)),
         "features": names,
-        "states": [f"{k}@L{kept['layer']}" for k in kinds],
+        "states": [k if "@" in k else f"{k}@L{kept['layer']}" for k in kinds],
         "rows_predicted": int(np.isfinite(pred).sum()),
         "columns": [f.name for f in PREDICT_FIELDS],
         "learnability": (
@@ -219,6 +260,8 @@ def prediction_record(
             "rows without states last"
         ),
         "pred_pass": summary(pred),
+        # the figures validate measured for this probe (nested CV), for the plan's record
+        "validated": (getattr(fit, "meta", None) or {}).get("validated"),
         "spearman_pred_pass_vs_score": spearman(pred, score),
         "spearman_pred_pass_vs_question_tokens": spearman(pred, tokens),
         "rank_by": (

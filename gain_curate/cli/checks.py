@@ -10,6 +10,7 @@ import click
 
 import gain_curate.cli.options as options
 from gain_curate.cli.app import main
+from gain_curate.cli.calibration import calibrate
 from gain_curate.cli.options import (
     TEMPLATE_FLAGS,
     template_from_flags,
@@ -124,6 +125,25 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
     help="Generation: hf (each prompt prefilled once, its K samples drawn from the shared KV "
     "cache; CPU or GPU), or vLLM (GPU, pip install vllm).",
 )
+@click.option(
+    "--pass-rate-key",
+    help="Calibrate from pass rates you already have (no generation, no model load; needs "
+    "--run of a run scored with --keep-states): a column of the run's rows, dotted for nested "
+    "fields (extra_info.pass_rate); with --pass-rates, the file's column (default pass_rate). "
+    "The supervised-gradient check is not run in this mode.",
+)
+@click.option(
+    "--pass-rate-k-key",
+    help="With --pass-rate-key/--pass-rates: the column holding each prompt's number of "
+    "samples K (recorded beside the figures).",
+)
+@click.option(
+    "--pass-rates",
+    "pass_rates",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A JSONL or Parquet file of pass rates in [0, 1], one row per prompt, naming it by "
+    "gain_uid or by question text; calibrates as --pass-rate-key does.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @template_options
 def validate(**kw: Any) -> None:
@@ -135,6 +155,13 @@ def validate(**kw: Any) -> None:
       gain-curate validate --model Qwen/Qwen2.5-0.5B-Instruct --data gsm8k --sample 256
       gain-curate validate --run runs/gsm8k --sample 256   # the run's model, data and template
       gain-curate validate --run runs/gsm8k --sample 64 --rollouts 8   # + pass rates, GRPO gradient
+      gain-curate validate --run runs/gsm8k --pass-rates rates.jsonl --json   # no generation
+
+    \b
+    With --pass-rate-key or --pass-rates (a --run scored with --keep-states), no model is
+    loaded: a nested-CV ridge probe over the run's kept states is compared with length and
+    the angle score; --json carries "recommended" and "baselines", and the probe lands in
+    OUT/probes/ (recommended.npz when it beats both: gain-curate predict RUN --from OUT).
     """
     from gain_curate.checks.run_inputs import RUN_SETTINGS, run_settings
     from gain_curate.checks.validate import run_validate
@@ -145,6 +172,11 @@ def validate(**kw: Any) -> None:
         for p in ctx.command.params
         if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
     ]
+    if kw["pass_rate_key"] is not None or kw["pass_rates"] is not None:
+        calibrate(kw, given)
+        return
+    if kw["pass_rate_k_key"] is not None:
+        raise click.UsageError("--pass-rate-k-key goes with --pass-rate-key or --pass-rates")
     if kw["run"] is not None:
         clash = [p.opts[0] for p in given if p.name in (*RUN_SETTINGS, *TEMPLATE_FLAGS, "dtype")]
         if clash:
@@ -213,14 +245,19 @@ def validate(**kw: Any) -> None:
     "--probe",
     "probe_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
-    help="A probe saved by `validate --rollouts` (predicts the pass rate from pooled "
-    "prefill states).",
+    help="A probe saved by `validate` (predicts the pass rate from the run's kept states), "
+    "e.g. VALIDATE_OUT/probes/recommended.npz.",
+)
+@click.option(
+    "--from",
+    "from_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A validate --out folder: apply the probe its validate.json recommends.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the manifest's prediction entry as JSON."
 )
-def predict(out: Path, probe_path: Path, as_json: bool) -> None:
+def predict(out: Path, probe_path: Path | None, from_dir: Path | None, as_json: bool) -> None:
     """Apply a pass-rate probe to a run scored with --keep-states: the shards gain
     gain_pred_pass and gain_learn_rank (high p(1-p) first), beside the angle ranking.
 
@@ -230,10 +267,16 @@ def predict(out: Path, probe_path: Path, as_json: bool) -> None:
         --keep-states
       gain-curate validate --run runs/gsm8k --sample 64 --rollouts 8   # writes runs/validate/probes
       gain-curate predict runs/gsm8k --probe runs/validate/probes/last_token@L23.npz
+      gain-curate predict runs/gsm8k --from runs/validate   # validate's recommended probe
       gain-curate schedule runs/gsm8k --epochs 200 --batch-size 256 --rank-by learnability
     """
-    from gain_curate.checks.predict import predict_run
+    from gain_curate.checks.predict import predict_run, recommended_probe
 
+    if (probe_path is None) == (from_dir is None):
+        raise click.UsageError("give --probe FILE or --from VALIDATE_OUT (one of them)")
+    if from_dir is not None:
+        probe_path = recommended_probe(from_dir)
+    assert probe_path is not None
     record = predict_run(out, probe_path)
     if as_json:
         click.echo(json.dumps(record, indent=2))
