@@ -63,6 +63,13 @@ def made(tiny_qwen2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     )  # fmt: skip
     patch.undo()
     assert code == 0, text
+    summary = json.loads((tmp / "v0" / "validate.json").read_text())["summary"]
+    # --rollouts carries the same recommendation, over every array the run kept
+    assert summary["recommended"]["ranking"] in ("learnability", "angle", "length")
+    assert set(summary["baselines"]) == {"length", "angle"}
+    assert any(k.startswith("prompt_end@L") for k in summary["probe"]["candidates"]) or not any(
+        "@" in k for k in np.load(tmp / "run" / "states.npz").files
+    )
     got = json.loads((tmp / "v0" / "validate.json").read_text())["rows"]
     rate = dict(zip(got["input_row"], got["pass_rate"]))
     assert len(set(rate.values())) >= 3, rate  # the rates differ between prompts
@@ -130,6 +137,12 @@ def test_key_file_by_uid_and_file_by_question_agree(made: dict[str, Path]) -> No
     assert code == 0, text
     record = json.loads(text[text.index("{") :])
     assert record["validated"]["spearman_p"] == pytest.approx(a["probe"]["spearman_p"])
+    code, text = run("schedule", made["run2"], "--rank-by", "learnability", "--epochs", "2",
+                     "--batch-size", "4")  # fmt: skip
+    assert code == 0, text
+    plan = json.loads((made["run2"] / "gain_manifest.json").read_text())["schedule"]
+    assert plan["rank_by"] == "learnability"
+    assert plan["rank_by_figures"]["spearman_p"] == pytest.approx(a["probe"]["spearman_p"])
     code, text = run("predict", made["run2"], "--from", tmp / "a")
     if rec["probe"] is None:  # validate recommends a baseline: nothing to apply, one line
         assert code == 1 and text.count("\n") == 1 and f"--rank-by {rec['ranking']}" in text

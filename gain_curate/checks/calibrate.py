@@ -183,3 +183,51 @@ def run_calibrate(
         json.dumps({"summary": result, "rows": jsonable}, indent=1).encode(),
     )
     return result
+
+
+def recommend_sampled(
+    features: dict[str, np.ndarray],
+    signals: dict[str, np.ndarray],
+    p: np.ndarray,
+    *,
+    out: Path,
+    meta: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """`validate --rollouts`' recommended / baselines / probe / verdict (recommend.py) over
+    the sampled prompts whose every feature, length and score is finite ({} below the
+    nested cross-validation's minimum)."""
+    from gain_curate.checks import nested
+    from gain_curate.checks.recommend import recommend
+
+    length, angle = signals["question_tokens"], signals["gain_score"]
+    ok = np.isfinite(p) & np.isfinite(length) & np.isfinite(angle)
+    for v in features.values():
+        ok &= np.isfinite(v).all(1)
+    if ok.sum() < 4 * nested.FOLDS:
+        return {}
+    rec = recommend(
+        {k: v[ok] for k, v in features.items()},
+        p[ok],
+        length[ok],
+        angle[ok],
+        probes_dir=out / "probes",
+        meta=meta,
+        seed=seed,
+    )
+    return {k: rec[k] for k in ("verdict", "recommended", "baselines", "probe")}
+
+
+def sampled_states(run: Path, manifest: dict[str, Any], picked: list[int]) -> dict[str, Any]:
+    """Every kept array of the run (state_features) at the given input rows, in that order;
+    NaN rows where the run kept none."""
+    states = kept_states(run, manifest)
+    at = {int(r): i for i, r in enumerate(states["row"])}
+    out = {}
+    for name, v in state_features(states, int(manifest["states"]["layer"])).items():
+        got = np.full((len(picked), v.shape[1]), np.nan, np.float32)
+        for j, r in enumerate(picked):
+            if int(r) in at:
+                got[j] = v[at[int(r)]]
+        out[name] = got
+    return out

@@ -213,6 +213,7 @@ def run_validate(
         "loss": losses,
     }
     if rollouts is not None:
+        from gain_curate.checks.calibrate import recommend_sampled, sampled_states
         from gain_curate.checks.probe import fit_probes, fitted_on
         from gain_curate.checks.rollout_stats import SIGNALS, TARGETS, rollout_statistics
         from gain_curate.checks.rollouts import run_rollouts
@@ -251,6 +252,11 @@ def run_validate(
         n_run = run_inputs.run_rows(run) if run is not None else None
         stats = rollout_statistics(signals, rl, probes=probes, n_run=n_run, seed=seed)
         result["rollouts"] = {"settings": asdict(rollouts), **stats, "probe_files": saved}
+        if run is not None and manifest.get("states"):  # + every kept array (prompt_end@L<k>)
+            features.update(sampled_states(run, manifest, picked))
+        meta = {"fitted_on": fitted_on(manifest), "pass_rates": "validate --rollouts"}
+        rec = recommend_sampled(features, signals, rl["pass_rate"], out=out, meta=meta, seed=seed)
+        result.update(rec)  # recommended, baselines, probe, verdict (calibrate.py)
         seconds.update(rl["seconds"])  # generation, rewards, GRPO gradients
         rows.update({t: rl[t] for t in TARGETS})
         rows.update(

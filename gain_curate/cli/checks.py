@@ -221,6 +221,8 @@ def validate(**kw: Any) -> None:
     if kw["as_json"]:
         click.echo(json.dumps(result, indent=2))
         return
+    if "verdict" in result:  # --rollouts: which ranking to train on, first
+        click.echo(f"verdict: {result['verdict']}")
     print_validate(result)
     click.echo(f"table: {kw['out'] / 'validate.parquet'}  plot: {kw['out'] / 'validate.png'}")
     if "rollouts" in result:

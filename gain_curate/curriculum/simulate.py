@@ -255,6 +255,12 @@ def plan_run(
                 "decile_shares": [round(x, 4) for x in res.deciles],
                 "epochs_summary": rows,
                 "rank_by": rank_by,
+                # the validate figures of the probe that wrote gain_learn_rank (predict)
+                "rank_by_figures": (
+                    (store.read_manifest(out).get("prediction") or {}).get("validated")
+                    if rank_by == "learnability"
+                    else None
+                ),
                 "warnings": res.warnings,
             },
         )
