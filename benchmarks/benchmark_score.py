@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SHARED = ROOT.parent / "shared" / "data"
 
+from gain_curate.executor.launch import run_score  # noqa: E402
+from gain_curate.executor.score import ScoreConfig  # noqa: E402
+from gain_curate.inputs.conversation import render  # noqa: E402
+from gain_curate.inputs.template import ScoringTemplate  # noqa: E402
 from gain_curate.runtime.models import load_tokenizer, resolve_model  # noqa: E402
 from gain_curate.scoring.angles import naive_angle_concentration  # noqa: E402
-from gain_curate.scoring.conversation import render  # noqa: E402
-from gain_curate.scoring.launch import run_score  # noqa: E402
-from gain_curate.scoring.score import ScoreConfig  # noqa: E402
-from gain_curate.scoring.template import ScoringTemplate  # noqa: E402
 from gain_curate.stats import spearman  # noqa: E402
 
 TEMPLATES = {

@@ -306,7 +306,7 @@ def kernel_past_2_31(device) -> dict:
 # ---------------------------------------------------------------- 2. and 3. score
 def setup(work: Path, device: str, kernel: str) -> SimpleNamespace:
     """What every score check shares: the questions as a .jsonl input, the tokenizer."""
-    from gain_curate.scoring.template import DEFAULT_SYSTEM_PROMPT, GAINRL_FEW_SHOT
+    from gain_curate.inputs.template import DEFAULT_SYSTEM_PROMPT, GAINRL_FEW_SHOT
 
     qs = questions()
     data = work / "questions.jsonl"
@@ -377,9 +377,9 @@ def reference_scores(
     import torch
     from transformers import AutoConfig, AutoModel
 
+    from gain_curate.inputs.conversation import segment_batch
+    from gain_curate.inputs.template import ScoringTemplate
     from gain_curate.runtime.models import load_tokenizer, resolve_model
-    from gain_curate.scoring.conversation import segment_batch
-    from gain_curate.scoring.template import ScoringTemplate
 
     config = AutoConfig.from_pretrained(folder)
     if window is not None:
@@ -574,8 +574,8 @@ def speed_row(name: str, shape: dict, device, prompts: int, prefix: int = 150) -
     import torch
     from transformers import Qwen2Config
 
+    from gain_curate.inputs.conversation import Segments
     from gain_curate.runtime.hardware import gpu_peaks
-    from gain_curate.scoring.conversation import Segments
     from gain_curate.scoring.prefill import PrefillStats, segment_sums
 
     cuda = device.type == "cuda"

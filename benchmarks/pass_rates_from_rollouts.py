@@ -25,8 +25,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from gain_curate.checks.rewards import math_reward
+    from gain_curate.inputs.answers import gsm8k_numbers
     from gain_curate.runtime.models import resolve_model
-    from gain_curate.scoring.answers import gsm8k_numbers
 
     rows = [json.loads(x) for x in (args.folder / "sample.jsonl").read_text().splitlines()]
     answers = gsm8k_numbers([r["answer"] for r in rows]) or [r["answer"] for r in rows]

@@ -294,7 +294,7 @@ def test_row_level_problems_keep_the_row(tiny_qwen2_dir: Path, tmp_path: Path) -
 def test_disk_full_leaves_no_public_files(
     tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from gain_curate.scoring import store
+    from gain_curate.runfolder import store
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -347,7 +347,7 @@ def test_usage_errors_are_one_line(argv, message) -> None:
 def test_internal_error_is_one_line_with_the_traceback_in_the_run_folder(
     tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from gain_curate.scoring import score
+    from gain_curate.executor import score
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug\nover two lines")

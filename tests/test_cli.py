@@ -366,7 +366,7 @@ def test_export_openrlhf_epoch(tiny_qwen2_dir: Path, data: Path, tmp_path: Path)
 
 
 def test_score_and_validate_build_the_template_from_the_same_flags(tmp_path: Path) -> None:
-    from gain_curate.scoring.template import DEFAULT_SYSTEM_PROMPT, template_from_options
+    from gain_curate.inputs.template import DEFAULT_SYSTEM_PROMPT, template_from_options
 
     for cmd in ("score", "validate"):
         code, text = run(cmd, "--help")

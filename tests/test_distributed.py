@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from gain_curate.errors import GainCurateError, OutputError
+from gain_curate.executor import launch, ray_backend, workers
+from gain_curate.executor.launch import Launch, PartsDone, launch_plan, run_score
+from gain_curate.executor.merge import merge_run
 from gain_curate.runtime import resolve as runtime
-from gain_curate.scoring import launch, ray_backend, workers
 from gain_curate.scoring.config import ScoreConfig
-from gain_curate.scoring.launch import Launch, PartsDone, launch_plan, run_score
-from gain_curate.scoring.merge import merge_run
 
 ROWS = 30
 
@@ -353,7 +353,7 @@ def test_ray_cpu_driver_and_gpu_actors_agree_on_one_runtime(
         data=SimpleNamespace(from_items=FakeDataset),
     )
     monkeypatch.setitem(sys.modules, "ray", fake_ray)
-    from gain_curate.scoring import score
+    from gain_curate.executor import score
 
     real_load = score.load_model_for
 
@@ -389,7 +389,7 @@ def test_merge_resolves_nothing(
         run_score(cfg, shard=(i, 2), env={})
     _fake_gpu(monkeypatch)
     monkeypatch.setattr(runtime, "resolve_runtime", lambda *a, **k: pytest.fail("resolved again"))
-    from gain_curate.scoring import prepare
+    from gain_curate.executor import prepare
 
     monkeypatch.setattr(prepare, "prepare", lambda *a, **k: pytest.fail("prepared again"))
     merged = merge_run(tmp_path / "o")
@@ -403,7 +403,7 @@ def test_workers_read_the_prepared_run_instead_of_preparing(
     """Reading, hashing and tokenizing happen once: the second shard reuses them."""
     cfg = cfg_for(tiny_qwen2_dir, data, tmp_path / "o", "float32")
     run_score(cfg, shard=(0, 2), env={})
-    from gain_curate.scoring import prepared
+    from gain_curate.executor import prepared
 
     monkeypatch.setattr(launch, "prepare", lambda *a, **k: pytest.fail("prepared twice"))
     monkeypatch.setattr(launch, "resolve_runtime", lambda *a, **k: pytest.fail("resolved twice"))

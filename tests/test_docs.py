@@ -1,11 +1,14 @@
-"""The product speaks for itself: the package, its --help texts and the README never point
-at files a user of the package does not have, and every `gain-curate ...` example in a help
-text or in the README parses with the command's real options."""
+"""The product speaks for itself: the package, its --help texts, the README and docs/ never
+point at files a user of the package does not have; every `gain-curate ...` example in a
+help text, the README or a docs/ page parses with the command's real options; every relative
+link of the README and docs/ reaches a file (and its heading, for `#anchor`); the README
+stays a five-minute read."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import unicodedata
 from pathlib import Path
 
 import click
@@ -18,9 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 FOREIGN = re.compile(r"DESIGN\.md|\.\./shared|shared/data|STYLE\.md")
 
 
+README_MAX_LINES = 250
+
+
+def doc_files() -> list[Path]:
+    """The Markdown a user reads: the README, the changelog and every page under docs/."""
+    return [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
 def product_texts() -> dict[str, str]:
-    files = [*sorted((ROOT / "gain_curate").rglob("*.py")), ROOT / "README.md"]
-    files += sorted((ROOT / "docs").glob("*.md"))
+    files = [*sorted((ROOT / "gain_curate").rglob("*.py")), *doc_files()]
     return {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in files}
 
 
@@ -71,15 +81,83 @@ def test_help_examples_parse(name: str) -> None:
         check_parses(example)
 
 
-def test_readme_examples_parse() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    code = "\n".join(line for line in readme.splitlines() if line.startswith("    "))
-    found = [e for e in examples(code) if "..." not in e and "<" not in e]
-    assert len(found) >= 20, found  # the README's examples were found
+def doc_examples(path: Path) -> list[str]:
+    """The runnable `gain-curate ...` lines of a Markdown file's indented code blocks."""
+    text = path.read_text(encoding="utf-8")
+    code = "\n".join(line for line in text.splitlines() if line.startswith("    "))
+    return [e for e in examples(code) if "..." not in e and "<" not in e]
+
+
+def test_readme_and_docs_examples_parse() -> None:
+    found = {p: doc_examples(p) for p in doc_files()}
+    assert len(found[ROOT / "README.md"]) >= 8, found[ROOT / "README.md"]
+    assert sum(map(len, found.values())) >= 40, found  # the docs' examples were found
     bad = []
-    for example in found:
-        try:
-            check_parses(example)
-        except (click.UsageError, AssertionError) as e:
-            bad.append(f"{example}: {e}")
+    for path, exs in found.items():
+        for example in exs:
+            try:
+                check_parses(example)
+            except (click.UsageError, AssertionError) as e:
+                bad.append(f"{path.relative_to(ROOT)}: {example}: {e}")
     assert not bad, bad
+
+
+def test_readme_is_short() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES})"
+
+
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6} +(.+?) *#*$", re.M)
+
+
+def slug(heading: str) -> str:
+    """The anchor Python-Markdown's toc (what mkdocs uses) gives a heading."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "").replace("*", "")
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def without_code(text: str) -> str:
+    """The text less its fenced blocks and inline code, line numbers kept."""
+    text = FENCE.sub(lambda m: "\n" * m.group().count("\n"), text)
+    return INLINE_CODE.sub("", text)
+
+
+def anchors(path: Path) -> set[str]:
+    text = without_code(path.read_text(encoding="utf-8"))
+    return {slug(m.group(1)) for m in HEADING.finditer(text)}
+
+
+def broken_links(path: Path) -> list[str]:
+    """Relative links of a Markdown file whose file or #anchor does not exist."""
+    text = without_code(path.read_text(encoding="utf-8"))
+    bad = []
+    for m in LINK.finditer(text):
+        target = m.group(1)
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        line = text.count("\n", 0, m.start()) + 1
+        if not dest.is_file():
+            bad.append(f"{path.name}:{line}: {target}: no file {dest}")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            bad.append(f"{path.name}:{line}: {target}: no heading #{anchor} in {dest.name}")
+    return bad
+
+
+def test_relative_links_resolve() -> None:
+    bad = [b for p in doc_files() for b in broken_links(p)]
+    assert not bad, bad
+
+
+def test_broken_links_are_found(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# A `title`: here\n\n[ok](#a-title-here) [ok](b.md#b)\n")
+    (tmp_path / "b.md").write_text("# B\n\n[x](c.md) [y](a.md#nope) [z](https://x.org/n.md)\n")
+    assert broken_links(tmp_path / "a.md") == []
+    bad = broken_links(tmp_path / "b.md")
+    assert [b.split(": ")[1] for b in bad] == ["c.md", "a.md#nope"], bad

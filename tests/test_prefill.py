@@ -12,15 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from gain_curate.executor.launch import run_score
+from gain_curate.executor.score import ScoreConfig
+from gain_curate.inputs.conversation import Segments, segment_batch
+from gain_curate.inputs.template import ScoringTemplate
 from gain_curate.runtime.models import resolve_model
 from gain_curate.runtime.truncated import load_model
 from gain_curate.scoring import batching, forward, prefill
 from gain_curate.scoring.batching import length_sorted_batches, shared_prefix
-from gain_curate.scoring.conversation import Segments, segment_batch
-from gain_curate.scoring.launch import run_score
 from gain_curate.scoring.prefill import PrefillStats, segment_sums
-from gain_curate.scoring.score import ScoreConfig
-from gain_curate.scoring.template import ScoringTemplate
 from gain_curate.stats import spearman
 
 QUESTIONS = [

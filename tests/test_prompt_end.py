@@ -23,14 +23,14 @@ from click.testing import CliRunner
 
 from gain_curate.cli import main
 from gain_curate.errors import InputError
+from gain_curate.executor.launch import run_score
+from gain_curate.inputs.conversation import Segments
+from gain_curate.runfolder.store import STATES, read_npz
 from gain_curate.runtime.models import load_tokenizer, resolve_model
 from gain_curate.runtime.truncated import load_model
 from gain_curate.scoring import forward, prompt_end
 from gain_curate.scoring.config import ScoreConfig
-from gain_curate.scoring.conversation import Segments
-from gain_curate.scoring.launch import run_score
 from gain_curate.scoring.probe_layers import default_probe_layers, resolve_probe_layers
-from gain_curate.scoring.store import STATES, read_npz
 
 PENS = "A shop sells {} pens at 3 dollars each and 4 rulers at 2 dollars each. What do they cost?"
 QUESTIONS = [

@@ -134,7 +134,7 @@ def test_predict_writes_the_prediction_and_the_learnability_rank(
     assert rec["features"] == "last_token@L3" and rec["rows_predicted"] == N
     assert rec["probe_sha256"] and rec["probe"] == str(probe_file.resolve())
     assert all(s["sha256"] for s in m["shards"])
-    from gain_curate.scoring.store import file_sha256
+    from gain_curate.runfolder.store import file_sha256
 
     assert [file_sha256(predicted / s["path"]) for s in m["shards"]] == [
         s["sha256"] for s in m["shards"]

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from gain_curate.checks.report import difficulty
 from gain_curate.cli import main
-from gain_curate.scoring.launch import run_score
-from gain_curate.scoring.score import ScoreConfig
+from gain_curate.executor.launch import run_score
+from gain_curate.executor.score import ScoreConfig
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from reward_cases import CASES, Case
 
 from gain_curate.checks.rewards import marked_answer, math_reward
-from gain_curate.scoring.answers import _last_boxed
+from gain_curate.inputs.answers import _last_boxed
 
 pytest.importorskip("math_verify", reason="the default reward needs math-verify")
 

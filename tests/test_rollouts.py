@@ -192,7 +192,7 @@ def test_auroc_equals_mann_whitney() -> None:
 @needs_data
 def test_math_verify_reward_on_real_gsm8k_answers() -> None:
     from gain_curate.checks.rewards import math_reward
-    from gain_curate.scoring.sources import load_source
+    from gain_curate.inputs.sources import load_source
 
     src = load_source(str(DATA / "gsm8k" / "train.jsonl"), limit=200)
     raw = [
@@ -214,7 +214,7 @@ def test_math_verify_reward_on_real_gsm8k_answers() -> None:
 @needs_data
 def test_math_verify_reward_on_real_math_answers() -> None:
     from gain_curate.checks.rewards import math_reward
-    from gain_curate.scoring.sources import load_source
+    from gain_curate.inputs.sources import load_source
 
     src = load_source(str(DATA / "math" / "train.json"), limit=200)  # final answers, LaTeX
     answers = [a for a in src.answers if a]
@@ -773,7 +773,7 @@ def test_validate_rollouts_end_to_end(tiny_qwen2_dir: Path, tmp_path: Path, monk
         for line in (val / "rollouts" / "completions.jsonl").read_text().splitlines()
     ]
     assert len(records) == 8 and all(len(x["completions"]) == 4 for x in records)
-    from gain_curate.scoring.template import ScoringTemplate
+    from gain_curate.inputs.template import ScoringTemplate
 
     # the rollout prompt is the scored conversation: system prompt, few-shot turn, question
     assert [x["prompt"] for x in records] == [

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from gain_curate.executor.launch import run_score
+from gain_curate.executor.score import ScoreConfig
+from gain_curate.inputs.template import ScoringTemplate
 from gain_curate.scoring.angles import naive_angle_concentration
-from gain_curate.scoring.launch import run_score
-from gain_curate.scoring.score import ScoreConfig
-from gain_curate.scoring.template import ScoringTemplate
 
 QUESTIONS = [
     (

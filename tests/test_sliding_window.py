@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from gain_curate.inputs.conversation import Segments, segment_batch
+from gain_curate.inputs.template import ScoringTemplate
 from gain_curate.runtime.models import resolve_model
 from gain_curate.runtime.truncated import LoadedModel, load_model
 from gain_curate.scoring import forward
 from gain_curate.scoring.angles import angle_scores
-from gain_curate.scoring.conversation import Segments, segment_batch
 from gain_curate.scoring.prefill import PrefillStats, segment_sums
-from gain_curate.scoring.template import ScoringTemplate
 
 WINDOW = 16
 QUESTIONS = [

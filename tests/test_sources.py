@@ -1,4 +1,4 @@
-"""gain_curate.scoring.sources: real data shapes, local formats, column keys, and every input
+"""gain_curate.inputs.sources: real data shapes, local formats, column keys, and every input
 error."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from gain_curate.errors import InputError
-from gain_curate.scoring.answers import _last_boxed
-from gain_curate.scoring.sources import load_source
+from gain_curate.inputs.answers import _last_boxed
+from gain_curate.inputs.sources import load_source
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
@@ -425,7 +425,7 @@ def hub_copy(root: Path, repo: str, config: str, files: dict[str, list[dict]]) -
 
 
 def test_presets_load_through_datasets_at_their_pinned_revision(offline_hub):
-    from gain_curate.scoring.readers import PRESETS
+    from gain_curate.inputs.readers import PRESETS
 
     hub_copy(
         offline_hub,
@@ -600,7 +600,7 @@ def test_gsm8k_ground_truth_as_verl_writes_it(tmp_path):
 
 
 def test_input_chats(tmp_path):
-    from gain_curate.scoring.answers import input_chats
+    from gain_curate.inputs.answers import input_chats
 
     chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "What is 2+2?"}]
     src = load_source(str(write_jsonl(tmp_path / "c.jsonl", [{"prompt": chat}, {"prompt": None}])))
@@ -632,7 +632,7 @@ def test_input_chats(tmp_path):
     ],
 )
 def test_split_from_the_file_name(tmp_path, name, split):
-    from gain_curate.scoring.sources import input_split
+    from gain_curate.inputs.sources import input_split
 
     path, rows = tmp_path / name, [{"question": "What is 2+2?", "answer": "4"}]
     ext = path.suffix.lower()
@@ -650,7 +650,7 @@ def test_split_from_the_file_name(tmp_path, name, split):
 
 
 def test_split_flag_wins_and_names_and_folders_default_to_train(tmp_path):
-    from gain_curate.scoring.sources import input_split
+    from gain_curate.inputs.sources import input_split
 
     test = write_jsonl(tmp_path / "test.jsonl", [{"question": "What is 2+2?", "answer": "4"}])
     spec = load_source(str(test), split="train").spec

@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from gain_curate.executor.launch import PartsDone, run_score
+from gain_curate.executor.merge import merge_run
+from gain_curate.runfolder.store import STATES, read_npz
 from gain_curate.runtime.models import resolve_model
 from gain_curate.runtime.truncated import load_model, mlp_inputs
 from gain_curate.scoring.config import ScoreConfig
-from gain_curate.scoring.launch import PartsDone, run_score
-from gain_curate.scoring.merge import merge_run
-from gain_curate.scoring.store import STATES, read_npz
 
 QUESTIONS = [
     "A shop sells 12 pens at 3 dollars each. What do they cost?",

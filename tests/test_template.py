@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from gain_curate.scoring.conversation import render_chat, segment_batch
-from gain_curate.scoring.template import ScoringTemplate
+from gain_curate.inputs.conversation import render_chat, segment_batch
+from gain_curate.inputs.template import ScoringTemplate
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
 FAMILIES = ["qwen2.5", "llama3", "qwen3", "gemma3"]
@@ -241,7 +241,7 @@ def test_non_finite_hidden_states(tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path
 
 
 def test_data_source_defaults_are_verls_own_preprocessing() -> None:
-    from gain_curate.scoring.template import (
+    from gain_curate.inputs.template import (
         BOXED_INSTRUCTION,
         GSM8K_INSTRUCTION,
         data_source_template,
@@ -265,8 +265,8 @@ def test_data_source_defaults_are_verls_own_preprocessing() -> None:
 
 
 def test_conversations_per_mode() -> None:
-    from gain_curate.scoring.conversation import conversations, split_instruction
-    from gain_curate.scoring.template import GSM8K_INSTRUCTION
+    from gain_curate.inputs.conversation import conversations, split_instruction
+    from gain_curate.inputs.template import GSM8K_INSTRUCTION
 
     t = ScoringTemplate(instruction="Answer briefly.")
     plain = conversations(t, ["What is 2+2?", None], None)
@@ -328,7 +328,7 @@ def test_conversations_and_their_segments_are_the_same_in_chunks(qwen_tokenizer)
     """A million rows take minutes to render and tokenize, so both report progress as they
     go, chunk by chunk: the result does not depend on the chunk, and the progress adds up
     to every row once."""
-    from gain_curate.scoring.conversation import conversation_segments, conversations
+    from gain_curate.inputs.conversation import conversation_segments, conversations
 
     questions = [f"What is {i} times {i + 7}?" for i in range(23)] + [None, "Why?"]
     done: list[int] = []

@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 
 from gain_curate.checks.supervised import build_examples, grad_norms
-from gain_curate.scoring.template import ScoringTemplate
+from gain_curate.inputs.template import ScoringTemplate
 from gain_curate.stats import partial_spearman, spearman
 
 QUESTIONS = [

@@ -38,7 +38,7 @@ def state_features(states: dict[str, np.ndarray], layer: int) -> dict[str, np.nd
 
 def kept_states(run: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
     """The run's states.npz, checked against its manifest; one line when it kept none."""
-    from gain_curate.scoring import store
+    from gain_curate.runfolder import store
 
     kept = manifest.get("states")
     if kept is None:
@@ -77,7 +77,7 @@ def run_calibrate(
     from gain_curate.checks.rankings import compare_rankings, signal_rankings
     from gain_curate.checks.recommend import recommend
     from gain_curate.curriculum.export import ranked_table
-    from gain_curate.scoring import store
+    from gain_curate.runfolder import store
 
     clock = time.perf_counter()
     manifest = store.read_manifest(run)

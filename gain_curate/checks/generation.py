@@ -166,7 +166,7 @@ def _load_batch(folder: Path | None, b: int, key: str, rows: list[int]) -> list[
 def _save_batch(
     folder: Path | None, b: int, key: str, rows: list[int], completions: list[list[int]]
 ) -> None:
-    from gain_curate.scoring.store import write_bytes_atomic
+    from gain_curate.runfolder.store import write_bytes_atomic
 
     if folder is not None:  # a batch is saved whole or not at all
         blob = {"key": key, "rows": rows, "completions": completions}

@@ -49,7 +49,7 @@ def scatter(
     axes[1].set(xlabel="question tokens", ylabel="||grad up_proj||_F")
     fig.suptitle(f"{summary['model']} on {Path(summary['data']).name}: {summary['sample']} prompts")
     fig.tight_layout()
-    from gain_curate.scoring.store import write_png
+    from gain_curate.runfolder.store import write_png
 
     write_png(fig, path)
     plt.close(fig)

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from gain_curate.errors import OutputError
-from gain_curate.scoring import store
+from gain_curate.runfolder import store
 from gain_curate.scoring.record import PREDICT_FIELDS
 
 KINDS = ("question_mean", "last_token")  # the pooled states score --keep-states keeps

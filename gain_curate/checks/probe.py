@@ -109,7 +109,7 @@ class ProbeFit:
         whole or not at all. Returns the path."""
         import io
 
-        from gain_curate.scoring.store import write_bytes_atomic
+        from gain_curate.runfolder.store import write_bytes_atomic
 
         info = {
             "intercept": self.intercept,

@@ -26,8 +26,8 @@ def probe_features(
     from dataclasses import replace
 
     from gain_curate.checks.predict import KINDS
-    from gain_curate.scoring import store
-    from gain_curate.scoring.launch import run_score
+    from gain_curate.executor.launch import run_score
+    from gain_curate.runfolder import store
 
     def sample_states(layer: int, folder: Path) -> dict[str, np.ndarray]:
         if run is None and layer == shape.layer:  # validate's own score pass kept them

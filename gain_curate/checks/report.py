@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gain_curate.bootstrap import spearman_interval
-from gain_curate.scoring import store
+from gain_curate.runfolder import store
 from gain_curate.stats import spearman, summary
 
 DIFFICULTY_KEYS = ("difficulty", "level")

@@ -74,7 +74,7 @@ _DOLLAR = re.compile(r"(?<!\\)\$")  # a math delimiter; `\$` is a dollar sign
 def marked_answer(completion: str) -> tuple[str, str] | None:
     """(marker, text) of the final answer, markers in turn: `answer` (tag), `verl` (verl's
     `####`), `####` (the last `####` line's rest), `boxed`; None when it marks none."""
-    from gain_curate.scoring.answers import _last_boxed  # the extraction MATH's references get
+    from gain_curate.inputs.answers import _last_boxed  # the extraction MATH's references get
 
     if tags := _ANSWER_TAG.findall(completion):
         return "answer", tags[-1].strip()

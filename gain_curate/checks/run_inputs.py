@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gain_curate.scoring.template import ScoringTemplate
+from gain_curate.inputs.template import ScoringTemplate
 
 # What `validate --run OUT` takes from the run's manifest instead of from flags.
 RUN_SETTINGS = (
@@ -28,7 +28,7 @@ def run_settings(out: Path) -> dict[str, Any]:
     """The model, data, scoring template and runtime dtype a scored run used, from its
     manifest, as run_validate's keyword arguments: validate then checks the signal the run
     ranked by, with the run's own scores (nothing is scored or resolved again)."""
-    from gain_curate.scoring import store
+    from gain_curate.runfolder import store
 
     m = store.read_manifest(out)
     inp, model, signal = m["input"], m["model"], m["signal"]
@@ -49,7 +49,7 @@ def run_settings(out: Path) -> dict[str, Any]:
 
 def run_rows(run: Path) -> int:
     """How many prompts the scored run ranks: what a curriculum over it draws from."""
-    from gain_curate.scoring import store
+    from gain_curate.runfolder import store
 
     return int(sum(s["rows"] for s in store.read_manifest(run)["shards"]))
 
@@ -60,7 +60,7 @@ def reward_rows(
     """What a trainer's reward reads of each sampled row: `data_source` and `reward_model`
     from a scored run's own rows; else the input's own columns when it has them, else what
     `score` writes (the input's data_source name; the extracted answer as ground truth)."""
-    from gain_curate.scoring.answers import column_values
+    from gain_curate.inputs.answers import column_values
 
     if by_input is not None:
         return [

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gain_curate.checks.gradients import up_proj_row_grads
-from gain_curate.scoring.template import ScoringTemplate
+from gain_curate.inputs.template import ScoringTemplate
 from gain_curate.stats import partial_spearman, spearman
 
 

@@ -30,7 +30,7 @@ from gain_curate.checks.supervised import (
     correlations,
     grad_norms,
 )
-from gain_curate.scoring.template import ScoringTemplate
+from gain_curate.inputs.template import ScoringTemplate
 
 
 def run_validate(
@@ -63,14 +63,14 @@ def run_validate(
     from transformers import AutoModelForCausalLM
 
     from gain_curate.errors import InputError
+    from gain_curate.executor.launch import run_score
+    from gain_curate.executor.score import ScoreConfig
+    from gain_curate.inputs.answers import column_values
+    from gain_curate.inputs.sources import load_source
+    from gain_curate.runfolder.store import write_bytes_atomic, write_table_atomic
     from gain_curate.runtime.models import load_tokenizer, resolve_dtype, resolve_model
     from gain_curate.runtime.transformers_compat import from_pretrained_kwargs, quiet_transformers
     from gain_curate.runtime.truncated import model_shape
-    from gain_curate.scoring.answers import column_values
-    from gain_curate.scoring.launch import run_score
-    from gain_curate.scoring.score import ScoreConfig
-    from gain_curate.scoring.sources import load_source
-    from gain_curate.scoring.store import write_bytes_atomic, write_table_atomic
 
     src = load_source(data, question_key=question_key, answer_key=answer_key, split=split)
     if src.spec.answer_key is None:
@@ -87,7 +87,7 @@ def run_validate(
     ]
     by_input = None
     if run is not None:  # only rows the run scored (it may have used --limit)
-        from gain_curate.scoring import store
+        from gain_curate.runfolder import store
 
         manifest = store.read_manifest(run)
         ranked = pa.concat_tables(

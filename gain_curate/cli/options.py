@@ -71,7 +71,7 @@ def template_flags_given(kw: dict[str, Any]) -> tuple[str, ...]:
 
 
 def template_from_flags(kw: dict[str, Any]) -> Any:
-    from gain_curate.scoring.template import template_from_options
+    from gain_curate.inputs.template import template_from_options
 
     return template_from_options(
         system_prompt=kw["system_prompt"],

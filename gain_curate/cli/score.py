@@ -47,11 +47,11 @@ def score(**kw: Any) -> None:
     cfg = options.score_config(kw)
     with progress(quiet=kw["as_json"]) as hooks:
         if kw["backend"] == "ray":
-            from gain_curate.scoring.ray_backend import run_score_ray
+            from gain_curate.executor.ray_backend import run_score_ray
 
             result = run_score_ray(cfg, hooks, address=kw["ray_address"], num_gpus=kw["num_gpus"])
         else:
-            from gain_curate.scoring.launch import run_score
+            from gain_curate.executor.launch import run_score
 
             result = run_score(cfg, hooks, shard=kw["shard"])
     if not hasattr(result, "manifest"):  # a shard or a torchrun rank that does not merge
@@ -94,7 +94,7 @@ def merge(out: Path, as_json: bool) -> None:
       for i in 0 1 2 3; do gain-curate score ... --out runs/big --shard $i/4 & done; wait
       gain-curate merge runs/big
     """
-    from gain_curate.scoring.merge import merge_run
+    from gain_curate.executor.merge import merge_run
 
     with progress(quiet=as_json):  # shows merge's steps (gain_curate.progress)
         result = merge_run(out)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gain_curate.errors import OutputError
-from gain_curate.scoring import store
+from gain_curate.runfolder import store
 
 
 def read_plan(out: Path) -> list[np.ndarray]:

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from gain_curate.errors import ModelError
+from gain_curate.inputs.conversation import Segments, render_chat, token_segments
 from gain_curate.kernels.naive import naive_segment_unit_sums
 from gain_curate.runtime.transformers_compat import decoder_layers
 from gain_curate.runtime.truncated import resolve_layer
 from gain_curate.scoring.angles import angle_scores
-from gain_curate.scoring.conversation import Segments, render_chat, token_segments
 
 Values = list[tuple[float, float, float] | None]
 

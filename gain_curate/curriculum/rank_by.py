@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gain_curate.errors import OutputError
-from gain_curate.scoring.store import read_manifest
+from gain_curate.runfolder.store import read_manifest
 
 # The orders a schedule can draw over (`--rank-by`), and the column each one sorts by.
 RANK_BY = ("angle", "learnability", "length")

@@ -159,7 +159,7 @@ def plot(
     )
     fig.suptitle(title)
     fig.tight_layout()
-    from gain_curate.scoring import store
+    from gain_curate.runfolder import store
 
     store.write_png(fig, path)
     plt.close(fig)
@@ -192,7 +192,7 @@ def plan_run(
     only simulating."""
     from gain_curate.curriculum.schedule import ScheduleParams
     from gain_curate.errors import OutputError
-    from gain_curate.scoring import store
+    from gain_curate.runfolder import store
 
     uids, scores = store.read_ranking(out)
     order = read_order(out, rank_by)  # gain_rank at each position of the chosen order

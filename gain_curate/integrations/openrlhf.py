@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from gain_curate.curriculum.export import plan_order, ranked_table, read_plan
 from gain_curate.errors import OutputError
-from gain_curate.scoring import store
+from gain_curate.runfolder import store
 
 ENV_RUN = "GAIN_CURATE_RUN"
 PLAN_FILE = Path("export") / "openrlhf" / "plan.jsonl"

@@ -26,7 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from gain_curate.curriculum.schedule import GainSchedule
 from gain_curate.integrations._common import LOG
-from gain_curate.scoring.store import write_bytes_atomic
+from gain_curate.runfolder.store import write_bytes_atomic
 
 STATE_FILE = "gain_curate_state.json"  # in every checkpoint folder
 STATE_VERSION = 1

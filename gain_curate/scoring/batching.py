@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gain_curate.scoring.conversation import Segments
+from gain_curate.inputs.conversation import Segments
 
 
 def length_sorted_batches(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gain_curate.errors import InputError
-from gain_curate.scoring.template import ScoringTemplate
+from gain_curate.inputs.template import ScoringTemplate
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ScoreConfig:
         if self.probe_layers is not None:  # a list from run.json: hashable like the rest
             object.__setattr__(self, "probe_layers", tuple(int(k) for k in self.probe_layers))
         if self.split is None:  # test.jsonl: test; the rest (train files, presets, hub): train
-            from gain_curate.scoring.sources import input_split
+            from gain_curate.inputs.sources import input_split
 
             object.__setattr__(self, "split", input_split(self.data, None)[0])
 

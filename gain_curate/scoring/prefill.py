@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from gain_curate.inputs.conversation import Segments
 from gain_curate.runtime.truncated import LoadedModel
 from gain_curate.scoring.batching import Batch, RowTooLarge, group, plan_batches
-from gain_curate.scoring.conversation import Segments
 from gain_curate.scoring.forward import (
     PrefixState,
     full_batch,

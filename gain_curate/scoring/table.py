@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gain_curate.inputs.readers import VERL_COLUMNS
 from gain_curate.scoring.record import GAIN_FIELDS, RankedRows
 
-VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 # Names verl's RLHFDataset / DataProto use for itself: an input column with one of these
 # names moves into extra_info as input_<name> instead of shadowing it at top level.
 VERL_RESERVED = frozenset(

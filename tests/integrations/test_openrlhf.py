@@ -97,8 +97,8 @@ def orl():
 @pytest.fixture(scope="module")
 def run(tiny_qwen2_dir: Path, tmp_path_factory) -> Path:
     """A scored run of N distinct questions (in a folder with a space) and its plan."""
-    from gain_curate.scoring.launch import run_score
-    from gain_curate.scoring.score import ScoreConfig
+    from gain_curate.executor.launch import run_score
+    from gain_curate.executor.score import ScoreConfig
 
     tmp = tmp_path_factory.mktemp("openrlhf")
     data = tmp / "q.jsonl"

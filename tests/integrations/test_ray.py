@@ -11,9 +11,9 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="ray not installed: run `make test-integrations`")
 
-from gain_curate.scoring.launch import run_score  # noqa: E402
-from gain_curate.scoring.ray_backend import run_score_ray  # noqa: E402
-from gain_curate.scoring.score import ScoreConfig  # noqa: E402
+from gain_curate.executor.launch import run_score  # noqa: E402
+from gain_curate.executor.ray_backend import run_score_ray  # noqa: E402
+from gain_curate.executor.score import ScoreConfig  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

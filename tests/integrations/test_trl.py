@@ -15,10 +15,10 @@ from datasets import load_dataset  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
 from gain_curate.curriculum.schedule import mu_update  # noqa: E402
+from gain_curate.executor.launch import run_score  # noqa: E402
+from gain_curate.executor.score import ScoreConfig  # noqa: E402
 from gain_curate.integrations.trl import GainGRPOTrainer  # noqa: E402
 from gain_curate.integrations.trl_state import GainRepeatSampler  # noqa: E402
-from gain_curate.scoring.launch import run_score  # noqa: E402
-from gain_curate.scoring.score import ScoreConfig  # noqa: E402
 
 
 def test_grpo_steps_move_mu_by_the_rule(
@@ -101,7 +101,7 @@ def test_online_angle_is_scores_metric_on_the_policys_current_weights(
     import pyarrow.parquet as pq
     from transformers import AutoModelForCausalLM
 
-    from gain_curate.scoring.template import ScoringTemplate
+    from gain_curate.inputs.template import ScoringTemplate
 
     data = tmp_path / "q.jsonl"
     data.write_text(
@@ -254,7 +254,7 @@ def test_plain_grpo_trainer_follows_the_exported_plan_in_order(
     from gain_curate.curriculum.export import export_verl
     from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams
     from gain_curate.curriculum.simulate import AccuracyCurve, run_open_loop
-    from gain_curate.scoring import store
+    from gain_curate.runfolder import store
 
     run = _scored(tiny_qwen2_dir, tmp_path)
     uids, scores = store.read_ranking(run)

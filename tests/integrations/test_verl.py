@@ -18,9 +18,9 @@ from verl import DataProto  # noqa: E402
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn  # noqa: E402
 
 from gain_curate.curriculum.schedule import mu_update  # noqa: E402
+from gain_curate.executor.launch import run_score  # noqa: E402
+from gain_curate.executor.score import ScoreConfig  # noqa: E402
 from gain_curate.integrations.verl import GainCurriculumSampler, GainRLHFDataset  # noqa: E402
-from gain_curate.scoring.launch import run_score  # noqa: E402
-from gain_curate.scoring.score import ScoreConfig  # noqa: E402
 
 B = 8
 

@@ -29,9 +29,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler  # noqa: E402
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn  # noqa: E402
 
+from gain_curate.executor.launch import run_score  # noqa: E402
+from gain_curate.executor.score import ScoreConfig  # noqa: E402
 from gain_curate.integrations.verl import GainRLHFDataset  # noqa: E402
-from gain_curate.scoring.launch import run_score  # noqa: E402
-from gain_curate.scoring.score import ScoreConfig  # noqa: E402
 
 B = 8
 

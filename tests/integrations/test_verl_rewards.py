@@ -27,7 +27,7 @@ from verl.utils.reward_score import default_compute_score, gsm8k  # noqa: E402
 
 from gain_curate.checks.rewards import marked_answer, math_reward  # noqa: E402
 from gain_curate.cli import main  # noqa: E402
-from gain_curate.scoring.conversation import render_chat  # noqa: E402
+from gain_curate.inputs.conversation import render_chat  # noqa: E402
 
 ROWS = 5
 GSM8K, MATH = "openai/gsm8k", "DigitalLearningGmbH/MATH-lighteval"

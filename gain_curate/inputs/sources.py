@@ -34,25 +34,25 @@ from pathlib import Path
 import pyarrow as pa
 
 from gain_curate.errors import InputError
-from gain_curate.scoring.answers import (
+from gain_curate.inputs.answers import (
     _last_boxed,
     boxed_answers,
     column_values,
     gsm8k_numbers,
     question,
 )
-from gain_curate.scoring.hub import read_hub
-from gain_curate.scoring.readers import (
+from gain_curate.inputs.hub import read_hub
+from gain_curate.inputs.readers import (
     EXTENSIONS,
     GSM8K_SOURCE,
     MATH_SOURCE,
     NONSTRING_META,
     PRESETS,
+    VERL_COLUMNS,
     Raw,
     read_champ,
     read_local,
 )
-from gain_curate.scoring.table import VERL_COLUMNS
 
 QUESTION_KEYS = ("question", "problem", "prompt", "query", "input")
 ANSWER_KEYS = ("answer", "solution", "ground_truth", "reward_model.ground_truth")

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from gain_curate.errors import GainCurateError, OutputError
-from gain_curate.scoring import store
+from gain_curate.executor.prepared import Prepared, load_prepared
+from gain_curate.executor.workdir import WorkDir
+from gain_curate.runfolder import store
 from gain_curate.scoring.config import Hooks, ScoreResult
-from gain_curate.scoring.prepared import Prepared, load_prepared
 from gain_curate.scoring.probe_layers import states_key
-from gain_curate.scoring.workdir import WorkDir
 
 RANK_TIMEOUT_S = float(os.environ.get("GAIN_CURATE_RANK_TIMEOUT", "900"))
 BEAT_EVERY_S = 10.0
@@ -75,7 +75,7 @@ def score_parts(
 ) -> None:
     """Load the model on `device` once and score the parts one after another; a rank also
     reports that it is alive (OUT/.gain-curate/ranks) so rank 0 can name it if it stops."""
-    from gain_curate.scoring.score import load_model_for, score_part
+    from gain_curate.executor.score import load_model_for, score_part
 
     work = WorkDir(prep.out)
     last = [0.0]

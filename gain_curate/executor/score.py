@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gain_curate.errors import ModelError
+from gain_curate.executor.prepared import Prepared
 from gain_curate.scoring.config import (
     Hooks,
     ScoreConfig,
@@ -29,7 +30,6 @@ from gain_curate.scoring.config import (
     config_dict,
     config_from_dict,
 )
-from gain_curate.scoring.prepared import Prepared
 
 __all__ = [
     "Hooks",

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gain_curate.errors import OutputError
+from gain_curate.executor.workdir import WorkDir
 from gain_curate.runtime.resolve import Runtime
 from gain_curate.scoring.config import ScoreConfig, config_dict, config_from_dict
-from gain_curate.scoring.workdir import WorkDir
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from gain_curate.inputs.conversation import Segments
     from gain_curate.scoring.batching import Batch
-    from gain_curate.scoring.conversation import Segments
 
 PREPARED = "prepared"
 
@@ -218,7 +218,7 @@ def save_prepared(prep: Prepared) -> None:
     """The prepared files first, run.json last: a run.json means the rest is complete."""
     import pyarrow as pa
 
-    from gain_curate.scoring import store
+    from gain_curate.runfolder import store
 
     folder = Path(store.WORK_DIR) / PREPARED
     store.write_table_atomic(prep.rows, prep.out, folder / "rows.parquet")
@@ -238,9 +238,9 @@ def load_prepared(out: Path, *, for_merge: bool = False) -> Prepared:
     runs; the merge also gets the per-row table and the input table."""
     import pyarrow.parquet as pq
 
-    from gain_curate.scoring import store
+    from gain_curate.inputs.conversation import Segments
+    from gain_curate.runfolder import store
     from gain_curate.scoring.batching import Batch
-    from gain_curate.scoring.conversation import Segments
 
     work = WorkDir(out)
     info = work.run_info()

@@ -23,9 +23,7 @@ from typing import Any
 
 from gain_curate import progress
 from gain_curate.errors import InputError, ModelError, OutputError
-from gain_curate.runtime.resolve import Runtime
-from gain_curate.scoring.config import Hooks, ScoreConfig, request_key
-from gain_curate.scoring.prepared import (
+from gain_curate.executor.prepared import (
     Dims,
     Prepared,
     batch_seconds,
@@ -33,8 +31,10 @@ from gain_curate.scoring.prepared import (
     device_flops,
     rows_table,
 )
+from gain_curate.executor.recorded import conversation_note
+from gain_curate.runtime.resolve import Runtime
+from gain_curate.scoring.config import Hooks, ScoreConfig, request_key
 from gain_curate.scoring.probe_layers import resolve_probe_layers
-from gain_curate.scoring.recorded import conversation_note
 
 
 def read_model_config(cfg: ScoreConfig) -> tuple[Any, Any, Any]:
@@ -58,10 +58,10 @@ def prepare(
     model: tuple[Any, Any, Any] | None = None,
 ) -> Prepared:
     """Read the input, tokenize every conversation, plan every batch, cut the parts."""
+    from gain_curate.inputs.conversation import conversation_segments, template_hash
+    from gain_curate.inputs.sources import load_source
     from gain_curate.runtime.models import load_tokenizer, model_revision
     from gain_curate.scoring.batching import plan_batches
-    from gain_curate.scoring.conversation import conversation_segments, template_hash
-    from gain_curate.scoring.sources import load_source
 
     if cfg.out.exists() and not cfg.out.is_dir():
         raise OutputError(f"output path {cfg.out} is a file, not a folder: choose another --out")
@@ -235,9 +235,9 @@ def run_conversations(
     """The run's template (the data source's defaults where no flag was given) and, per input
     row, the conversation scored and the one trained on (conversation.conversations). The merge
     calls it again on the prepared input table: the same rows, the same answer."""
-    from gain_curate.scoring.answers import input_chats
-    from gain_curate.scoring.conversation import conversations
-    from gain_curate.scoring.template import resolve_template
+    from gain_curate.inputs.answers import input_chats
+    from gain_curate.inputs.conversation import conversations
+    from gain_curate.inputs.template import resolve_template
 
     template = resolve_template(cfg.template, cfg.template_flags, spec["data_source"])
     chats = input_chats(table, spec["question_key"])

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from gain_curate.errors import InputError
+from gain_curate.inputs.readers import Raw, one_line, table_sha256
 from gain_curate.runtime.hub import resolves
-from gain_curate.scoring.readers import Raw, one_line, table_sha256
 
 OFFLINE_HINT = "give --data path/to/file.jsonl|.json|.parquet|.csv (a local copy) instead"
 

@@ -21,6 +21,9 @@ import pyarrow.parquet as pq
 
 from gain_curate.errors import InputError
 
+# The top-level columns of verl's RLHFDataset schema, in its order.
+VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
+
 EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 CHAMP_HINT = "pip install --no-deps champ-dataset==1.0.0"
 

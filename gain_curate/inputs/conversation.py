@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gain_curate.errors import InputError, ModelError
-from gain_curate.scoring.template import BOXED_INSTRUCTION, GSM8K_INSTRUCTION, ScoringTemplate
+from gain_curate.inputs.template import BOXED_INSTRUCTION, GSM8K_INSTRUCTION, ScoringTemplate
 
 TRAIN_PROMPTS = ("conversation", "question")
 

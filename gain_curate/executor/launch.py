@@ -24,8 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from gain_curate.errors import OutputError
+from gain_curate.executor.prepare import prepare, read_model_config
+from gain_curate.executor.prepared import Prepared, load_prepared, save_prepared
+from gain_curate.executor.workdir import WorkDir
+from gain_curate.executor.workers import (
+    done,
+    score_parts,
+    spawn_gpu_workers,
+    wait_for_leader,
+    wait_for_parts,
+)
+from gain_curate.runfolder import store
 from gain_curate.runtime.resolve import Runtime, device_kind, resolve_runtime, worker_device
-from gain_curate.scoring import store
 from gain_curate.scoring.config import (
     Hooks,
     ScoreConfig,
@@ -34,16 +44,6 @@ from gain_curate.scoring.config import (
     config_differences,
     launch_id,
     request_key,
-)
-from gain_curate.scoring.prepare import prepare, read_model_config
-from gain_curate.scoring.prepared import Prepared, load_prepared, save_prepared
-from gain_curate.scoring.workdir import WorkDir
-from gain_curate.scoring.workers import (
-    done,
-    score_parts,
-    spawn_gpu_workers,
-    wait_for_leader,
-    wait_for_parts,
 )
 
 
@@ -155,7 +155,7 @@ def run_score(
             return PartsDone(cfg.out, plan.shard[0], plan.shard[1], plan.device, plan.kind)
         if plan.kind == "rank":
             wait_for_parts(prep, plan.shard[1], hooks)
-        from gain_curate.scoring.merge import merge
+        from gain_curate.executor.merge import merge
 
         return merge(load_prepared(cfg.out, for_merge=True), t0)
     except BaseException:  # Ctrl-C, a failed load: what this run made goes, finished parts stay

@@ -28,8 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gain_curate.errors import OutputError
-from gain_curate.scoring.record import PART_SCHEMA
-from gain_curate.scoring.store import (
+from gain_curate.runfolder.store import (
     MANIFEST,
     STATES,
     WORK_DIR,
@@ -39,6 +38,7 @@ from gain_curate.scoring.store import (
     write_npz_atomic,
     written,
 )
+from gain_curate.scoring.record import PART_SCHEMA
 
 
 class WorkDir:

@@ -11,7 +11,7 @@ from gain_curate.scoring.config import ScoreConfig
 
 def conversation_note(cfg: ScoreConfig, template: Any, convs: list[Any]) -> str:
     """One line for the console, the manifest and `inspect`: what is scored, what is trained."""
-    from gain_curate.scoring.template import describe
+    from gain_curate.inputs.template import describe
 
     rows = [c for c in convs if c is not None]
     differ = sum(c.differs for c in rows)
@@ -38,7 +38,7 @@ def recorded_template(cfg: ScoreConfig, template: Any, convs: list[Any]) -> Any:
     """signal.template: what surrounded each question when it was scored. An input's own chat
     scored as it is has nothing around it: an empty template named "input" (its question
     then is the whole last user turn, which is what `validate --run` rebuilds from it)."""
-    from gain_curate.scoring.template import ScoringTemplate
+    from gain_curate.inputs.template import ScoringTemplate
 
     if cfg.train_prompt == "conversation" and any(c is not None and c.from_input for c in convs):
         return ScoringTemplate(
@@ -50,7 +50,7 @@ def recorded_template(cfg: ScoreConfig, template: Any, convs: list[Any]) -> Any:
 def conversation_record(cfg: ScoreConfig, template: Any, convs: list[Any]) -> dict[str, Any]:
     """signal.conversation: whether the trainer's `prompt` is the conversation that was scored
     (one conversation, docs/design.md), how the template was chosen, and one line saying so."""
-    from gain_curate.scoring.template import TEMPLATE_FIELDS
+    from gain_curate.inputs.template import TEMPLATE_FIELDS
 
     rows = [c for c in convs if c is not None]
     own = any(c.from_input for c in rows)

@@ -14,16 +14,16 @@ import numpy as np
 
 from gain_curate import __version__, progress
 from gain_curate.bootstrap import RESAMPLES, spearman_interval
-from gain_curate.scoring import store
+from gain_curate.executor.prepare import run_conversations
+from gain_curate.executor.prepared import Prepared, load_prepared
+from gain_curate.executor.recorded import conversation_record, recorded_template
+from gain_curate.executor.workdir import WorkDir
+from gain_curate.runfolder import store
 from gain_curate.scoring.angles import FORMULA
 from gain_curate.scoring.config import ScoreConfig, ScoreResult
-from gain_curate.scoring.prepare import run_conversations
-from gain_curate.scoring.prepared import Prepared, load_prepared
 from gain_curate.scoring.probe_layers import POOLED, feature_name, run_probe_layers, states_key
 from gain_curate.scoring.record import RankedRows, ScoredRows
-from gain_curate.scoring.recorded import conversation_record, recorded_template
 from gain_curate.scoring.table import build_table, rank_order
-from gain_curate.scoring.workdir import WorkDir
 from gain_curate.stats import spearman, summary
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from gain_curate.errors import GainCurateError
+from gain_curate.executor.launch import Launch, open_run
+from gain_curate.executor.prepare import read_model_config
+from gain_curate.executor.prepared import load_prepared
+from gain_curate.executor.workdir import WorkDir
+from gain_curate.executor.workers import done
 from gain_curate.runtime.resolve import Runtime, resolve_runtime
 from gain_curate.scoring.config import Hooks, ScoreConfig, ScoreResult, config_dict
-from gain_curate.scoring.launch import Launch, open_run
-from gain_curate.scoring.prepare import read_model_config
-from gain_curate.scoring.prepared import load_prepared
-from gain_curate.scoring.workdir import WorkDir
-from gain_curate.scoring.workers import done
 
 
 class _PartScorer:
@@ -33,14 +33,14 @@ class _PartScorer:
                 "is OUT on a filesystem every node shares?"
             )
         self.device = "cuda:0" if self.prep.runtime.device == "cuda" else "cpu"  # Ray picks the GPU
-        from gain_curate.scoring.score import load_model_for
+        from gain_curate.executor.score import load_model_for
 
         self.lm = load_model_for(self.prep, self.device)
         self.work = WorkDir(self.prep.out)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from gain_curate.executor.score import score_part
         from gain_curate.scoring.probe_layers import states_key
-        from gain_curate.scoring.score import score_part
 
         rows = []
         for p in batch["part"]:
@@ -114,6 +114,6 @@ def run_score_ray(
             num_gpus=1 if gpus > 0 else 0,
         )
         hooks.status(f"{len(ds.take_all())} parts scored")
-    from gain_curate.scoring.merge import merge
+    from gain_curate.executor.merge import merge
 
     return merge(load_prepared(prep.out, for_merge=True), t0)
