@@ -14,7 +14,9 @@ from gain_curate.errors import GainCurateError
 
 
 def _fail(e: GainCurateError) -> click.ClickException:
-    return click.ClickException(str(e))
+    from gain_curate.cli.flags import as_flags
+
+    return click.ClickException(as_flags(str(e)))
 
 
 class _Command(click.Command):
