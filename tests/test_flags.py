@@ -17,14 +17,14 @@ FLAG = re.compile(r"(?<![\w.-])--[a-z][a-z0-9-]*\b(?![.\w])")
 
 
 def test_settings_become_the_commands_own_flags() -> None:
-    table = flag_table()
+    table = flag_table(main)
     assert table["question_key"] == "--question-key"
     assert table["as_json"] == "--json"  # read from the option, not guessed from the name
-    assert as_flags("set `question_key`, or lower `max_tokens` (now 4096)") == (
+    assert as_flags("set `question_key`, or lower `max_tokens` (now 4096)", main) == (
         "set --question-key, or lower --max-tokens (now 4096)"
     )
     # a backticked command or file name that no flag sets stays as it is
-    assert as_flags("run `gain-curate schedule` on `plan.parquet`") == (
+    assert as_flags("run `gain-curate schedule` on `plan.parquet`", main) == (
         "run `gain-curate schedule` on `plan.parquet`"
     )
 
@@ -41,7 +41,7 @@ def raised_texts(path: Path) -> list[tuple[int, str]]:
 
 
 def test_errors_below_the_cli_name_settings_not_flags() -> None:
-    flags = set(flag_table().values())
+    flags = set(flag_table(main).values())
     hits = [
         f"{path.relative_to(PACKAGE.parent)}:{line}: {m.group()}"
         for path in sorted(PACKAGE.rglob("*.py"))

@@ -16,7 +16,7 @@ from gain_curate.errors import GainCurateError
 def _fail(e: GainCurateError) -> click.ClickException:
     from gain_curate.cli.flags import as_flags
 
-    return click.ClickException(as_flags(str(e)))
+    return click.ClickException(as_flags(str(e), main))
 
 
 class _Command(click.Command):

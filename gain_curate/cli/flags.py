@@ -7,8 +7,6 @@ settings whose flag has another name."""
 from __future__ import annotations
 
 import re
-from functools import cache
-
 import click
 
 # A setting of the library whose flag is not its name with "_" turned into "-".
@@ -20,13 +18,10 @@ SETTING_FLAGS = {
 _SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
-@cache
-def flag_table() -> dict[str, str]:
-    """setting -> the long flag that sets it, for every option of every command."""
-    from gain_curate.cli.app import main
-
+def flag_table(group: click.Group) -> dict[str, str]:
+    """setting -> the long flag that sets it, for every option of every command of group."""
     table: dict[str, str] = {}
-    for cmd in main.commands.values():
+    for cmd in group.commands.values():
         for p in cmd.params:
             longs = [o for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
             if isinstance(p, click.Option) and p.name and longs:
@@ -34,8 +29,8 @@ def flag_table() -> dict[str, str]:
     return {**table, **SETTING_FLAGS}
 
 
-def as_flags(message: str) -> str:
-    """The library's message for a command line user: each `setting` that a flag sets
-    becomes that flag; any other backticked text (a command, a file name) stays as it is."""
-    table = flag_table()
+def as_flags(message: str, group: click.Group) -> str:
+    """The library's message for a command line user of group: each `setting` that a flag
+    sets becomes that flag; other backticked text (a command, a file name) stays as it is."""
+    table = flag_table(group)
     return _SETTING.sub(lambda m: table.get(m.group(1), m.group(0)), message)
