@@ -272,24 +272,24 @@ def test_reward_spec_errors_are_one_line(tmp_path: Path, monkeypatch) -> None:
     for spec, message in (
         (
             "my_rewards",
-            "--reward my_rewards: expected module:function, e.g. my_rewards:exact_match, or verl",
+            "`reward` my_rewards: expected module:function, e.g. my_rewards:exact_match, or verl",
         ),
         (
             "trl:my_rewards",
             (
-                "--reward trl:my_rewards: expected trl:module:function, "
+                "`reward` trl:my_rewards: expected trl:module:function, "
                 "e.g. trl:my_rewards:accuracy, or verl"
             ),
         ),
-        ("my_rewards:nope", "--reward my_rewards:nope: my_rewards has no function nope"),
+        ("my_rewards:nope", "`reward` my_rewards:nope: my_rewards has no function nope"),
     ):
         with pytest.raises(InputError) as err:
             load_reward(spec)
         assert str(err.value) == message
-    with pytest.raises(InputError, match=r"^--reward nosuch:f: cannot import nosuch"):
+    with pytest.raises(InputError, match=r"^`reward` nosuch:f: cannot import nosuch"):
         load_reward("nosuch:f")
     with pytest.raises(
-        InputError, match=r"^--reward my_rewards:nothing returned None; return a number$"
+        InputError, match=r"^`reward` my_rewards:nothing returned None; return a number$"
     ):
         score_group(load_reward("my_rewards:nothing"), group)
     with pytest.raises(InputError, match=r"returned 1 rewards for 2 completions"):
@@ -386,7 +386,7 @@ def test_verl_reward_calls_default_compute_score_per_row(monkeypatch) -> None:
     with pytest.raises(
         InputError,
         match=(
-            r"^--reward verl: verl's default_compute_score "
+            r"^`reward` verl: verl's default_compute_score "
             r"has no reward for data_source 'gsm8k/train' \("
         ),
     ):
@@ -394,7 +394,7 @@ def test_verl_reward_calls_default_compute_score_per_row(monkeypatch) -> None:
     with pytest.raises(InputError, match=r"data_source 'gsm8k/train'"):
         score_group(reward, Group([], ["#### 20"], [[1]], "20", local))
     monkeypatch.setitem(sys.modules, "verl.utils.reward_score", None)  # not installed
-    with pytest.raises(InputError, match=r"^--reward verl needs verl importable here"):
+    with pytest.raises(InputError, match=r"^`reward` verl needs verl importable here"):
         load_reward("verl")
 
 

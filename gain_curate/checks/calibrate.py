@@ -44,14 +44,14 @@ def kept_states(run: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
     if kept is None:
         raise InputError(
             f"{run} kept no hidden states, which calibration reads: score it again with "
-            "--keep-states (the shards stay the same bytes), or generate pass rates with "
-            "--rollouts K"
+            "`keep_states` (the shards stay the same bytes), or generate pass rates with "
+            "`rollouts` K"
         )
     path = run / kept["path"]
     if not path.is_file() or store.file_sha256(path) != kept["sha256"]:
         raise InputError(
             f"{path} is missing or is not the file the manifest lists: score again with "
-            "--keep-states"
+            "`keep_states`"
         )
     return store.read_npz(path)
 

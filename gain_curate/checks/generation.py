@@ -138,7 +138,7 @@ def load_vllm(path: str, dtype: str, seed: int) -> Any:
     try:
         from vllm import LLM
     except ImportError:
-        raise InputError("--engine vllm needs vLLM on a CUDA machine: pip install vllm") from None
+        raise InputError("`engine` vllm needs vLLM on a CUDA machine: pip install vllm") from None
     return LLM(model=path, dtype=dtype, seed=seed, gpu_memory_utilization=0.5)
 
 

@@ -87,7 +87,7 @@ def from_rows(rows: list[dict[str, Any]], key: str, k_key: str | None, where: st
     values = [dotted(r, key) for r in rows]
     if all(v is None for v in values):
         raise InputError(
-            f"--pass-rate-key {key}: no row of {where} has it; its columns: "
+            f"`pass_rate_key` {key}: no row of {where} has it; its columns: "
             f"{', '.join(available_keys(rows[:1]))}"
         )
     rate = _numbers(values, f"--pass-rate-key {key}", where)
@@ -95,7 +95,7 @@ def from_rows(rows: list[dict[str, Any]], key: str, k_key: str | None, where: st
     if k_key:
         ks = [dotted(r, k_key) for r in rows]
         if all(v is None for v in ks):
-            raise InputError(f"--pass-rate-k-key {k_key}: no row of {where} has it")
+            raise InputError(f"`pass_rate_k_key` {k_key}: no row of {where} has it")
         k = _numbers(ks, f"--pass-rate-k-key {k_key}", where)
     _checked(rate, k, f"--pass-rate-key {key}", where)
     return PassRates(rate, k, f"{where}, column {key}")
@@ -114,14 +114,14 @@ def available_keys(rows: list[dict[str, Any]], prefix: str = "") -> list[str]:
 def read_file(path: Path) -> list[dict[str, Any]]:
     """The lines of a JSONL or Parquet file as dicts; one clear line when it is neither."""
     if not path.is_file():
-        raise InputError(f"--pass-rates {path}: no such file")
+        raise InputError(f"`pass_rates` {path}: no such file")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
             return pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises several types for a bad file
-            raise InputError(f"--pass-rates {path}: not a readable Parquet file ({e})") from None
+            raise InputError(f"`pass_rates` {path}: not a readable Parquet file ({e})") from None
     rows = []
     with path.open(encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -131,14 +131,14 @@ def read_file(path: Path) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(
-                    f"--pass-rates {path}: line {i} is not JSON ({e.msg}); "
+                    f"`pass_rates` {path}: line {i} is not JSON ({e.msg}); "
                     "give JSONL (one object a line) or a .parquet file"
                 ) from None
             if not isinstance(row, dict):
-                raise InputError(f"--pass-rates {path}: line {i} is not a JSON object")
+                raise InputError(f"`pass_rates` {path}: line {i} is not a JSON object")
             rows.append(row)
     if not rows:
-        raise InputError(f"--pass-rates {path}: the file holds no rows")
+        raise InputError(f"`pass_rates` {path}: the file holds no rows")
     return rows
 
 
@@ -151,13 +151,13 @@ def from_file(
     by = "gain_uid" if any("gain_uid" in r for r in lines) else "question"
     if not any(by in r for r in lines):
         raise InputError(
-            f"--pass-rates {path}: its rows name no prompt: give each a gain_uid (the run's "
+            f"`pass_rates` {path}: its rows name no prompt: give each a gain_uid (the run's "
             "column) or a question (the question text)"
         )
     if all(dotted(r, key) is None for r in lines):
         raise InputError(
-            f"--pass-rates {path}: no row has {key!r}; its keys: "
-            f"{', '.join(available_keys(lines[:1]))}; name the column with --pass-rate-key"
+            f"`pass_rates` {path}: no row has {key!r}; its keys: "
+            f"{', '.join(available_keys(lines[:1]))}; name the column with `pass_rate_key`"
         )
     rate = _numbers([dotted(r, key) for r in lines], f"column {key}", str(path))
     ks = (
@@ -173,7 +173,7 @@ def from_file(
             continue
         if name in seen and seen[name][0] != p:
             raise InputError(
-                f"--pass-rates {path}: {by} {str(name)[:60]!r} has two pass rates, "
+                f"`pass_rates` {path}: {by} {str(name)[:60]!r} has two pass rates, "
                 f"{seen[name][0]:g} and {p:g}; keep one line per prompt"
             )
         seen[name] = (float(p), float(k))
@@ -185,7 +185,7 @@ def from_file(
     matched = {m for m in mine if m in seen}
     if not matched:
         raise InputError(
-            f"--pass-rates {path}: none of its {len(seen):,} {by}s names a row of the run; "
+            f"`pass_rates` {path}: none of its {len(seen):,} {by}s names a row of the run; "
             f"is it the run's file? (rows are matched by {by})"
         )
     return PassRates(

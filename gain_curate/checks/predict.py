@@ -63,7 +63,8 @@ def feature_spec(features: Any, layer: int, num_layers: int | None = None) -> li
             raise OutputError(
                 f"the probe reads layer {m.group(1)}'s states ({part!r}); "
                 f"this run kept layer {layer}'s: "
-                f"fit the probe at layer {layer}, or score with --layer {m.group(1)} --keep-states"
+                f"fit the probe at layer {layer}, "
+                f"or score with `layer` {m.group(1)} and `keep_states`"
             )
         kinds.append("last_token" if last else "question_mean")
     return kinds
@@ -96,13 +97,13 @@ def recommended_probe(folder: Path) -> Path:
         rec = json.loads(path.read_text(encoding="utf-8"))["summary"]["recommended"]
     except (OSError, ValueError, KeyError, TypeError):
         raise OutputError(
-            f"{path} holds no recommendation: run `gain-curate validate --run RUN "
-            f"--pass-rates FILE --out {folder}` (or --pass-rate-key, --rollouts K) first"
+            f"{path} holds no recommendation: run `gain-curate validate` with `run` RUN "
+            f"`pass_rates` FILE `out` {folder} (or `pass_rate_key`, `rollouts` K) first"
         ) from None
     if not rec.get("probe"):
         raise OutputError(
-            f"{path} recommends --rank-by {rec.get('ranking')}, not a probe: nothing to "
-            f"predict; train with `gain-curate schedule RUN --rank-by {rec.get('ranking')}`"
+            f"{path} recommends `rank_by` {rec.get('ranking')}, not a probe: nothing to "
+            f"predict; train on it with `gain-curate schedule`, `rank_by` {rec.get('ranking')}"
         )
     return Path(rec["probe"])
 
@@ -116,7 +117,8 @@ def load_probe(path: Path) -> tuple[Any, Any]:
         fit = loader(Path(path))
     except (OSError, ValueError, KeyError) as e:
         raise OutputError(
-            f"cannot read the probe {path}: {e}; save one with `gain-curate validate --rollouts`"
+            f"cannot read the probe {path}: {e}; "
+            "save one with `gain-curate validate` and `rollouts` K"
         ) from None
     names = getattr(fit, "features", None) or (getattr(fit, "meta", None) or {}).get("features")
     if not names:
@@ -183,14 +185,14 @@ def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
     kept = manifest.get("states")
     if kept is None:
         raise OutputError(
-            f"{out} kept no hidden states: score it again with --keep-states "
+            f"{out} kept no hidden states: score it again with `keep_states` "
             "(the shards stay the same bytes), then predict"
         )
     path = out / kept["path"]
     if not path.is_file() or store.file_sha256(path) != kept["sha256"]:
         raise OutputError(
             f"{path} is missing or is not the file the manifest lists: "
-            "score again with --keep-states"
+            "score again with `keep_states`"
         )
     fit, names = load_probe(probe_path)
     check_fitted_on(fit, probe_path, manifest, out)

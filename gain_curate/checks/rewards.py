@@ -127,7 +127,7 @@ def _verl_scorer() -> Callable[[Group], list[Any]]:
         from verl.utils.reward_score import default_compute_score
     except ImportError as e:
         raise InputError(
-            f"--reward verl needs verl importable here ({e}); "
+            f"`reward` verl needs verl importable here ({e}); "
             "pip install verl, or use the default reward"
         ) from None
 
@@ -155,7 +155,7 @@ def verl_fields(row: dict[str, Any], answer: str) -> tuple[str, Any]:
     data_source = row.get("data_source")
     if not isinstance(data_source, str):
         raise InputError(
-            "--reward verl: a row has no data_source; validate a scored run (--run OUT) "
+            "`reward` verl: a row has no data_source; validate a scored run (`run` OUT) "
             "or data with a data_source column"
         )
     truth = (row.get("reward_model") or {}).get("ground_truth", answer)
@@ -164,7 +164,7 @@ def verl_fields(row: dict[str, Any], answer: str) -> tuple[str, Any]:
 
 def no_verl_reward(data_source: str) -> str:
     return (
-        "--reward verl: verl's default_compute_score has no reward for "
+        "`reward` verl: verl's default_compute_score has no reward for "
         f"data_source '{data_source}' "
         "(it knows openai/gsm8k, lighteval/MATH, DigitalLearningGmbH/MATH-lighteval, "
         "HuggingFaceH4/MATH-500, math_dapo, aime*, ...); score the data under the name your "
@@ -253,7 +253,7 @@ def check_reward(spec: str | None, rows: list[dict[str, Any]], answers: list[str
 def _import_function(spec: str, target: str, expected: str) -> Callable[..., Any]:
     module_name, _, func_name = target.partition(":")
     if not module_name or not func_name or ":" in func_name:
-        raise InputError(f"--reward {spec}: expected {expected}, or verl")
+        raise InputError(f"`reward` {spec}: expected {expected}, or verl")
     cwd = str(Path.cwd())
     if cwd not in sys.path:
         sys.path.insert(0, cwd)  # as `python -m` would: a module next to you is found
@@ -261,11 +261,11 @@ def _import_function(spec: str, target: str, expected: str) -> Callable[..., Any
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise InputError(
-            f"--reward {spec}: cannot import {module_name} ({e}); run from its folder or install it"
+            f"`reward` {spec}: cannot import {module_name} ({e}); run from its folder or install it"
         ) from None
     fn = getattr(module, func_name, None)
     if not callable(fn):
-        raise InputError(f"--reward {spec}: {module_name} has no function {func_name}")
+        raise InputError(f"`reward` {spec}: {module_name} has no function {func_name}")
     return fn
 
 
@@ -278,11 +278,11 @@ def score_group(reward: Reward, group: Group) -> tuple[list[float], int]:
         raise
     except Exception as e:
         raise InputError(
-            f"--reward {reward.name} failed on a completion: {type(e).__name__}: {e}"
+            f"`reward` {reward.name} failed on a completion: {type(e).__name__}: {e}"
         ) from None
     if len(values) != len(group.completions):
         raise InputError(
-            f"--reward {reward.name} returned {len(values)} rewards for "
+            f"`reward` {reward.name} returned {len(values)} rewards for "
             f"{len(group.completions)} completions; return one per completion"
         )
     out, nones = [], 0
@@ -293,8 +293,8 @@ def score_group(reward: Reward, group: Group) -> tuple[list[float], int]:
         try:
             value = float(v)
         except (TypeError, ValueError):
-            raise InputError(f"--reward {reward.name} returned {v!r}; return a number") from None
+            raise InputError(f"`reward` {reward.name} returned {v!r}; return a number") from None
         if value != value:  # NaN
-            raise InputError(f"--reward {reward.name} returned NaN; return a number")
+            raise InputError(f"`reward` {reward.name} returned NaN; return a number")
         out.append(value)
     return out, nones

@@ -43,9 +43,9 @@ def group_advantages(rewards: np.ndarray) -> np.ndarray:
 
 def check_settings(s: RolloutSettings) -> None:
     if s.k < 2:
-        raise InputError(f"--rollouts {s.k}: GRPO needs at least 2 completions per prompt")
+        raise InputError(f"`rollouts` {s.k}: GRPO needs at least 2 completions per prompt")
     if not s.temperature > 0:
-        raise InputError(f"--temperature {s.temperature}: sampling needs a temperature above 0")
+        raise InputError(f"`temperature` {s.temperature}: sampling needs a temperature above 0")
 
 
 def run_rollouts(
@@ -92,7 +92,7 @@ def run_rollouts(
             else None
         )
         if engine is None:
-            raise InputError("--engine vllm needs a CUDA GPU; use --engine hf on this machine")
+            raise InputError("`engine` vllm needs a CUDA GPU; use `engine` hf on this machine")
     # the GRPO pass reuses the states the sampler kept, where the model allows (grpo.py)
     keep = reusable_state_module(model, layer) if settings.engine == "hf" else None
     states: dict[int, list[Any]] = {}

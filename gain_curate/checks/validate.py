@@ -75,7 +75,7 @@ def run_validate(
     src = load_source(data, question_key=question_key, answer_key=answer_key, split=split)
     if src.spec.answer_key is None:
         raise InputError(
-            f"{data} has no answer column: validate needs reference solutions; pass --answer-key"
+            f"{data} has no answer column: validate needs reference solutions; pass `answer_key`"
         )
     raw_answers = column_values(
         src.table, src.spec.answer_key
