@@ -294,7 +294,7 @@ def test_a_shard_on_a_multi_gpu_node_loads_on_its_own_gpu(monkeypatch, tmp_path:
         seen["plan"] = plan
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(launch, "open_run", fake_open)
+    monkeypatch.setattr(launch, "start_run", fake_open)
     with pytest.raises(RuntimeError, match="stop here"):
         run_score(ScoreConfig(data="d", model="m", out=tmp_path), shard=(3, 4), env={})
     assert seen["plan"].device == "cuda:3"

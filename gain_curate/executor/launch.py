@@ -132,11 +132,11 @@ def run_score(
             runtime = resolve_runtime(cfg, model[1], model[2].layer, device="cuda")
             if runtime.placement == "split":
                 plan = launch_plan(cfg.device, shard, env, gpus, split=True)
-            opened = open_run(
+            opened = start_run(
                 cfg, hooks, plan, env, runtime=runtime, model=model, footprint=footprint
             )
         else:
-            opened = open_run(cfg, hooks, plan, env, footprint=footprint)
+            opened = start_run(cfg, hooks, plan, env, footprint=footprint)
         if isinstance(opened, ScoreResult):
             return opened
         prep = opened
@@ -172,7 +172,7 @@ def _mine(prep: Prepared, plan: Launch) -> list[int]:
     return [p for p in range(len(prep.parts)) if p % n == i]
 
 
-def open_run(
+def start_run(
     cfg: ScoreConfig,
     hooks: Hooks,
     plan: Launch,

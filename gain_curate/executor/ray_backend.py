@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gain_curate.errors import GainCurateError
-from gain_curate.executor.launch import Launch, open_run
+from gain_curate.executor.launch import Launch, start_run
 from gain_curate.executor.prepare import read_model_config
 from gain_curate.executor.prepared import load_prepared
 from gain_curate.executor.workdir import WorkDir
@@ -98,7 +98,7 @@ def run_score_ray(
         return Runtime.from_dict(ray.get(task.remote(config_dict(cfg))))
 
     t0 = time.perf_counter()
-    opened = open_run(cfg, hooks, plan, {}, resolve=resolve)
+    opened = start_run(cfg, hooks, plan, {}, resolve=resolve)
     if isinstance(opened, ScoreResult):
         return opened
     prep = opened
