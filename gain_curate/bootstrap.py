@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -27,6 +27,17 @@ MIN_DEFINED = 0.5  # below this share of resamples defining the statistic, no in
 _CHUNK = 250  # resamples computed at once: (chunk, n) float64 arrays
 
 
+class EstimateJSON(TypedDict):
+    """An Estimate as the reports write it (validate, inspect): its fields, in order."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+    n: int
+    warning: str | None
+    reason: str | None
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A statistic with its bootstrap interval over prompts. value None: undefined (reason
@@ -43,8 +54,8 @@ class Estimate:
     def excludes(self, null: float) -> bool:
         return self.low is not None and self.high is not None and not self.low <= null <= self.high
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> EstimateJSON:
+        return EstimateJSON(**asdict(self))
 
 
 def rankdata_rows(x: np.ndarray) -> np.ndarray:
@@ -144,24 +155,12 @@ def interval(
     if not np.isfinite(value):
         return Estimate(None, None, None, n, reason="undefined on this sample")
     if n < MIN_INTERVAL_N:
-        return Estimate(
-            value,
-            None,
-            None,
-            n,
-            warning=f"n = {n}: too few prompts for an interval "
-            f"(at least {MIN_INTERVAL_N}); sample more prompts",
-        )
+        why = f"too few prompts for an interval (at least {MIN_INTERVAL_N}); sample more prompts"
+        return Estimate(value, None, None, n, warning=f"n = {n}: {why}")
     defined = values[np.isfinite(values)]
     if len(defined) < MIN_DEFINED * len(values):
-        return Estimate(
-            value,
-            None,
-            None,
-            n,
-            warning=f"n = {n}: only {len(defined)} of {len(values)} "
-            "resamples define it, so there is no interval; sample more prompts",
-        )
+        why = f"only {len(defined)} of {len(values)} resamples define it, so there is no interval"
+        return Estimate(value, None, None, n, warning=f"n = {n}: {why}; sample more prompts")
     low, high = (float(v) for v in np.quantile(defined, [(1 - level) / 2, (1 + level) / 2]))
     est = Estimate(float(value), low, high, n)
     if null is not None and not est.excludes(null):
@@ -260,13 +259,8 @@ def auroc_ci(
     score, positive = score[keep], positive[keep]
     n_pos = int(positive.sum())
     if n_pos == 0 or n_pos == len(score):
-        return Estimate(
-            None,
-            None,
-            None,
-            len(score),
-            reason=f"one class only: {n_pos} of {len(score)} prompts {what}",
-        )
+        why = f"one class only: {n_pos} of {len(score)} prompts {what}"
+        return Estimate(None, None, None, len(score), reason=why)
     est = bootstrap(
         _auroc_rows, (score, positive), null=0.5, seed=seed, resamples=resamples, level=level
     )
@@ -281,7 +275,7 @@ def auroc_ci(
 
 
 def format_estimate(
-    est: Estimate | dict[str, Any] | float | None,
+    est: Estimate | EstimateJSON | float | None,
     *,
     signed: bool = True,
     digits: int = 2,

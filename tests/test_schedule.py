@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from gain_curate.curriculum.draws import EpochDraws
 from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams, mu_update
 from gain_curate.curriculum.simulate import AccuracyCurve, decile_shares, run_open_loop
 
@@ -81,8 +82,8 @@ def test_offline_scores_never_push_mu() -> None:
     plan = s.plan_epoch()
     s.observe([f"u{r}" for r in plan], [1, 0, 1, 1, 0, 1, 1, 1, 0, 1])
     rec = s.end_epoch()
-    assert rec["acc"] == pytest.approx(0.7) and rec["ang"] is None
-    assert rec["mu_next"] == pytest.approx(500 * math.tanh(2 * 0.2))
+    assert rec.acc == pytest.approx(0.7) and rec.ang is None
+    assert rec.mu_next == pytest.approx(500 * math.tanh(2 * 0.2))
     assert s.epoch == 1 and s.consumed == 0
 
 
@@ -96,14 +97,14 @@ def test_change_angle_is_online_minus_offline_relative_to_the_first_step() -> No
     s.observe_accuracy([0.5])
     s.observe_angles(["u0", "u10"], [scores[0] + 0.10, scores[10] + 0.20])
     rec = s.end_epoch()
-    assert rec["ang"] == pytest.approx(0.0) and rec["mu_next"] == pytest.approx(0.0)
+    assert rec.ang == pytest.approx(0.0) and rec.mu_next == pytest.approx(0.0)
     assert s.ang_offset == pytest.approx(0.15)
     # step 1: the prompts grew more concentrated: mean (online - offline) = 0.25 -> ang 0.10
     s.observe_accuracy([0.5])
     s.observe_angles(["u3", "u4", "u99"], [scores[3] + 0.2, scores[4] + 0.3, float("nan")])
     rec = s.end_epoch()
-    assert rec["ang"] == pytest.approx(0.10)
-    assert rec["mu_next"] == pytest.approx(500 * math.tanh(0.2))  # 98.69 positions
+    assert rec.ang == pytest.approx(0.10)
+    assert rec.mu_next == pytest.approx(500 * math.tanh(0.2))  # 98.69 positions
     # an unscored prompt (NaN offline score) gives no measurement
     s2 = GainSchedule(
         3, ScheduleParams(batch_size=1), uids=["a", "b", "c"], scores=[0.1, np.nan, 0.2]
@@ -120,13 +121,13 @@ def test_level_angle_is_the_batch_mean_and_off_ignores_measurements() -> None:
     s.observe_accuracy([1.0, 0.0])  # acc 0.5: the accuracy term is 0
     s.observe_angles(["u1", "u2"], [0.3, 0.5])
     rec = s.end_epoch()
-    assert rec["ang"] == pytest.approx(0.4) and rec["delta"] == pytest.approx(4 * math.tanh(0.8))
+    assert rec.ang == pytest.approx(0.4) and rec.delta == pytest.approx(4 * math.tanh(0.8))
     off = GainSchedule(
         50, ScheduleParams(batch_size=2, angle="off"), uids=uids, scores=np.zeros(50)
     )
     off.observe_accuracy([0.5])
     off.observe_angles(["u1"], [0.9])
-    assert off.end_epoch()["ang"] is None and off.mu == 0.0
+    assert off.end_epoch().ang is None and off.mu == 0.0
 
 
 def test_end_of_ranking_policies_by_hand() -> None:
@@ -137,20 +138,20 @@ def test_end_of_ranking_policies_by_hand() -> None:
         return s
 
     hold = at_end("hold")
-    assert hold.end_epoch()["mu_next"] == 999.0 and hold.passes == 0
+    assert hold.end_epoch().mu_next == 999.0 and hold.passes == 0
     restart = at_end("restart")
     rec = restart.end_epoch()
-    assert (rec["mu_next"], rec["event"], rec["pass"]) == (0.0, "restart", 1)
+    assert (rec.mu_next, rec.event, rec.passes) == (0.0, "restart", 1)
     uni = at_end("uniform")
-    assert uni.end_epoch()["event"] == "uniform" and uni.uniform
+    assert uni.end_epoch().event == "uniform" and uni.uniform
     np.testing.assert_allclose(uni.probabilities(), np.full(1000, 1e-3))
     uni.observe_accuracy([1.0])
-    assert uni.end_epoch()["mu_next"] == 999.0  # mu no longer moves
+    assert uni.end_epoch().mu_next == 999.0  # mu no longer moves
     # restart returns to mu0, not to 0
     r = GainSchedule(1000, ScheduleParams(batch_size=4, mu0=50, at_end="restart"))
     r.mu = 990.0
     r.observe_accuracy([1.0])
-    assert r.end_epoch()["mu_next"] == 50.0
+    assert r.end_epoch().mu_next == 50.0
 
 
 @pytest.mark.parametrize(
@@ -225,7 +226,7 @@ def test_state_of_gain_curate_0_1_loads_and_a_newer_one_is_refused() -> None:
     assert s.params.angle == "change" and s.params.at_end == "restart"
     assert len(s.remaining()) == 11 and s.angle_term() is None
     rec = s.end_epoch()
-    assert rec["acc"] == pytest.approx(2 / 3) and rec["ang"] is None
+    assert rec.acc == pytest.approx(2 / 3) and rec.ang is None
     newer = {**s.state_dict(), "version": 4}
     with pytest.raises(ValueError, match="version 4 is newer"):
         GainSchedule(500, ScheduleParams(batch_size=16)).load_state_dict(newer)
@@ -288,9 +289,9 @@ def test_windowed_draw_order_is_the_full_race(n: int, b: int, mu: float, sigma: 
 def test_an_epoch_is_planned_once_and_draws_do_not_replan(monkeypatch) -> None:
     s = frozen(10_000, 64, mu=500, sigma=100)
     calls = []
-    plan = GainSchedule._smallest_keys
+    plan = EpochDraws._smallest_keys
     monkeypatch.setattr(
-        GainSchedule, "_smallest_keys", lambda self, k: calls.append(k) or plan(self, k)
+        EpochDraws, "_smallest_keys", lambda self, at, k: calls.append(k) or plan(self, at, k)
     )
     whole = s.plan_epoch()
     drawn = np.concatenate([s.take(1) for _ in range(64)])
@@ -369,7 +370,7 @@ def test_a_rising_model_walks_down_the_ranking_then_starts_a_new_pass() -> None:
     sched, plans = _run("0.2:0.9", 300)
     med = [float(np.median(p)) for p in plans]
     assert max(med[:30]) < 0.3 * 7_473  # early, weak model: top of the ranking
-    first_restart = next(h["epoch"] for h in sched.history if h["event"] == "restart")
+    first_restart = next(h.epoch for h in sched.history if h.event == "restart")
     assert 150 < first_restart < 250  # acc passes beta = 0.5 only at step ~128
     later = decile_shares(plans[150:], 7_473)  # once it learns: the whole ranking, evenly
     assert min(later) > 0.05 and max(later) <= 0.15, later
@@ -380,7 +381,7 @@ def test_paper_mode_with_a_constant_angle_level_sweeps_as_the_reference_does() -
     every step, so even a model at 20% moves +226.8 per step and sweeps 7,473 prompts in 33
     steps."""
     sched, plans = _run("0.2", 40, paper=True)
-    mus = [h["mu_next"] for h in sched.history]
+    mus = [h.mu_next for h in sched.history]
     step = 500 * math.tanh(2 * (0.2 - 0.5)) + 500 * math.tanh(2 * 1.34)
     np.testing.assert_allclose(mus[:5], step * np.arange(1, 6), rtol=1e-12)
     assert next(k for k, m in enumerate(mus) if m >= 7_472) + 1 == 33
@@ -428,5 +429,32 @@ def test_paper_mode_matches_the_reference_rule_step_by_step() -> None:
         mean = _reference_update(
             mean, [{"accuracy": 2.0 * c, "angle": a} for c, a in zip(correct, angles)]
         )
-        assert rec["mu_next"] == pytest.approx(mean, abs=1e-3), step
+        assert rec.mu_next == pytest.approx(mean, abs=1e-3), step
     assert mean > n_prompts  # the sequence drives mu past the end: never clamped, as there
+
+
+# A checkpoint written by gain-curate before EpochRecord (33770b1): 3 epochs, 3 of 8 draws
+# taken, 2 results tallied; its next draws as that version drew them.
+STATE_33770B1 = (
+    '{"version": 3, "params": {"batch_size": 8, "mu0": 0.0, "sigma": 20, "sigma_fraction": '
+    'null, "n": 30, "alpha": 2.0, "beta": 0.5, "adj_min": 0.0, "adj_max": 40, "seed": 5, '
+    '"angle": "change", "at_end": "restart"}, "n_prompts": 200, "mu": 41.59054415340088, '
+    '"epoch": 3, "consumed": 3, "passes": 0, "uniform": false, "ang_offset": 0.69, "correct": '
+    '2.0, "seen": 2, "ang_sum": 0.0, "ang_seen": 0, "history": [{"epoch": 0, "mu": 0.0, "acc": '
+    '0.75, "ang": 0.0, "delta": 13.863514717800292, "mu_next": 13.863514717800292, "pass": 0, '
+    '"event": null}, {"epoch": 1, "mu": 13.863514717800292, "acc": 0.75, "ang": 0.0, "delta": '
+    '13.863514717800292, "mu_next": 27.727029435600585, "pass": 0, "event": null}, {"epoch": 2, '
+    '"mu": 27.727029435600585, "acc": 0.75, "ang": 0.0, "delta": 13.863514717800292, "mu_next": '
+    '41.59054415340088, "pass": 0, "event": null}]}'
+)
+
+
+def test_a_checkpoint_of_the_previous_version_resumes_the_same_draws() -> None:
+    import json
+
+    state = json.loads(STATE_33770B1)
+    s = GainSchedule(200, ScheduleParams(batch_size=8), uids=[f"u{i}" for i in range(200)])
+    s.load_state_dict(state)
+    assert s.remaining().tolist() == [34, 55, 36, 60, 44]
+    assert s.history[2].mu_next == pytest.approx(41.59054415340088) and s.history[2].passes == 0
+    assert json.loads(json.dumps(s.state_dict())) == state  # written back the same

@@ -10,6 +10,7 @@ import click
 
 import gain_curate.cli.options as options
 from gain_curate.cli.app import main
+from gain_curate.cli.flags import as_flags
 from gain_curate.cli.options import (
     parse_accuracy,
     parse_sigma,
@@ -140,8 +141,9 @@ def schedule(out: Path, **kw: Any) -> None:
             plot_path=plot_path,
             rank_by=kw["rank_by"] or "angle",
         )
-    except ValueError as e:  # a bad --rank-by or parameter; GainCurateError: _Command
-        raise click.ClickException(str(e)) from None
+    except ValueError as e:  # a bad rank_by or parameter; GainCurateError: _Command
+        raise click.ClickException(as_flags(str(e), main)) from None
+    rows = [r.to_json() for r in res.rows]
     if kw["as_json"]:
         click.echo(
             json.dumps(
@@ -150,14 +152,14 @@ def schedule(out: Path, **kw: Any) -> None:
                     "plot": None if plot_path is None else str(plot_path),
                     "end_of_ranking": res.end,
                     "decile_shares": res.deciles,
-                    "epochs": res.rows,
+                    "epochs": rows,
                     "warnings": res.warnings,
                 },
                 indent=2,
             )
         )
         return
-    print_plan(res.rows, res.n_prompts)
+    print_plan(rows, res.n_prompts)
     click.echo(res.end)
     click.echo(
         "draws per tenth of the ranking (top first): "
@@ -201,17 +203,15 @@ def export(out: Path, fmt: str, epoch: int | None, rank_by: str | None) -> None:
         from gain_curate.curriculum.export import export_verl
 
         path, record = export_verl(out, rank_by)
-        click.echo(
-            f"verl plan ({record['epochs']} epochs x {record['batch_size']} prompts): {path}"
-        )
-        click.echo(f"verl: {record['flags']}")
+        click.echo(f"verl plan ({record.epochs} epochs x {record.batch_size} prompts): {path}")
+        click.echo(f"verl: {record.flags}")
         return
     if epoch is None:
         raise click.BadParameter(
             "--format openrlhf exports one epoch: give --epoch K", param_hint="--epoch"
         )
-    from gain_curate.integrations.openrlhf import export_epoch
+    from gain_curate.curriculum.export_openrlhf import export_epoch
 
-    path, record = export_epoch(out, epoch, rank_by)
-    click.echo(f"{fmt} epoch {epoch} ({record['rows']} prompts): {path}")
-    click.echo(f"OpenRLHF: {record['flags']}")
+    path, got = export_epoch(out, epoch, rank_by)
+    click.echo(f"{fmt} epoch {epoch} ({got.rows} prompts): {path}")
+    click.echo(f"OpenRLHF: {got.flags}")

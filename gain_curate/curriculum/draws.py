@@ -1,5 +1,6 @@
 """How GainSchedule draws an epoch: the Gaussian p(r) over rank positions and the epoch's
-draw order (an exponential race, sampling without replacement), planned once and cached.
+draw order (an exponential race, sampling without replacement), planned once and cached by
+an EpochDraws that the schedule holds.
 
 How an epoch is drawn: one exponential race (Efraimidis-Spirakis; the Gumbel-top-k trick in
 log space) over all N positions, key(r) = log E(r) + (r - mu)^2 / (2 sigma^2) with E ~ Exp(1)
@@ -18,11 +19,23 @@ afresh (a prompt of it may come twice).
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 WINDOW_SIGMAS = 8.0  # keys are computed within +-8 sigma of mu (and where E is tiny)
+
+
+@dataclass(frozen=True)
+class DrawAt:
+    """Everything an epoch's draw order depends on: the same DrawAt, the same order."""
+
+    seed: int
+    epoch: int
+    mu: float
+    sigma: float  # in rank positions
+    uniform: bool  # at_end = "uniform" reached: p(r) = 1 / N
+    batch_size: int  # B: an order is first planned B long
 
 
 def _log_exp(u: np.ndarray) -> np.ndarray:
@@ -31,58 +44,42 @@ def _log_exp(u: np.ndarray) -> np.ndarray:
         return np.log(-np.log1p(-u))
 
 
+def gaussian(n_prompts: int, mu: float, sigma: float, uniform: bool = False) -> np.ndarray:
+    """p(r) over rank positions r = 0..N-1 (sums to 1): what one draw follows."""
+    if uniform:
+        return np.full(n_prompts, 1.0 / n_prompts)
+    r = np.arange(n_prompts, dtype=np.float64)
+    logits = -((r - mu) ** 2) / (2.0 * sigma**2)
+    w = np.exp(logits - logits.max())  # mu may run far past the end (at_end = "past")
+    return w / w.sum()
+
+
 class EpochDraws:
-    """The draw half of GainSchedule (gain_curate.curriculum.schedule), which sets the
-    attributes below: p(r) at the current mu, the epoch's cached draw order, and the draws
-    handed out of it (`consumed`)."""
+    """One epoch's draw order over N rank positions, cached: planned once per DrawAt, grown
+    (B at once, then doubling) when a trainer draws past what was planned."""
 
-    n_prompts: int
-    params: Any  # a ScheduleParams
-    mu: float
-    epoch: int
-    consumed: int  # draws of the current epoch already handed out
-    uniform: bool
-
-    def _init_draws(self) -> None:
-        # the cached draw order of one epoch: what decides it, its random numbers, the first
-        # len(order) positions in draw order (read-only)
-        self._order_of: tuple | None = None
+    def __init__(self, n_prompts: int) -> None:
+        self.n_prompts = n_prompts
+        self._at: DrawAt | None = None  # what the cached order was planned for
         self._u = np.empty(0)  # (N,) the epoch's U ~ U[0, 1): E = -log(1 - U) ~ Exp(1)
-        self._order = np.empty(0, dtype=np.int64)
+        self._order = np.empty(0, dtype=np.int64)  # its first positions in draw order
 
-    @property
-    def sigma(self) -> float:
-        p = self.params
-        return p.sigma_fraction * self.n_prompts if p.sigma_fraction is not None else p.sigma
-
-    def probabilities(self) -> np.ndarray:
-        """p(r) over rank positions for the current mu (sums to 1): what one draw follows."""
-        if self.uniform:
-            return np.full(self.n_prompts, 1.0 / self.n_prompts)
-        r = np.arange(self.n_prompts, dtype=np.float64)
-        logits = -((r - self.mu) ** 2) / (2.0 * self.sigma**2)
-        w = np.exp(logits - logits.max())  # mu may run far past the end (at_end = "past")
-        return w / w.sum()
-
-    def draw_order(self, size: int, epoch: int | None = None) -> np.ndarray:
-        """The first `size` (at most N) rank positions of an epoch's draw order, read-only.
-        Planned once per epoch at the current mu and cached (growing a prefix reuses the
-        epoch's random numbers); deterministic in (seed, epoch, mu)."""
-        e = self.epoch if epoch is None else epoch
-        plan_of = (e, self.mu, self.uniform, self.params)
-        if plan_of != self._order_of:
-            rng = np.random.default_rng([self.params.seed, e])
-            self._order_of, self._u = plan_of, rng.random(self.n_prompts)
+    def order(self, at: DrawAt, size: int) -> np.ndarray:
+        """The first `size` (at most N) rank positions of the draw order at `at`, read-only.
+        Growing a prefix reuses the epoch's random numbers; deterministic in `at`."""
+        if at != self._at:
+            rng = np.random.default_rng([at.seed, at.epoch])
+            self._at, self._u = at, rng.random(self.n_prompts)
             self._order = np.empty(0, dtype=np.int64)
         size = min(size, self.n_prompts)
         if len(self._order) < size:
-            k = max(size, self.params.batch_size, 2 * len(self._order))  # B at once, then x2
-            order = self._smallest_keys(min(k, self.n_prompts))
+            k = max(size, at.batch_size, 2 * len(self._order))  # B at once, then x2
+            order = self._smallest_keys(at, min(k, self.n_prompts))
             order.flags.writeable = False
             self._order = order
         return self._order[:size]
 
-    def _smallest_keys(self, k: int) -> np.ndarray:
+    def _smallest_keys(self, at: DrawAt, k: int) -> np.ndarray:
         """The k positions of smallest key log E(r) + (r - mu)^2 / (2 sigma^2), in key order.
 
         Exact, without a log or a square over all N: keys are computed in a window of
@@ -92,17 +89,17 @@ class EpochDraws:
         (expected about N e^-32 of them at the defaults): one comparison of U over N finds
         them (E < b <=> U < 1 - e^-b), and they join the candidates."""
         n, u = self.n_prompts, self._u
-        if self.uniform:
+        if at.uniform:
             r, keys = np.arange(n), u  # E is increasing in U: U alone orders a uniform race
         else:
-            s2 = 2.0 * self.sigma**2
-            h = max(WINDOW_SIGMAS * self.sigma, float(k))
-            lo = int(min(max(math.floor(self.mu - h), 0), n - k))
-            hi = int(max(min(math.ceil(self.mu + h) + 1, n), lo + k))
+            s2 = 2.0 * at.sigma**2
+            h = max(WINDOW_SIGMAS * at.sigma, float(k))
+            lo = int(min(max(math.floor(at.mu - h), 0), n - k))
+            hi = int(max(min(math.ceil(at.mu + h) + 1, n), lo + k))
             r = np.arange(lo, hi)
-            keys = _log_exp(u[lo:hi]) + (r - self.mu) ** 2 / s2
-            left = self.mu - (lo - 1) if lo > 0 else math.inf
-            dmin = max(min(left, hi - self.mu if hi < n else math.inf), 0.0)
+            keys = _log_exp(u[lo:hi]) + (r - at.mu) ** 2 / s2
+            left = at.mu - (lo - 1) if lo > 0 else math.inf
+            dmin = max(min(left, hi - at.mu if hi < n else math.inf), 0.0)
             if math.isfinite(dmin):
                 t = float(np.partition(keys, k - 1)[k - 1])
                 bound = math.exp(min(t - dmin**2 / s2, 700.0))
@@ -110,26 +107,6 @@ class EpochDraws:
                 out = out[(out < lo) | (out >= hi)]
                 if len(out):
                     r = np.concatenate([r, out])
-                    keys = np.concatenate([keys, _log_exp(u[out]) + (out - self.mu) ** 2 / s2])
+                    keys = np.concatenate([keys, _log_exp(u[out]) + (out - at.mu) ** 2 / s2])
         top = np.argpartition(keys, k - 1)[:k] if k < len(keys) else np.arange(len(keys))
         return r[top[np.argsort(keys[top], kind="stable")]]
-
-    def plan_epoch(self, epoch: int | None = None) -> np.ndarray:
-        """B rank positions drawn at the current mu, in draw order; deterministic in
-        (seed, epoch, mu). `epoch` defaults to the current one; a trainer that draws ahead
-        of its results (TRL prefetches a batch) passes its own draw counter."""
-        return self.draw_order(self.params.batch_size, epoch).copy()
-
-    def remaining(self) -> np.ndarray:
-        """What is left of this epoch's B draws after `consumed` draws."""
-        return self.draw_order(self.params.batch_size)[self.consumed :].copy()
-
-    def take(self, k: int, *, extend: bool = False) -> np.ndarray:
-        """Hand out the next k draws of this epoch and remember that they were handed out:
-        O(k), the epoch's order is planned once. At most the epoch's B draws, unless `extend`:
-        then draws go on past the B-th in the same order (the same Gaussian, still without
-        replacement, up to N), for a trainer that replaces filtered prompts within a step."""
-        stop = self.consumed + k if extend else min(self.consumed + k, self.params.batch_size)
-        out = self.draw_order(stop)[self.consumed : stop].copy()
-        self.consumed += len(out)
-        return out

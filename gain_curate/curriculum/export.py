@@ -16,8 +16,9 @@ X (a plan over another order is refused, naming the schedule command that makes 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -25,15 +26,53 @@ import pyarrow.parquet as pq
 
 from gain_curate.errors import OutputError
 from gain_curate.runfolder import store
+from gain_curate.runfolder.run import Run, open_run
+
+PLAN_FIRST = "run `gain-curate schedule {out}` first with `epochs` and `batch_size`"
+
+
+class VerlExportJSON(TypedDict):
+    """The manifest's exports.verl, key order as written."""
+
+    path: str
+    rows: int
+    epochs: int
+    batch_size: int
+    sha256: str
+    flags: str
+    rank_by: str
+
+
+@dataclass(frozen=True)
+class VerlExport:
+    """OUT/path: every plan epoch back to back (epochs x batch_size rows), drawn over the
+    `rank_by` order, and the verl flags (one shell line) that train on it in plan order."""
+
+    path: str  # relative to OUT
+    rows: int
+    epochs: int
+    batch_size: int
+    sha256: str
+    flags: str
+    rank_by: str
+
+    def to_json(self) -> VerlExportJSON:
+        return {
+            "path": self.path,
+            "rows": self.rows,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "sha256": self.sha256,
+            "flags": self.flags,
+            "rank_by": self.rank_by,
+        }
 
 
 def read_plan(out: Path) -> list[np.ndarray]:
     """The plan's rank positions, one array per epoch, in draw order."""
     path = out / "schedule" / "plan.parquet"
     if not path.is_file():
-        raise OutputError(
-            f"{path} not found: run `gain-curate schedule {out} --epochs E --batch-size B` first"
-        )
+        raise OutputError(f"{path} not found: " + PLAN_FIRST.format(out=out))
     t = pq.read_table(path, columns=["epoch", "position", "gain_rank"]).to_pydict()
     n_epochs = max(t["epoch"]) + 1 if t["epoch"] else 0
     plans: list[list[tuple[int, int]]] = [[] for _ in range(n_epochs)]
@@ -42,45 +81,47 @@ def read_plan(out: Path) -> list[np.ndarray]:
     return [np.array([r for _, r in sorted(p)], dtype=np.int64) for p in plans]
 
 
-def plan_order(out: Path, rank_by: str | None = None) -> str:
+def plan_order(run: Run, rank_by: str | None = None) -> str:
     """The order the plan was drawn over (the manifest's schedule.rank_by; plans made before
-    --rank-by existed: angle). `rank_by` given: refuse a plan over another order."""
+    `rank_by` existed: angle). `rank_by` given: refuse a plan over another order."""
     from gain_curate.curriculum.rank_by import NO_PREDICTION, RANK_BY
 
-    manifest = store.read_manifest(out)
-    drawn = (manifest.get("schedule") or {}).get("rank_by", "angle")
+    out = run.out
+    drawn = (run.manifest.section("schedule") or {}).get("rank_by", "angle")
     if rank_by is None or rank_by == drawn:
         return drawn
     if rank_by not in RANK_BY:
-        raise OutputError(f"--rank-by {rank_by!r} is not one of {', '.join(RANK_BY)}")
-    if rank_by == "learnability" and "prediction" not in manifest:
+        raise OutputError(f"`rank_by` {rank_by!r} is not one of {', '.join(RANK_BY)}")
+    if rank_by == "learnability" and run.manifest.section("prediction") is None:
         raise OutputError(NO_PREDICTION.format(where=str(out), out=out))
     raise OutputError(
         f"the plan in {out} was drawn over the {drawn} ranking, not {rank_by}: run "
-        f"`gain-curate schedule {out} --rank-by {rank_by} --epochs E --batch-size B` first"
+        f"`gain-curate schedule {out}` first with `rank_by` {rank_by}, `epochs` and `batch_size`"
     )
 
 
-def ranked_table(out: Path, columns: list[str] | None = None) -> pa.Table:
+def rank_ordered(run: Run, columns: list[str] | None = None) -> pa.Table:
     """All shards of a run as one table (optionally only `columns`), row i = rank i."""
-    manifest = store.read_manifest(out)
-    cols = None if columns is None else sorted({*columns, "gain_rank"})
-    table = pa.concat_tables(
-        [pq.read_table(out / s["path"], columns=cols) for s in manifest["shards"]]
-    )
+    table = run.table(None if columns is None else sorted({*columns, "gain_rank"}))
     if table["gain_rank"].to_pylist() != list(range(table.num_rows)):
         raise OutputError(
-            f"the shards of {out} are not in rank order: re-run `gain-curate merge {out}`"
+            f"the shards of {run.out} are not in rank order: re-run `gain-curate merge {run.out}`"
         )
     return table
 
 
-def export_verl(out: Path, rank_by: str | None = None) -> tuple[Path, dict[str, Any]]:
+def ranked_table(out: Path, columns: list[str] | None = None) -> pa.Table:
+    """rank_ordered for the run in OUT."""
+    return rank_ordered(open_run(out), columns)
+
+
+def export_verl(out: Path, rank_by: str | None = None) -> tuple[Path, VerlExport]:
     """OUT/export/verl/plan.parquet and the verl flags that train on it in plan order."""
     plans = read_plan(out)
-    drawn = plan_order(out, rank_by)
+    run = open_run(out)
+    drawn = plan_order(run, rank_by)
     sizes = {len(p) for p in plans}
-    table = ranked_table(out)
+    table = rank_ordered(run)
     ranks = np.concatenate(plans)
     rows = table.take(pa.array(ranks))
     epoch = np.concatenate([np.full(len(p), e, dtype=np.int32) for e, p in enumerate(plans)])
@@ -98,15 +139,15 @@ def export_verl(out: Path, rank_by: str | None = None) -> tuple[Path, dict[str, 
         f"data.train_batch_size={b}",
         "trainer.total_epochs=1",
     ]
-    record = {
-        "path": str(path.relative_to(out)),
-        "rows": rows.num_rows,
-        "epochs": len(plans),
-        "batch_size": b,
-        "sha256": store.file_sha256(path),
-        "flags": " ".join(flags),
-        "rank_by": drawn,
-    }
-    manifest = store.read_manifest(out)
-    store.update_manifest(out, "exports", {**manifest.get("exports", {}), "verl": record})
+    record = VerlExport(
+        path=str(path.relative_to(out)),
+        rows=rows.num_rows,
+        epochs=len(plans),
+        batch_size=b,
+        sha256=store.file_sha256(path),
+        flags=" ".join(flags),
+        rank_by=drawn,
+    )
+    exports = run.manifest.section("exports") or {}
+    store.update_manifest(out, "exports", {**exports, "verl": record.to_json()})
     return path, record

@@ -3,12 +3,15 @@ saying what would fit; and the parameters a picture's title must name."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gain_curate.curriculum.state import EpochRecord
 
 FAST_PASS_STEPS = 5  # a new pass of the whole ranking this often: it cycles, not a curriculum
 
 
-def fit_warnings(n: int, params: Any, sigma: float, history: list[dict[str, Any]]) -> list[str]:
+def fit_warnings(n: int, params: Any, sigma: float, history: list[EpochRecord]) -> list[str]:
     """One line per parameter that does not fit a run of n prompts, with what would."""
     out = []
     if sigma >= n / 2:
@@ -23,7 +26,7 @@ def fit_warnings(n: int, params: Any, sigma: float, history: list[dict[str, Any]
             "step, so the ranking barely changes what is drawn; "
             f"try at most {max(1, n // 10)} (N/10)"
         )
-    passes = history[-1]["pass"] if history else 0
+    passes = history[-1].passes if history else 0
     if passes and len(history) / passes <= FAST_PASS_STEPS:
         every = len(history) / passes
         out.append(

@@ -5,15 +5,13 @@ predict`), or the shortest question first (gain_tokens_question). One function d
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gain_curate.errors import OutputError
-from gain_curate.runfolder.store import read_manifest
+from gain_curate.runfolder.run import Run
 
 # The orders a schedule can draw over (`--rank-by`), and the column each one sorts by.
 RANK_BY = ("angle", "learnability", "length")
@@ -51,21 +49,18 @@ def order_by(rank_by: str, gain_rank: Any, key: Any = None, where: str = "the ru
     return np.lexsort((ranks, k))  # by key, then by gain_rank
 
 
-def read_order(out: Path, rank_by: str) -> np.ndarray:
+def read_order(run: Run, rank_by: str) -> np.ndarray:
     """The rank positions (gain_rank, the shards' row order) in `rank_by` order."""
-    manifest = read_manifest(out)
-    n = sum(s["rows"] for s in manifest["shards"])
+    n = sum(s.rows for s in run.manifest.shards)
     if rank_by == "angle":
         return np.arange(n, dtype=np.int64)
     col = RANK_COLUMNS.get(rank_by)
     if col is None:
-        raise ValueError(f"--rank-by {rank_by!r} is not one of {', '.join(RANK_BY)}")
-    names = pq.read_schema(out / manifest["shards"][0]["path"]).names if manifest["shards"] else []
-    if col not in names:
-        raise OutputError(NO_PREDICTION.format(where=str(out), out=out))
-    t = pa.concat_tables(
-        [pq.read_table(out / s["path"], columns=["gain_rank", col]) for s in manifest["shards"]]
-    )
+        raise ValueError(f"`rank_by` {rank_by!r} is not one of {', '.join(RANK_BY)}")
+    paths = run.shard_paths()
+    if col not in (pq.read_schema(paths[0]).names if paths else []):
+        raise OutputError(NO_PREDICTION.format(where=str(run.out), out=run.out))
+    t = run.table(["gain_rank", col])
     return t["gain_rank"].to_numpy()[
-        order_by(rank_by, t["gain_rank"].to_numpy(), t[col].to_pylist(), str(out))
+        order_by(rank_by, t["gain_rank"].to_numpy(), t[col].to_pylist(), str(run.out))
     ]

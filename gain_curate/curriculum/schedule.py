@@ -42,76 +42,44 @@ tokens of a hard-coded layer 23; paper mode feeds the rule the paper's own defin
 
 One object serves every trainer: `plan_epoch()` is deterministic in (seed, epoch, mu), so a
 state_dict taken mid-epoch resumes the very same remaining draws. How an epoch is drawn
-(an exponential race over the ranking, cached per epoch): gain_curate.curriculum.draws.
+(an exponential race over the ranking, cached per epoch): gain_curate.curriculum.draws; the
+parameters and the rule as a pure function: .params; the history and checkpoint: .state.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import numpy as np
 
-from gain_curate.curriculum.draws import EpochDraws
+from gain_curate.curriculum.draws import DrawAt, EpochDraws, gaussian
+from gain_curate.curriculum.params import (
+    ANGLE_MODES,
+    END_POLICIES,
+    ScheduleParams,
+    mu_update,
+    step_size,
+)
+from gain_curate.curriculum.state import EpochRecord, ScheduleState
 
-ANGLE_MODES = ("change", "level", "off")
-END_POLICIES = ("restart", "hold", "uniform", "past")
+__all__ = [
+    "ANGLE_MODES",
+    "END_POLICIES",
+    "STATE_VERSION",
+    "EpochRecord",
+    "GainSchedule",
+    "ScheduleParams",
+    "ScheduleState",
+    "mu_update",
+    "step_size",
+]
+
 STATE_VERSION = 3  # 3: epochs drawn by an exponential race (2: numpy choice)
 
 
-@dataclass(frozen=True)
-class ScheduleParams:
-    batch_size: int  # B: prompts drawn per epoch
-    mu0: float = 0.0
-    sigma: float = 1000.0  # absolute, in rank positions
-    sigma_fraction: float | None = None  # if set, sigma = sigma_fraction * N
-    n: float = 500.0
-    alpha: float = 2.0
-    beta: float = 0.5
-    adj_min: float = 0.0
-    adj_max: float = 1000.0
-    seed: int = 0
-    angle: str = "change"  # how an online measurement becomes ang: ANGLE_MODES
-    at_end: str = "restart"  # what happens past the last rank: END_POLICIES
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.sigma <= 0 or (self.sigma_fraction is not None and self.sigma_fraction <= 0):
-            raise ValueError("sigma must be positive (rank positions, or a fraction of N: 0.05N)")
-        if self.adj_min > self.adj_max:
-            raise ValueError(f"adj_min {self.adj_min} > adj_max {self.adj_max}")
-        if self.angle not in ANGLE_MODES:
-            raise ValueError(f"angle {self.angle!r} is not one of {', '.join(ANGLE_MODES)}")
-        if self.at_end not in END_POLICIES:
-            raise ValueError(f"at_end {self.at_end!r} is not one of {', '.join(END_POLICIES)}")
-
-    @classmethod
-    def paper(cls, batch_size: int, **overrides: Any) -> ScheduleParams:
-        """The reference's rule: per-step update, ang = online level, mu never clamped."""
-        return cls(batch_size=batch_size, **{**overrides, "angle": "level", "at_end": "past"})
-
-    @property
-    def is_paper(self) -> bool:
-        return self.angle == "level" and self.at_end == "past"
-
-
-def mu_update(
-    mu: float, acc: float, ang: float, p: ScheduleParams, n_prompts: int
-) -> tuple[float, float]:
-    """One step of the rule, mu clamped to [0, N - 1]: (new mu, the clamped adjustment)."""
-    delta = step_size(acc, ang, p)
-    return min(max(mu + delta, 0.0), float(n_prompts - 1)), delta
-
-
-def step_size(acc: float, ang: float, p: ScheduleParams) -> float:
-    raw = p.n * math.tanh(p.alpha * (acc - p.beta)) + p.n * math.tanh(p.alpha * ang)
-    return min(max(raw, p.adj_min), p.adj_max)
-
-
-class GainSchedule(EpochDraws):
+class GainSchedule:
     """The curriculum for N ranked prompts; rank positions in, rank positions out.
 
     uids (by rank) lets trainers report results by gain_uid; scores (by rank, the offline
@@ -143,8 +111,8 @@ class GainSchedule(EpochDraws):
         self.uniform = False  # at_end = "uniform" and mu has reached the end
         self.ang_offset: float | None = None  # "change": the first measured step's mean
         self._reset_tallies()
-        self.history: list[dict[str, Any]] = []
-        self._init_draws()
+        self.history: list[EpochRecord] = []
+        self._draws = EpochDraws(n_prompts)  # the current epoch's draw order, cached
 
     def _reset_tallies(self) -> None:
         self._correct, self._seen = 0.0, 0
@@ -155,6 +123,48 @@ class GainSchedule(EpochDraws):
             return [self._rank_of[u] for u in uids]
         except KeyError as e:
             raise KeyError(f"unknown gain_uid {e.args[0]!r}") from None
+
+    # -- drawing (gain_curate.curriculum.draws)
+
+    @property
+    def sigma(self) -> float:
+        p = self.params
+        return p.sigma_fraction * self.n_prompts if p.sigma_fraction is not None else p.sigma
+
+    def probabilities(self) -> np.ndarray:
+        """p(r) over rank positions for the current mu (sums to 1): what one draw follows."""
+        return gaussian(self.n_prompts, self.mu, self.sigma, self.uniform)
+
+    def draw_order(self, size: int, epoch: int | None = None) -> np.ndarray:
+        """The first `size` (at most N) rank positions of an epoch's draw order, read-only;
+        planned once per epoch at the current mu; deterministic in (seed, epoch, mu)."""
+        e = self.epoch if epoch is None else epoch
+        p = self.params
+        return self._draws.order(
+            DrawAt(p.seed, e, self.mu, self.sigma, self.uniform, p.batch_size), size
+        )
+
+    def plan_epoch(self, epoch: int | None = None) -> np.ndarray:
+        """B rank positions drawn at the current mu, in draw order; deterministic in
+        (seed, epoch, mu). `epoch` defaults to the current one; a trainer that draws ahead
+        of its results (TRL prefetches a batch) passes its own draw counter."""
+        return self.draw_order(self.params.batch_size, epoch).copy()
+
+    def remaining(self) -> np.ndarray:
+        """What is left of this epoch's B draws after `consumed` draws."""
+        return self.draw_order(self.params.batch_size)[self.consumed :].copy()
+
+    def take(self, k: int, *, extend: bool = False) -> np.ndarray:
+        """Hand out the next k draws of this epoch and remember that they were handed out:
+        O(k). At most the epoch's B draws, unless `extend`: then draws go on past the B-th in
+        the same order (the same Gaussian, still without replacement, up to N), for a trainer
+        that replaces filtered prompts within a step."""
+        stop = self.consumed + k if extend else min(self.consumed + k, self.params.batch_size)
+        out = self.draw_order(stop)[self.consumed : stop].copy()
+        self.consumed += len(out)
+        return out
+
+    # -- results and the rule
 
     def observe(self, uids: Sequence[str], correct: Sequence[float]) -> None:
         """Tally results: one entry per prompt (or response), correct as 0/1 or a fraction."""
@@ -191,7 +201,7 @@ class GainSchedule(EpochDraws):
             self.ang_offset = mean
         return mean - self.ang_offset
 
-    def end_epoch(self, *, move: bool = True) -> dict[str, Any]:
+    def end_epoch(self, *, move: bool = True) -> EpochRecord:
         """Apply the update rule with this epoch's accuracy and angle term; next epoch.
         move=False ends an epoch whose results never came: mu stays (event "unscored")."""
         p = self.params
@@ -216,23 +226,14 @@ class GainSchedule(EpochDraws):
             self.mu = min(max(target, 0.0), float(self.n_prompts - 1))
             if p.at_end == "uniform" and target >= self.n_prompts - 1:
                 self.uniform, event = True, "uniform"
-        record = {
-            "epoch": self.epoch,
-            "mu": mu_before,
-            "acc": acc,
-            "ang": ang,
-            "delta": delta,
-            "mu_next": self.mu,
-            "pass": self.passes,
-            "event": event,
-        }
+        record = EpochRecord(self.epoch, mu_before, acc, ang, delta, self.mu, self.passes, event)
         self.history.append(record)
         self.epoch += 1
         self.consumed = 0
         self._reset_tallies()
         return record
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> ScheduleState:
         return {
             "version": STATE_VERSION,
             "params": asdict(self.params),
@@ -247,10 +248,10 @@ class GainSchedule(EpochDraws):
             "seen": self._seen,
             "ang_sum": self._ang_sum,
             "ang_seen": self._ang_seen,
-            "history": list(self.history),
+            "history": [h.to_state() for h in self.history],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load a state of this version or an older one. Version 1 (gain-curate 0.1: no
         version key) summed OFFLINE scores in its angle tally, which this version never uses:
         dropped. Versions 1-2 drew epochs another way: mid-epoch, the rest of that epoch is
@@ -275,7 +276,7 @@ class GainSchedule(EpochDraws):
             int(state["consumed"]),
         )
         self._correct, self._seen = float(state["correct"]), int(state["seen"])
-        self.history = list(state["history"])
+        self.history = [EpochRecord.from_state(h) for h in state["history"]]
         if version == 1:
             self.passes, self.uniform, self.ang_offset = 0, False, None
             self._ang_sum, self._ang_seen = 0.0, 0

@@ -26,7 +26,11 @@ import numpy as np
 
 from gain_curate.curriculum.fit import fit_warnings, title_params
 from gain_curate.curriculum.rank_by import read_order
-from gain_curate.curriculum.schedule import GainSchedule
+from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams
+from gain_curate.curriculum.steps import StepRow, decile_shares, end_line, plot, step_rows
+from gain_curate.runfolder.run import Run, open_run
+
+__all__ = ["AccuracyCurve", "PlanResult", "StepRow", "decile_shares", "plan_run", "step_rows"]
 
 
 @dataclass(frozen=True)
@@ -72,109 +76,29 @@ def run_open_loop(schedule: GainSchedule, steps: int, accuracy: AccuracyCurve) -
     return plans
 
 
-def step_rows(plans: list[np.ndarray], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per step: mu, where the draws fall (rank quantiles), acc, ang, the event."""
-    rows = []
-    for plan, h in zip(plans, history):
-        q = np.quantile(plan, [0.1, 0.5, 0.9])
-        rows.append(
-            {
-                "epoch": int(h["epoch"]),
-                "mu": round(h["mu"], 1),
-                "rank_p10": int(q[0]),
-                "rank_p50": int(q[1]),
-                "rank_p90": int(q[2]),
-                "acc": round(h["acc"], 4),
-                "ang": None if h["ang"] is None else round(h["ang"], 4),
-                "delta": round(h["delta"], 1),
-                "mu_next": round(h["mu_next"], 1),
-                "pass": h["pass"],
-                "event": h["event"],
-            }
-        )
-    return rows
-
-
-def decile_shares(plans: list[np.ndarray], n: int) -> list[float]:
-    """Fraction of all draws that fall in each tenth of the ranking (top first)."""
-    ranks = np.concatenate(plans) if plans else np.zeros(0, dtype=np.int64)
-    counts = np.bincount(np.minimum(ranks * 10 // n, 9), minlength=10)
-    return (counts / max(len(ranks), 1)).tolist()
-
-
-def end_line(history: list[dict[str, Any]], n: int, at_end: str) -> str:
-    """One line: when (if ever) the sweep reaches the end of the ranking, and what follows."""
-    steps = len(history)
-    first = next((h for h in history if h["event"] or h["mu_next"] >= n - 1), None)
-    if first is None:
-        last = history[-1]["mu_next"] if history else 0.0
-        return (
-            f"mu never reaches the end of the ranking in {steps} steps (it ends at rank "
-            f"{last:,.0f} of {n - 1:,}, {100 * last / max(n - 1, 1):.0f}% of the way down)"
-        )
-    k = first["epoch"] + 1
-    if at_end == "restart":
-        passes = history[-1]["pass"]
-        return (
-            f"the sweep reaches the end of the ranking after step {k}; at_end=restart starts "
-            f"a new pass from the top ({passes} completed passes in {steps} steps)"
-        )
-    if at_end == "uniform":
-        return (
-            f"the sweep reaches the end of the ranking after step {k}; at_end=uniform draws "
-            f"uniformly over all {n:,} prompts for the remaining {steps - k} steps"
-        )
-    return (
-        f"the sweep reaches the end of the ranking after step {k}; at_end={at_end} samples "
-        f"the bottom of the ranking for the remaining {steps - k} steps"
-    )
-
-
-def plot(
-    plans: list[np.ndarray], history: list[dict[str, Any]], n: int, path: Path, title: str
-) -> None:
-    """Two panels: mu over steps, and a heat map of where each step's draws fall."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = len(plans)
-    bins = min(100, n)
-    heat = np.stack([np.bincount(p * bins // n, minlength=bins) for p in plans]).T
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), dpi=100)
-    a.plot(range(steps), [h["mu"] for h in history], color="#3b6ea5")
-    a.set(
-        title="mu (mean of the Gaussian) per step",
-        xlabel="step",
-        ylabel="rank position",
-        ylim=(n, -1),
-    )
-    image = b.imshow(
-        heat, aspect="auto", origin="upper", cmap="Blues", extent=(-0.5, steps - 0.5, n, 0)
-    )
-    fig.colorbar(image, ax=b, label=f"draws per {n / bins:g} rank positions")
-    b.set(
-        title="where the draws fall (rank 0 = highest score)", xlabel="step", ylabel="rank position"
-    )
-    fig.suptitle(title)
-    fig.tight_layout()
-    from gain_curate.runfolder import store
-
-    store.write_png(fig, path)
-    plt.close(fig)
-
-
 @dataclass
 class PlanResult:
     plans: list[np.ndarray]
-    rows: list[dict[str, Any]]
+    rows: list[StepRow]
     deciles: list[float]
     end: str  # the one-line end-of-ranking verdict
     n_prompts: int
     plan_path: Path | None
     plot_path: Path | None
     warnings: list[str] = field(default_factory=list)  # parameters that do not fit the run
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """The schedule `gain-curate schedule` runs: over the run's `rank_by` order (order[k]:
+    the gain_rank at position k), with its parameters and mode."""
+
+    schedule: GainSchedule
+    order: np.ndarray
+    uids: list[str]  # gain_uid by gain_rank
+    params: ScheduleParams
+    paper: bool
+    rank_by: str
 
 
 def plan_run(
@@ -190,78 +114,105 @@ def plan_run(
     """`gain-curate schedule`: the scored run's ranking (or its `rank_by` order) -> simulated
     steps, and the open-loop plan (schedule/plan.parquet, recorded in the manifest) unless
     only simulating."""
-    from gain_curate.curriculum.schedule import ScheduleParams
-    from gain_curate.errors import OutputError
-    from gain_curate.runfolder import store
+    run = open_run(out)
+    cur = curriculum(run, params_kw, rank_by)
+    res = simulate(cur, steps, accuracy, plot_path)
+    if plot_path is not None:
+        draw_picture(cur, res, accuracy, plot_path)
+    if write_plan:
+        res.plan_path = record_plan(run, cur, res, steps, accuracy)
+    return res
 
-    uids, scores = store.read_ranking(out)
-    order = read_order(out, rank_by)  # gain_rank at each position of the chosen order
-    if params_kw["batch_size"] > len(uids):
+
+def curriculum(run: Run, params_kw: dict[str, Any], rank_by: str) -> Curriculum:
+    """The schedule over the run's `rank_by` order; `params_kw`: ScheduleParams' fields by
+    name, plus `paper` (the reference's rule)."""
+    uids, scores = run.ranking()
+    order = read_order(run, rank_by)  # gain_rank at each position of the chosen order
+    kw = dict(params_kw)
+    if kw["batch_size"] > len(uids):
         raise ValueError(
-            f"--batch-size {params_kw['batch_size']} exceeds the {len(uids)} prompts in {out}: "
+            f"`batch_size` {kw['batch_size']} exceeds the {len(uids)} prompts in {run.out}: "
             f"give at most {len(uids)}"
         )
-    paper = params_kw.pop("paper", False)
-    params = ScheduleParams.paper(**params_kw) if paper else ScheduleParams(**params_kw)
+    paper = bool(kw.pop("paper", False))
+    params = ScheduleParams.paper(**kw) if paper else ScheduleParams(**kw)
     sched = GainSchedule(len(uids), params, uids=[uids[r] for r in order], scores=scores[order])
-    plans = run_open_loop(sched, steps, accuracy)  # positions in the chosen order
-    rows = step_rows(plans, sched.history)
-    res = PlanResult(
+    return Curriculum(sched, order, uids, params, paper, rank_by)
+
+
+def simulate(
+    cur: Curriculum, steps: int, accuracy: AccuracyCurve, plot_path: Path | None
+) -> PlanResult:
+    """`steps` open-loop epochs at the assumed accuracy: the plans (positions in the chosen
+    order), their summary rows, where the draws fall, and what does not fit the run."""
+    sched, n = cur.schedule, cur.schedule.n_prompts
+    plans = run_open_loop(sched, steps, accuracy)
+    return PlanResult(
         plans,
-        rows,
-        decile_shares(plans, len(uids)),
-        end_line(sched.history, len(uids), params.at_end),
-        len(uids),
+        step_rows(plans, sched.history),
+        decile_shares(plans, n),
+        end_line(sched.history, n, cur.params.at_end),
+        n,
         None,
         plot_path,
-        fit_warnings(len(uids), params, sched.sigma, sched.history),
+        fit_warnings(n, cur.params, sched.sigma, sched.history),
     )
-    if plot_path is not None:
-        mode = ("paper mode" if paper else f"at_end={params.at_end}") + (
-            "" if rank_by == "angle" else f", {rank_by} order"
-        )
-        extra = title_params(params, sched.sigma, len(uids))
-        mode += f", {extra}" if extra else ""
-        try:
-            plot(
-                plans,
-                sched.history,
-                len(uids),
-                plot_path,
-                f"{len(uids):,} prompts, B={params.batch_size}, sigma={sched.sigma:g}, "
-                f"accuracy {accuracy}, {mode}",
-            )
-        except OSError as e:
-            raise OutputError(f"cannot write {plot_path}: {e.strerror or e}") from None
-    if write_plan:
-        res.plan_path = store.write_plan(out, [order[p] for p in plans], uids)
-        angle = (
-            "offline gain_score of each step's draws standing in for the online level (paper mode)"
-            if paper
-            else "none: no online measurement in an open-loop plan"
-        )
-        store.update_manifest(
-            out,
-            "schedule",
-            {
-                "plan": str(res.plan_path.relative_to(out)),
-                "sha256": store.file_sha256(res.plan_path),
-                "epochs": steps,
-                "assumed_accuracy": str(accuracy),
-                "mode": "paper" if paper else "default",
-                "params": sched.state_dict()["params"],
-                "angle_signal": angle,
-                "end_of_ranking": res.end,
-                "decile_shares": [round(x, 4) for x in res.deciles],
-                "epochs_summary": rows,
-                "rank_by": rank_by,
-                # the validate figures of the probe that wrote gain_learn_rank (predict)
-                "rank_by_figures": (
-                    (store.read_manifest(out).get("prediction") or {}).get("validated")
-                    if rank_by == "learnability"
-                    else None
-                ),
-                "warnings": res.warnings,
-            },
-        )
-    return res
+
+
+def draw_picture(cur: Curriculum, res: PlanResult, accuracy: AccuracyCurve, path: Path) -> None:
+    """The PNG of mu and the draws, its title naming every parameter that is not a default."""
+    from gain_curate.errors import OutputError
+
+    sched, params, n = cur.schedule, cur.params, res.n_prompts
+    mode = ("paper mode" if cur.paper else f"at_end={params.at_end}") + (
+        "" if cur.rank_by == "angle" else f", {cur.rank_by} order"
+    )
+    extra = title_params(params, sched.sigma, n)
+    mode += f", {extra}" if extra else ""
+    title = (
+        f"{n:,} prompts, B={params.batch_size}, sigma={sched.sigma:g}, accuracy {accuracy}, {mode}"
+    )
+    try:
+        plot(res.plans, sched.history, n, path, title)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def record_plan(
+    run: Run, cur: Curriculum, res: PlanResult, steps: int, accuracy: AccuracyCurve
+) -> Path:
+    """OUT/schedule/plan.parquet (each draw's gain_rank) and the manifest's `schedule`."""
+    from gain_curate.runfolder import store
+
+    out = run.out
+    path = store.write_plan(out, [cur.order[p] for p in res.plans], cur.uids)
+    angle = (
+        "offline gain_score of each step's draws standing in for the online level (paper mode)"
+        if cur.paper
+        else "none: no online measurement in an open-loop plan"
+    )
+    prediction = run.manifest.section("prediction") or {}
+    store.update_manifest(
+        out,
+        "schedule",
+        {
+            "plan": str(path.relative_to(out)),
+            "sha256": store.file_sha256(path),
+            "epochs": steps,
+            "assumed_accuracy": str(accuracy),
+            "mode": "paper" if cur.paper else "default",
+            "params": cur.schedule.state_dict()["params"],
+            "angle_signal": angle,
+            "end_of_ranking": res.end,
+            "decile_shares": [round(x, 4) for x in res.deciles],
+            "epochs_summary": [r.to_json() for r in res.rows],
+            "rank_by": cur.rank_by,
+            # the validate figures of the probe that wrote gain_learn_rank (predict)
+            "rank_by_figures": (
+                prediction.get("validated") if cur.rank_by == "learnability" else None
+            ),
+            "warnings": res.warnings,
+        },
+    )
+    return path

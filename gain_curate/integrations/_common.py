@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from gain_curate.curriculum.rank_by import RANK_BY, RANK_COLUMNS, order_by
-from gain_curate.curriculum.schedule import GainSchedule, ScheduleParams
+from gain_curate.curriculum.schedule import EpochRecord, GainSchedule, ScheduleParams
 
 PARAM_KEYS = ("mu0", "n", "alpha", "beta", "adj_min", "adj_max", "seed", "angle", "at_end")
 
@@ -105,23 +105,23 @@ def offline_scores(table: Any, inter_weight: float) -> list[float | None] | None
     return list(table["gain_score"]) if "gain_score" in cols else None
 
 
-def step_metrics(rec: Mapping[str, Any], online_mean: float | None = None) -> dict[str, float]:
+def step_metrics(rec: EpochRecord, online_mean: float | None = None) -> dict[str, float]:
     """One schedule step as trainer metrics (NaN where a value was not measured), also
     written as one line to the `gain_curate` logger (INFO), so every trainer shows it."""
     nan = float("nan")
     out = {
-        "gain/mu": float(rec["mu_next"]),
-        "gain/acc": float(rec["acc"]),
-        "gain/ang": nan if rec["ang"] is None else float(rec["ang"]),
+        "gain/mu": float(rec.mu_next),
+        "gain/acc": float(rec.acc),
+        "gain/ang": nan if rec.ang is None else float(rec.ang),
         "gain/angle_online": nan if online_mean is None else online_mean,
-        "gain/delta": float(rec["delta"]),
-        "gain/pass": float(rec["pass"]),
+        "gain/delta": float(rec.delta),
+        "gain/pass": float(rec.passes),
     }
-    ang = "not measured" if rec["ang"] is None else f"{rec['ang']:+.4f}"
-    event = f", {rec['event']}" if rec.get("event") else ""
+    ang = "not measured" if rec.ang is None else f"{rec.ang:+.4f}"
+    event = f", {rec.event}" if rec.event else ""
     LOG.info(
-        f"gain-curate step {rec['epoch']}: acc {rec['acc']:.3f}, ang {ang}, "
-        f"mu {rec['mu']:.1f} -> {rec['mu_next']:.1f} (pass {rec['pass']}{event})"
+        f"gain-curate step {rec.epoch}: acc {rec.acc:.3f}, ang {ang}, "
+        f"mu {rec.mu:.1f} -> {rec.mu_next:.1f} (pass {rec.passes}{event})"
     )
     return out
 

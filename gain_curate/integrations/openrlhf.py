@@ -23,121 +23,31 @@ ways to train on the GAIN-RL order:
 
 Both follow the plan, so its order (`gain-curate schedule --rank-by angle|learnability|length`)
 is theirs; `--rank-by X` (the export's flag, or before `--` on the launcher) checks that the
-plan was drawn over X.
+plan was drawn over X. Both files are written by gain_curate.curriculum.export_openrlhf.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from gain_curate.curriculum.export import plan_order, ranked_table, read_plan
+from gain_curate.curriculum.export_openrlhf import (
+    PLAN_FILE,
+    PlanExport,
+    data_flags,
+    export_epoch,
+    export_plan,
+    openrlhf_exports,
+)
 from gain_curate.errors import OutputError
-from gain_curate.runfolder import store
+from gain_curate.runfolder.run import open_run
+
+__all__ = ["PLAN_FILE", "PlanExport", "data_flags", "export_epoch", "export_plan", "main"]
 
 ENV_RUN = "GAIN_CURATE_RUN"
-PLAN_FILE = Path("export") / "openrlhf" / "plan.jsonl"
-
-
-def data_flags(path: Path, batch_size: int) -> list[str]:
-    """The train_ppo_ray arguments that read `path` as gain-curate wrote it, one plan epoch
-    (`batch_size` prompts) per OpenRLHF step; shlex.join them for a shell."""
-    return [
-        "--data.prompt_dataset",
-        str(path.resolve()),
-        "--data.input_key",
-        "prompt",
-        "--data.apply_chat_template",
-        "--data.label_key",
-        "label",
-        "--rollout.batch_size",
-        str(batch_size),
-    ]
-
-
-def write_jsonl(out: Path, rel: Path, ranks: np.ndarray, extra: list[dict[str, int]]) -> Path:
-    """OUT/rel: one OpenRLHF record per rank in `ranks` (datasource, prompt (chat), input (the
-    last user turn as text), label (ground truth), gain_uid, gain_rank, + `extra[k]`)."""
-    table = ranked_table(out, ["data_source", "prompt", "reward_model", "gain_uid"])
-    lines = []
-    for r, more in zip(table.take(pa.array(ranks)).to_pylist(), extra):
-        user = [m["content"] for m in r["prompt"] if m["role"] == "user"]
-        record = {
-            "datasource": r["data_source"],
-            "prompt": r["prompt"],
-            "input": user[-1] if user else "",
-            "label": (r["reward_model"] or {}).get("ground_truth"),
-            "gain_uid": r["gain_uid"],
-            "gain_rank": r["gain_rank"],
-            **more,
-        }
-        lines.append(json.dumps(record, ensure_ascii=False))
-    path = out / rel
-    store.write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
-    return path
-
-
-def record_export(out: Path, key: str, value: Any) -> None:
-    """manifest.exports.openrlhf[key] = value, the other exports kept."""
-    exports = store.read_manifest(out).get("exports", {})
-    store.update_manifest(
-        out, "exports", {**exports, "openrlhf": {**exports.get("openrlhf", {}), key: value}}
-    )
-
-
-def export_epoch(out: Path, epoch: int, rank_by: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Epoch `epoch` of the plan as OpenRLHF-ready JSON lines, in plan order; recorded in the
-    manifest (exports.openrlhf.epochs) with the OpenRLHF flags that train on it."""
-    plans = read_plan(out)
-    plan_order(out, rank_by)
-    if not 0 <= epoch < len(plans):
-        raise OutputError(
-            f"--epoch {epoch} is outside the plan in {out} (epochs 0..{len(plans) - 1})"
-        )
-    rel = Path("export") / "openrlhf" / f"epoch-{epoch:05d}.jsonl"
-    path = write_jsonl(out, rel, plans[epoch], [{}] * len(plans[epoch]))
-    record = {
-        "path": str(rel),
-        "rows": len(plans[epoch]),
-        "sha256": store.file_sha256(path),
-        "flags": shlex.join(data_flags(path, len(plans[epoch]))),
-    }
-    epochs = store.read_manifest(out).get("exports", {}).get("openrlhf", {}).get("epochs", {})
-    record_export(out, "epochs", {**epochs, str(epoch): record})
-    return path, record
-
-
-def export_plan(out: Path, rank_by: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Every epoch of the plan back to back (row k of epoch e: gain_plan_epoch e,
-    gain_plan_position k) as OUT/export/openrlhf/plan.jsonl; recorded in the manifest
-    (exports.openrlhf.plan) with the flags the launcher adds."""
-    plans = read_plan(out)
-    drawn = plan_order(out, rank_by)
-    (batch,) = {len(p) for p in plans}  # the schedule draws B prompts every epoch
-    extra = [
-        {"gain_plan_epoch": e, "gain_plan_position": k}
-        for e, p in enumerate(plans)
-        for k in range(len(p))
-    ]
-    path = write_jsonl(out, PLAN_FILE, np.concatenate(plans), extra)
-    record = {
-        "path": str(PLAN_FILE),
-        "rows": len(extra),
-        "epochs": len(plans),
-        "batch_size": batch,
-        "sha256": store.file_sha256(path),
-        "flags": shlex.join(data_flags(path, batch)),
-        "rank_by": drawn,
-    }
-    record_export(out, "plan", record)
-    return path, record
 
 
 def with_plan_flags(argv: list[str], flags: list[str]) -> tuple[list[str], list[str]]:
@@ -174,11 +84,11 @@ def with_plan_flags(argv: list[str], flags: list[str]) -> tuple[list[str], list[
     return [*argv, *added], added
 
 
-def check_args(args: Any, run: Path, record: dict[str, Any]) -> None:
+def check_args(args: Any, run: Path, record: PlanExport) -> None:
     """Inside the Ray actor, on OpenRLHF's parsed arguments: one plan epoch per step, or a
     ValueError that says which flag to change."""
-    batch = record["batch_size"]
-    plan = os.path.realpath(run / record["path"])
+    batch = record.batch_size
+    plan = os.path.realpath(run / record.path)
     if os.path.realpath(str(args.data.prompt_dataset)) != plan:
         raise ValueError(
             f"--data.prompt_dataset is {args.data.prompt_dataset}, not the plan {plan}"
@@ -203,18 +113,19 @@ def follow_plan(prepare_datasets: Any, run: Path) -> Any:
     and max_steps (OpenRLHF's own formula over the plan's length) are kept."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    record = (store.read_manifest(run).get("exports", {}).get("openrlhf", {})).get("plan")
-    if record is None:
+    written = openrlhf_exports(open_run(run)).get("plan")
+    if written is None:
         raise OutputError(
             f"{run / PLAN_FILE} not recorded: launch through the gain-curate launcher"
         )
+    record = PlanExport.from_json(written)
 
     def wrapped(strategy: Any, *args: Any, **kwargs: Any) -> Any:
         loader, eval_loader, max_steps = prepare_datasets(strategy, *args, **kwargs)
         check_args(strategy.args, run, record)
-        if len(loader.dataset) != record["rows"]:
+        if len(loader.dataset) != record.rows:
             raise ValueError(
-                f"the prompt dataset has {len(loader.dataset)} rows, the plan {record['rows']}: "
+                f"the prompt dataset has {len(loader.dataset)} rows, the plan {record.rows}: "
                 "drop --data.max_samples"
             )
         # StatefulDataLoader's own sequential sampler: its state_dict resumes mid-plan
@@ -269,13 +180,13 @@ def main(argv: list[str] | None = None) -> None:
         rank_by = ours[ours.index("--rank-by") + 1] if "--rank-by" in ours else None
         path, record = export_plan(run, rank_by)  # fail here, not inside a Ray worker
         theirs, added = with_plan_flags(
-            argv[argv.index("--") + 1 :], data_flags(path, record["batch_size"])
+            argv[argv.index("--") + 1 :], data_flags(path, record.batch_size)
         )
     except OutputError as e:
         sys.exit(f"error: {e}")
     print(
-        f"gain-curate: the whole plan, {record['epochs']} epochs x {record['batch_size']} "
-        f"prompts = {record['epochs']} OpenRLHF steps per episode; added: {shlex.join(added)}",
+        f"gain-curate: the whole plan, {record.epochs} epochs x {record.batch_size} "
+        f"prompts = {record.epochs} OpenRLHF steps per episode; added: {shlex.join(added)}",
         file=sys.stderr,
     )
     import ray

@@ -79,7 +79,7 @@ def refuse_iterable(dataset: Any) -> None:
             "without a sampler, so the curriculum cannot choose prompts): load the shards "
             "without streaming, or train a plain "
             "GRPOTrainer(args=GRPOConfig(shuffle_dataset=False)) on "
-            "`gain-curate export OUT --format verl`, the plan in order"
+            "OUT/export/verl/plan.parquet, the plan in order (`gain-curate export` writes it)"
         )
 
 
@@ -191,7 +191,10 @@ class GainGRPOTrainer(GainCheckpoints, GRPOTrainer):
             self._gain_sampler.mark_trained()
         return out
 
-    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    def _generate_and_score_completions(
+        self, inputs: list[dict[str, torch.Tensor | Any]]
+    ) -> dict[str, torch.Tensor | Any]:
+        # TRL's own signature: the batch TRL's training step reads, as TRL returns it
         if self.gain_angles is None or not self.model.training:
             return super()._generate_and_score_completions(inputs)
         # The prefill of generation runs these prompts through the policy: measure them there.

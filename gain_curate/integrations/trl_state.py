@@ -18,18 +18,39 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from torch.utils.data import Sampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from gain_curate.curriculum.schedule import GainSchedule
+from gain_curate.curriculum.state import ScheduleState
 from gain_curate.integrations._common import LOG
 from gain_curate.runfolder.store import write_bytes_atomic
 
 STATE_FILE = "gain_curate_state.json"  # in every checkpoint folder
 STATE_VERSION = 1
+
+
+class SamplerState(TypedDict):
+    """GainRepeatSampler.state_dict(): its shape, how far training read the stream, and the
+    drawn chunks not yet wholly trained (chunk number -> rank positions; JSON keys)."""
+
+    batch_size: int
+    mini_repeat_count: int
+    repeat_count: int
+    trained: int
+    draws: int
+    chunks: dict[str, list[int]]
+
+
+class CheckpointState(TypedDict):
+    """gain_curate_state.json in every checkpoint folder (version 1)."""
+
+    version: int
+    schedule: ScheduleState
+    sampler: SamplerState | None
 
 
 class GainRepeatSampler(Sampler[int]):
@@ -100,7 +121,7 @@ class GainRepeatSampler(Sampler[int]):
         """Training consumed one more (per-process) batch: one generation batch of the stream."""
         self.trained += self.batch_len
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> SamplerState:
         first = self.trained // self.chunk_len
         return {
             "batch_size": self.batch_size,
@@ -139,7 +160,7 @@ class GainCheckpoints:
     gain_schedule: GainSchedule
     _gain_sampler: GainRepeatSampler | None
 
-    def gain_state_dict(self) -> dict[str, Any]:
+    def gain_state_dict(self) -> CheckpointState:
         s = self._gain_sampler
         return {
             "version": STATE_VERSION,

@@ -47,6 +47,7 @@ except ModuleNotFoundError as e:  # verl itself absent (not one of its own impor
     ) from None
 
 from gain_curate.curriculum.schedule import GainSchedule
+from gain_curate.curriculum.state import NoState, ScheduleState
 from gain_curate.integrations._common import (
     build_schedule,
     offline_scores,
@@ -171,10 +172,10 @@ if AbstractCurriculumSampler is not None:
             frame = inspect.currentframe()
             _add_to_fit_metrics(self._f.update(batch), frame.f_back if frame else None)
 
-        def state_dict(self) -> dict[str, Any]:
+        def state_dict(self) -> ScheduleState:
             return self._f.schedule.state_dict()
 
-        def load_state_dict(self, state: dict[str, Any]) -> None:
+        def load_state_dict(self, state: ScheduleState) -> None:
             self._f.schedule.load_state_dict(state)
 
 
@@ -226,6 +227,7 @@ class GainRLHFDataset(RLHFDataset):
         return super().__len__() if self._f is None else self._f.length
 
     def __getitem__(self, item: int) -> dict[str, Any]:
+        # RLHFDataset's row, as verl's collate_fn reads it: whatever columns the files have
         if self._f is None:
             return super().__getitem__(item)
         return super().__getitem__(self._f.next_row())
@@ -234,9 +236,11 @@ class GainRLHFDataset(RLHFDataset):
         if self._f is not None:
             self._f.update(batch)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {} if self._f is None else self._f.schedule.state_dict()
+    def state_dict(self) -> ScheduleState | NoState:
+        """What verl's checkpoint saves with the dataloader (data.pt): the schedule's state,
+        empty for a pass-through dataset."""
+        return NoState() if self._f is None else self._f.schedule.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: ScheduleState | NoState) -> None:
         if self._f is not None and state:
             self._f.schedule.load_state_dict(state)

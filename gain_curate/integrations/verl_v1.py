@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 try:
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
@@ -75,7 +75,17 @@ FLAGS = (
 )
 
 
-def builtin_kwargs(trainer: Any) -> dict[str, Any]:
+class BufferKwargs(TypedDict):
+    """The keywords verl's ReplayBuffer takes for DAPO filtering and batching."""
+
+    filter_groups_metric: str | None
+    sync_refill_failed_groups: bool
+    train_batch_size: int
+    gen_batch_size: int
+    max_inflight_gen_batches: int
+
+
+def builtin_kwargs(trainer: Any) -> BufferKwargs:
     """The keyword arguments verl 0.9.1's `_build_replay_buffer` gives its built-in sync
     ReplayBuffer and withholds from a custom one: DAPO's filter metric (resolved and checked
     by verl's own `_resolve_filter_groups_metric`), the batch sizes, in-flight bound, and
@@ -162,7 +172,8 @@ class GainReplayBuffer(ReplayBuffer):
             raise ValueError(
                 "GainReplayBuffer runs in verl's sync V1 trainer, "
                 f"not trainer.v1.trainer_mode={trainer_mode}: set trainer.v1.trainer_mode=sync, "
-                "or train on the open-loop plan (gain-curate export --format verl)"
+                "or train on the open-loop plan in OUT/export/verl/plan.parquet (`gain-curate "
+                "export` writes it)"
             )
         # verl passes a custom sampler none of these (0.9.1); should a later verl, its win
         kwargs = {**builtin_kwargs(self._trainer), **kwargs}

@@ -221,7 +221,7 @@ def launcher_argv(run: Path, tiny: Path, ckpt: Path, *more: str) -> list[str]:
         *more,
     ]
     path, record = adapter.export_plan(run)
-    argv, _ = adapter.with_plan_flags(mine, shlex.split(record["flags"]))
+    argv, _ = adapter.with_plan_flags(mine, shlex.split(record.flags))
     return argv
 
 
@@ -361,9 +361,9 @@ def test_export_epoch_reads_through_openrlhfs_parser_and_prompt_dataset(
     """The printed flags, shlex-split as a shell would (the run's path has a space), parsed by
     train_ppo_ray's own parser and read by the real prepare_datasets: epoch 1 as one step."""
     path, record = adapter.export_epoch(run, 1)
-    assert shlex.split(record["flags"]) == adapter.data_flags(path, B)
+    assert shlex.split(record.flags) == adapter.data_flags(path, B)
     manifest = json.loads((run / "gain_manifest.json").read_text())
-    assert manifest["exports"]["openrlhf"]["epochs"]["1"] == record and record["rows"] == B
+    assert manifest["exports"]["openrlhf"]["epochs"]["1"] == record.to_json() and record.rows == B
     args = parse(
         orl,
         [
@@ -375,7 +375,7 @@ def test_export_epoch_reads_through_openrlhfs_parser_and_prompt_dataset(
             "1",
             "--train.batch_size",
             "3",
-            *shlex.split(record["flags"]),
+            *shlex.split(record.flags),
         ],
     )
     assert not hasattr(orl.trainer.prepare_datasets, "gain_curate_run")  # no launcher here

@@ -85,10 +85,10 @@ def test_grpo_steps_move_mu_by_the_rule(
         for u, r in chunk:
             by_uid.setdefault(u, []).append(1.0 if r > 0 else 0.0)
         acc = float(np.mean([np.mean(v) for v in by_uid.values()]))
-        assert rec["acc"] == pytest.approx(acc)
-        assert rec["mu"] == pytest.approx(mu)
-        mu, _ = mu_update(mu, acc, rec["ang"] or 0.0, sched.params, sched.n_prompts)
-        assert rec["mu_next"] == pytest.approx(mu)
+        assert rec.acc == pytest.approx(acc)
+        assert rec.mu == pytest.approx(mu)
+        mu, _ = mu_update(mu, acc, rec.ang or 0.0, sched.params, sched.n_prompts)
+        assert rec.mu_next == pytest.approx(mu)
 
 
 def test_online_angle_is_scores_metric_on_the_policys_current_weights(
@@ -196,7 +196,7 @@ def test_online_angle_is_scores_metric_on_the_policys_current_weights(
     assert hist[0]["ang"] == pytest.approx(
         0.0, abs=1e-12
     )  # "change": 0 at the start by construction
-    assert len({round(h["ang"], 9) for h in hist}) == 4  # and a different value every step
+    assert len({round(h.ang, 9) for h in hist}) == 4  # and a different value every step
     logged = [h for h in trainer.state.log_history if "gain/mu" in h]
     assert logged and {"gain/acc", "gain/ang", "gain/angle_online", "gain/delta"} <= set(logged[0])
 
@@ -232,7 +232,7 @@ def test_iterable_dataset_is_refused_in_one_line_pointing_at_the_export(
         report_to="none",
         bf16=False,
     )
-    with pytest.raises(ValueError, match="export OUT --format verl") as e:
+    with pytest.raises(ValueError, match="export/verl/plan.parquet, the plan in order") as e:
         GainGRPOTrainer(
             model=str(tiny_qwen2_dir),
             reward_funcs=lambda completions, **k: [0.0] * len(completions),
@@ -415,12 +415,12 @@ def test_resume_draws_what_an_uninterrupted_run_draws_and_format_is_not_correctn
     assert len(straight.steps) == len(got) == 6
     assert got == straight.steps
     keys = ("epoch", "mu", "mu_next", "acc", "delta", "pass")
-    want = [{k: h[k] for k in keys} for h in a.gain_schedule.history]
-    have = [{k: h[k] for k in keys} for h in c.gain_schedule.history]
+    want = [{k: h.to_state()[k] for k in keys} for h in a.gain_schedule.history]
+    have = [{k: h.to_state()[k] for k in keys} for h in c.gain_schedule.history]
     print("mu per step:", [h["mu"] for h in want], [h["mu"] for h in have])
     assert have == want
-    assert [h["ang"] for h in c.gain_schedule.history] == pytest.approx(
-        [h["ang"] for h in a.gain_schedule.history], abs=1e-6
+    assert [h.ang for h in c.gain_schedule.history] == pytest.approx(
+        [h.ang for h in a.gain_schedule.history], abs=1e-6
     )
     assert not c._gain_warned
 
@@ -432,7 +432,7 @@ def test_resume_draws_what_an_uninterrupted_run_draws_and_format_is_not_correctn
         by_uid: dict[str, list[float]] = {}
         for u, r in zip(uids, right):
             by_uid.setdefault(u, []).append(r)
-        assert h["acc"] == pytest.approx(float(np.mean([np.mean(v) for v in by_uid.values()])))
+        assert h.acc == pytest.approx(float(np.mean([np.mean(v) for v in by_uid.values()])))
         weighted_differs |= any(r == 0 and f > 0 for r, f in zip(right, fmt))
     assert weighted_differs  # wrong answers with a format reward were there to be miscounted
 

@@ -107,7 +107,7 @@ def test_sampler_follows_schedule_and_moves_mu(shards, qwen_tokenizer) -> None:
     # no angle term: verl's actor is not hooked, and the offline score is never a stand-in
     want_mu, _ = mu_update(0.0, float(np.mean(acc)), 0.0, sampler.schedule.params, 40)
     assert sampler.schedule.mu == pytest.approx(want_mu) and sampler.schedule.epoch == 1
-    assert sampler.schedule.history[-1]["ang"] is None
+    assert sampler.schedule.history[-1].ang is None
     plan = [sampler.schedule.uids[r] for r in sampler.schedule.plan_epoch()]  # at the new mu
     assert [e["gain_uid"] for e in next(it)["extra_info"]] == plan
 
@@ -118,7 +118,7 @@ def test_update_without_acc_reads_token_level_scores(shards, qwen_tokenizer) -> 
     sampler = GainCurriculumSampler(data_source=ds, data_config=cfg)
     rows = next(iter(StatefulDataLoader(ds, batch_size=B, sampler=sampler, collate_fn=collate_fn)))
     sampler.update(step_batch(rows, acc=None))
-    assert sampler.schedule.history[0]["acc"] == pytest.approx(0.5)  # even prompts scored > 0
+    assert sampler.schedule.history[0].acc == pytest.approx(0.5)  # even prompts scored > 0
 
 
 def test_sampler_state_resumes_mid_epoch(shards, qwen_tokenizer) -> None:
@@ -190,7 +190,7 @@ def test_a_step_without_results_advances_without_moving_mu(shards, qwen_tokenize
     it = iter(sampler)
     first = [next(it) for _ in range(2 * B)]
     assert len(set(first[:B])) == B and sampler.schedule.epoch == 1 and sampler.schedule.mu == 0
-    assert sampler.schedule.history[0]["event"] == "unscored"
+    assert sampler.schedule.history[0].event == "unscored"
 
 
 def _fit_source(relpath: str, cls: str, fn: str) -> str:

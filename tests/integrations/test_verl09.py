@@ -417,7 +417,7 @@ def test_v1_fit_moves_mu_once_per_trainer_step(
         ]  # drawn at the mu the previous step left
         assert len(metrics["keys"]) == 2 * B  # every trajectory of the step trained
         plain.observe_accuracy([acc_of(prompts)])
-        mu = plain.end_epoch()["mu_next"]
+        mu = plain.end_epoch().mu_next
         assert metrics["gain/acc"] == pytest.approx(acc_of(prompts))
         assert metrics["gain/mu"] == pytest.approx(mu)
     assert ds.schedule.mu == pytest.approx(mu) and mu > 0
