@@ -193,9 +193,7 @@ def test_online_angle_is_scores_metric_on_the_policys_current_weights(
         for u, v in s.items()
     ]
     assert max(abs(x) for x in shift) > 1e-3
-    assert hist[0]["ang"] == pytest.approx(
-        0.0, abs=1e-12
-    )  # "change": 0 at the start by construction
+    assert hist[0].ang == pytest.approx(0.0, abs=1e-12)  # "change": 0 at the start by construction
     assert len({round(h.ang, 9) for h in hist}) == 4  # and a different value every step
     logged = [h for h in trainer.state.log_history if "gain/mu" in h]
     assert logged and {"gain/acc", "gain/ang", "gain/angle_online", "gain/delta"} <= set(logged[0])
