@@ -104,7 +104,7 @@ def test_recommend_picks_the_probe_only_when_its_interval_beats_the_baselines(
     feats, p = planted()
     length = np.random.default_rng(2).integers(5, 50, N).astype(float)
     angle = np.random.default_rng(3).normal(size=N)
-    got = recommend(feats, p, length, angle, probes_dir=tmp_path, meta={}, refits=40)
+    got = recommend(feats, p, length, angle, probes_dir=tmp_path, meta={}, refits=40).to_json()
     rec = got["recommended"]
     assert list(rec)[:5] == [
         "ranking",
@@ -124,7 +124,7 @@ def test_recommend_picks_the_probe_only_when_its_interval_beats_the_baselines(
     assert all(got["baselines"][k]["probe"] is None for k in ("length", "angle"))
     # length as the pass rate: length wins, the former recommendation is removed
     q = np.argsort(np.argsort(-length)) / (N - 1)
-    again = recommend(feats, q, length, angle, probes_dir=tmp_path, meta={}, refits=20)
+    again = recommend(feats, q, length, angle, probes_dir=tmp_path, meta={}, refits=20).to_json()
     assert again["recommended"]["ranking"] == "length"
     assert again["recommended"]["probe"] is None
     assert again["recommended"]["spearman_p"] > 0.99  # ties in length

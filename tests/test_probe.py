@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from gain_curate.bootstrap import auroc_ci, spearman_ci
 from gain_curate.checks.probe import ProbeFit, fit_probe, fit_probes, learnability
 from gain_curate.checks.rankings import compare_rankings, signal_rankings
+from gain_curate.checks.rollouts import Rollouts
 from gain_curate.checks.served import curriculum_serves
 
 
@@ -106,8 +108,17 @@ MANIFEST = {  # the parts of a run's manifest a probe's fitted_on reads
 }
 
 
+def typed(m: dict) -> SimpleNamespace:
+    """The parts of runfolder.run.Manifest that fitted_on reads: `model` and `section()`."""
+    return SimpleNamespace(model=SimpleNamespace(**m["model"]), section=m.get)
+
+
 def test_a_saved_probe_records_the_run_it_was_fit_on(tmp_path: Path) -> None:
-    from gain_curate.checks.probe import differences, fitted_on
+    from gain_curate.checks import probe
+    from gain_curate.checks.probe import differences
+
+    def fitted_on(m: dict):  # of the manifest's JSON, through its typed view
+        return probe.fitted_on(typed(m))
 
     x, p = planted(n=40, d=12)
     own = fitted_on(MANIFEST)
@@ -165,14 +176,14 @@ def test_curriculum_serves_less_zero_variance_when_those_rank_last() -> None:
     zero_var = np.arange(n) >= 40  # the 24 zero-variance prompts ...
     scores = -np.arange(n, dtype=np.float64)  # ... at the bottom of the ranking
     out = curriculum_serves(scores, zero_var, batch_size=256, epochs=10, n_run=7473)
-    assert out["uniform"] == pytest.approx(24 / 64)
-    assert out["share"] < 0.05 < out["uniform"]
-    assert out["mu"] == [0.0] * 10  # no pass rates: mu stays at mu0
+    assert out.uniform == pytest.approx(24 / 64)
+    assert out.share < 0.05 < out.uniform
+    assert out.mu == [0.0] * 10  # no pass rates: mu stays at mu0
     flipped = curriculum_serves(-scores, zero_var, 256, 10, n_run=7473)
-    assert flipped["share"] > 0.95
+    assert flipped.share > 0.95
     # a run no larger than sigma (1000): the Gaussian is flat, every ranking serves ~uniform
     small = curriculum_serves(scores, zero_var, 32, 10)
-    assert small["n_run"] == n and small["share"] == pytest.approx(out["uniform"], abs=0.01)
+    assert small.n_run == n and small.share == pytest.approx(out.uniform, abs=0.01)
 
 
 def test_curriculum_moves_mu_as_the_schedule_does() -> None:
@@ -190,10 +201,10 @@ def test_curriculum_moves_mu_as_the_schedule_does() -> None:
         expected.append(sched.mu)
         sched.observe_accuracy([0.9])
         sched.end_epoch()
-    assert out["mu"] == pytest.approx(expected) and expected[-1] > 0
+    assert out.mu == pytest.approx(expected) and expected[-1] > 0
 
 
-def rollouts_like(n: int, seed: int = 0) -> tuple[dict, dict, np.ndarray]:
+def rollouts_like(n: int, seed: int = 0) -> tuple[dict, Rollouts, np.ndarray]:
     """Signals and rollout results where the pass rate follows a linear read-out of the
     states and nothing else; two thirds of the groups all wrong."""
     rng = np.random.default_rng(seed)
@@ -206,30 +217,33 @@ def rollouts_like(n: int, seed: int = 0) -> tuple[dict, dict, np.ndarray]:
         "c_inter": rng.normal(size=n),
         "question_tokens": rng.integers(20, 300, n).astype(float),
     }
-    rl = {
-        "reward": "default",
-        "pass_rate": p,
-        "learnability": p * (1 - p),
-        "zero_variance": (p == 0) | (p == 1),
-        "grpo_grad_norm": rng.random(n) * (p * (1 - p) > 0),
-        "mean_length": np.full(n, 100.0),
-        "truncated": np.zeros(n),
-        "max_new_tokens": 256,
-    }
+    rl = Rollouts(
+        reward="default",
+        pass_rate=p,
+        learnability=p * (1 - p),
+        zero_variance=(p == 0) | (p == 1),
+        mean_length=np.full(n, 100.0),
+        truncated=np.zeros(n),
+        none_rewards=0,
+        max_new_tokens=256,
+        grpo_grad_norm=rng.random(n) * (p * (1 - p) > 0),
+        records=[],
+        seconds={},
+    )
     return signals, rl, states
 
 
 def test_compare_rankings_names_the_probe_and_gives_every_interval() -> None:
     signals, rl, states = rollouts_like(96)
-    fits = fit_probes({"last_token@L12": states}, rl["pass_rate"])
+    fits = fit_probes({"last_token@L12": states}, rl.pass_rate)
     table = compare_rankings(
         signal_rankings(signals, fits),
-        rl,
+        rl.targets(),
         length=signals["question_tokens"],
         n_run=7473,
         probes=fits,
         resamples=500,
-    )
+    ).to_json()
     labels = [
         "gain_score",
         "C_intra",
@@ -264,7 +278,7 @@ def test_compare_rankings_names_the_probe_and_gives_every_interval() -> None:
     assert probe["curriculum_minus_uniform"]["high"] < 0  # easy first: fewer all-wrong groups
     length = table["rankings"]["question length (shortest first)"]
     assert length["spearman_pass_rate"]["value"] == pytest.approx(
-        -spearman_ci(signals["question_tokens"], rl["pass_rate"]).value
+        -spearman_ci(signals["question_tokens"], rl.pass_rate).value
     )
     assert length["partial_spearman_pass_rate_given_length"]["value"] is None
     assert table["probes"]["last_token@L12"]["d"] == 48
@@ -275,8 +289,8 @@ def test_compare_rankings_names_the_probe_and_gives_every_interval() -> None:
 def test_no_verdict_without_an_interval_above_zero() -> None:
     signals, rl, _ = rollouts_like(16, seed=3)
     table = compare_rankings(
-        signal_rankings(signals), rl, length=signals["question_tokens"], resamples=300
-    )
+        signal_rankings(signals), rl.targets(), length=signals["question_tokens"], resamples=300
+    ).to_json()
     assert table["verdict"].startswith(
         "no ranking's interval for the pass rate lies above 0 at n = 16"
     )
@@ -290,8 +304,8 @@ def test_rollout_statistics_keeps_its_keys_and_prints_intervals(capsys) -> None:
     from gain_curate.cli.views import print_validate
 
     signals, rl, states = rollouts_like(64)
-    fits = fit_probes({"last_token@L12": states}, rl["pass_rate"])
-    out = rollout_statistics(signals, rl, probes=fits, n_run=7473, resamples=300)
+    fits = fit_probes({"last_token@L12": states}, rl.pass_rate)
+    out = rollout_statistics(signals, rl, probes=fits, n_run=7473, resamples=300).to_json()
     assert out["spearman_gain_score_vs_pass_rate"] == pytest.approx(
         out["rankings"]["gain_score"]["spearman_pass_rate"]["value"]
     )

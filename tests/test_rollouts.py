@@ -131,7 +131,7 @@ def test_group_advantages_match_verl() -> None:
 def test_zero_variance_drop_hand_computed() -> None:
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
     zero = np.array([False, True, False, False, True, True, True, False])  # 4 zero-variance
-    half = zero_variance_drop(score, zero, 0.5)  # keeps ranks 0-3: one zero-variance kept
+    half = zero_variance_drop(score, zero, 0.5).to_json()  # keeps ranks 0-3: one zero-variance kept
     assert {k: v for k, v in half.items() if k != "dropped_by_score_interval"} == {
         "keep": 0.5,
         "kept": 4,
@@ -140,9 +140,9 @@ def test_zero_variance_drop_hand_computed() -> None:
         "dropped_by_random": 0.5,
     }
     assert half["dropped_by_score_interval"]["value"] == 0.75
-    quarter = zero_variance_drop(score, zero, 0.25)  # keeps 0.9, 0.8: one kept
+    quarter = zero_variance_drop(score, zero, 0.25).to_json()  # keeps 0.9, 0.8: one kept
     assert quarter["dropped_by_score"] == 0.75 and quarter["dropped_by_random"] == 0.75
-    assert zero_variance_drop(score, np.zeros(8, bool), 0.5)["dropped_by_score"] is None
+    assert zero_variance_drop(score, np.zeros(8, bool), 0.5).dropped_by_score is None
 
 
 def test_zero_variance_drop_interval_is_the_hand_bootstrap() -> None:
@@ -161,7 +161,7 @@ def test_zero_variance_drop_interval_is_the_hand_bootstrap() -> None:
         dropped = sum(bool(z[i]) and i not in kept for i in range(n))
         return dropped / z.sum() if z.sum() else np.nan
 
-    got = zero_variance_drop(score, zero, keep, seed=7, resamples=400)
+    got = zero_variance_drop(score, zero, keep, seed=7, resamples=400).to_json()
     idx = np.random.default_rng(7).integers(0, n, size=(400, n))
     values = np.array([naive(score[r], zero[r]) for r in idx])
     low, high = np.quantile(values[np.isfinite(values)], [0.025, 0.975])
@@ -170,7 +170,9 @@ def test_zero_variance_drop_interval_is_the_hand_bootstrap() -> None:
     assert (interval["low"], interval["high"]) == pytest.approx((low, high), abs=1e-12)
     assert interval["n"] == n and got["dropped_by_random"] == 0.75
     assert "includes 0.75" in interval["warning"]  # an unrelated score: like a random subset
-    planted = zero_variance_drop(np.where(zero, -1.0, 1.0) + rng.normal(0, 0.1, n), zero, keep)
+    planted = zero_variance_drop(
+        np.where(zero, -1.0, 1.0) + rng.normal(0, 0.1, n), zero, keep
+    ).to_json()
     assert planted["dropped_by_score"] == 1.0 and planted["dropped_by_score_interval"]["low"] > 0.75
     assert planted["dropped_by_score_interval"]["warning"] is None
 
@@ -402,6 +404,7 @@ def test_cut_off_completions_earn_nothing_and_are_counted(monkeypatch, capsys) -
     """run_rollouts with generation and the GRPO pass stood in: the cut-off completion of
     issue 18 earns 0 under the default reward, is marked truncated, and a truncated share
     above 20 % is one warning line in validate.json's summary and on the console."""
+    import dataclasses
     import types
 
     from gain_curate.checks import rollout_stats, rollouts
@@ -449,21 +452,21 @@ def test_cut_off_completions_earn_nothing_and_are_counted(monkeypatch, capsys) -
         folder=Path("unused"),
         model_revision=None,
     )
-    assert [r["rewards"] for r in rl["records"]] == [[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
-    assert [r["truncated"] for r in rl["records"]] == [
+    assert [r["rewards"] for r in rl.records] == [[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+    assert [r["truncated"] for r in rl.records] == [
         [True, False, False, False],
         [True, True, False, False],
     ]
-    assert rl["truncated"].tolist() == [0.25, 0.5] and rl["none_rewards"] == 0
+    assert rl.truncated.tolist() == [0.25, 0.5] and rl.none_rewards == 0
     signals = {name: np.array([0.1, 0.2]) for name in rollout_stats.SIGNALS}
-    stats_ = rollout_stats.rollout_statistics(signals, rl)
+    stats_ = rollout_stats.rollout_statistics(signals, rl).to_json()
     assert stats_["truncated_share"] == 0.375
     (warning,) = stats_["warnings"]
     assert warning.startswith(
         "38% of the completions were cut off at --max-new-tokens 6 before they ended"
     )
     truncated = np.array([0.25, 0.125])  # 19 %
-    assert rollout_stats.rollout_warnings({**rl, "truncated": truncated}) == []
+    assert rollout_stats.rollout_warnings(dataclasses.replace(rl, truncated=truncated)) == []
     result = {
         "model": "m",
         "sample": 2,

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gain_curate.checks import pass_rates as pr
 from gain_curate.errors import InputError
+
+if TYPE_CHECKING:
+    from gain_curate.checks.rankings import RankingTable
+    from gain_curate.checks.recommend import Recommendation
+    from gain_curate.runfolder.run import Run
 
 ID_ARRAYS = ("row", "gain_uid")
 
@@ -36,19 +42,19 @@ def state_features(states: dict[str, np.ndarray], layer: int) -> dict[str, np.nd
     return out
 
 
-def kept_states(run: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+def kept_states(run: Run) -> dict[str, np.ndarray]:
     """The run's states.npz, checked against its manifest; one line when it kept none."""
     from gain_curate.runfolder import store
 
-    kept = manifest.get("states")
+    kept = run.manifest.states
     if kept is None:
         raise InputError(
-            f"{run} kept no hidden states, which calibration reads: score it again with "
+            f"{run.out} kept no hidden states, which calibration reads: score it again with "
             "`keep_states` (the shards stay the same bytes), or generate pass rates with "
             "`rollouts` K"
         )
-    path = run / kept["path"]
-    if not path.is_file() or store.file_sha256(path) != kept["sha256"]:
+    path = run.out / kept.path
+    if not path.is_file() or store.file_sha256(path) != kept.sha256:
         raise InputError(
             f"{path} is missing or is not the file the manifest lists: score again with "
             "`keep_states`"
@@ -56,8 +62,63 @@ def kept_states(run: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
     return store.read_npz(path)
 
 
+@dataclass(frozen=True)
+class Calibrated:
+    """The run's rows calibration uses (`use`, indices into `rows`, the run's rows in rank
+    order): a pass rate, kept states and finite length and score; their columns there."""
+
+    rows: list[dict[str, Any]]
+    rates: pr.PassRates  # per row of `rows`
+    use: np.ndarray
+    x: dict[str, np.ndarray]  # feature name -> (len(use), d)
+    length: np.ndarray
+    angle: np.ndarray
+    c_intra: np.ndarray
+    c_inter: np.ndarray
+
+    @property
+    def p(self) -> np.ndarray:
+        return self.rates.rate[self.use]
+
+    def signals(self) -> dict[str, np.ndarray]:
+        return {
+            "gain_score": self.angle,
+            "c_intra": self.c_intra,
+            "c_inter": self.c_inter,
+            "question_tokens": self.length,
+        }
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Everything `validate --json` prints in this mode (to_json, in its order)."""
+
+    run: Path
+    model: str | None
+    seed: int
+    rates: dict[str, object]  # validate.json's pass_rates: source, counts, mean, k
+    recommendation: Recommendation
+    rankings: RankingTable
+    seconds: float
+
+    def to_json(self) -> dict[str, object]:
+        rec = self.recommendation.to_json()
+        return {
+            "mode": "pass rates (no generation, no model load)",
+            "run": str(self.run),
+            "model": self.model,
+            "sample": self.rates["rows_used"],
+            "seed": self.seed,
+            "pass_rates": self.rates,
+            **rec,
+            "rankings": {k: v for k, v in self.rankings.to_json().items() if k != "verdict"},
+            "supervised_gradients": "not run: calibrating from given pass rates loads no model",
+            "seconds": {"calibrate": self.seconds},
+        }
+
+
 def run_calibrate(
-    run: Path,
+    run_dir: Path,
     out: Path,
     *,
     pass_rate_key: str | None,
@@ -66,33 +127,85 @@ def run_calibrate(
     sample: int | None = None,
     seed: int = 0,
     refits: int | None = None,
-    hooks: Any = None,
-) -> dict[str, Any]:
-    """Everything `validate --json` prints in this mode (module docstring); writes
-    OUT/validate.json, OUT/validate.parquet and OUT/probes/."""
-    import pyarrow as pa
-
+) -> Calibration:
+    """Calibrate from the given pass rates (module docstring); writes OUT/validate.json,
+    OUT/validate.parquet and OUT/probes/."""
+    from gain_curate import progress
     from gain_curate.checks import nested
     from gain_curate.checks.probe import fitted_on
-    from gain_curate.checks.rankings import compare_rankings, signal_rankings
+    from gain_curate.checks.rankings import Targets, compare_rankings, signal_rankings
     from gain_curate.checks.recommend import recommend
-    from gain_curate.curriculum.export import ranked_table
-    from gain_curate.runfolder import store
+    from gain_curate.runfolder.run import open_run
 
     clock = time.perf_counter()
-    manifest = store.read_manifest(run)
-    states = kept_states(run, manifest)
-    rows = ranked_table(run).to_pylist()
+    run = open_run(run_dir)
+    cal = calibrated_rows(run, pass_rate_key, pass_rates_file, k_key, sample, seed)
+    p = cal.p
+    steps = refits if refits is not None else nested.REFITS
+    rec = recommend(
+        cal.x,
+        p,
+        cal.length,
+        cal.angle,
+        probes_dir=out / "probes",
+        meta={"fitted_on": fitted_on(run.manifest), "pass_rates": cal.rates.source},
+        seed=seed,
+        refits=steps,
+        advance=progress.step("refitting the nested CV (bootstrap)", steps),
+    )
+    zv = (p <= 0) | (p >= 1)
+    ranked = compare_rankings(
+        signal_rankings(cal.signals(), {"nested CV": rec.fit}),
+        Targets(p, zv, p * (1 - p)),
+        length=cal.length,
+        n_run=len(cal.rows),
+        seed=seed,
+        probes={"nested CV": rec.fit},
+    )
+    k = cal.rates.k[cal.use]
+    rates = {
+        "source": cal.rates.source,
+        "rows_with_rate": int(np.isfinite(cal.rates.rate).sum()),
+        "rows_used": len(cal.use),
+        "unmatched_lines": cal.rates.unmatched,
+        "mean": float(p.mean()),
+        "zero_variance_share": float(zv.mean()),
+        "k": None
+        if not np.isfinite(k).any()
+        else {"min": float(np.nanmin(k)), "max": float(np.nanmax(k))},
+    }
+    seconds = round(time.perf_counter() - clock, 1)
+    result = Calibration(run_dir, run.manifest.model.name, seed, rates, rec, ranked, seconds)
+    write_calibration(out, result, cal)
+    return result
+
+
+def calibrated_rows(
+    run: Run,
+    pass_rate_key: str | None,
+    pass_rates_file: Path | None,
+    k_key: str | None,
+    sample: int | None,
+    seed: int,
+) -> Calibrated:
+    """The run's rows with a pass rate (a column of its rows, or a file), kept states and a
+    finite length and score; `sample` of them (seeded) when given. One line when too few
+    are left for the nested cross-validation."""
+    from gain_curate.checks import nested
+    from gain_curate.curriculum.export import ranked_table
+
+    states = kept_states(run)
+    rows = ranked_table(run.out).to_pylist()  # in rank order
     if pass_rates_file is not None:
         rates = pr.from_file(pass_rates_file, rows, pass_rate_key, k_key)
     else:
         assert pass_rate_key is not None
-        rates = pr.from_rows(rows, pass_rate_key, k_key, f"the rows of {run}")
-    feats = state_features(states, int(manifest["states"]["layer"]))
+        rates = pr.from_rows(rows, pass_rate_key, k_key, f"the rows of {run.out}")
+    assert run.manifest.states is not None  # kept_states checked it
+    feats = state_features(states, int(run.manifest.states.layer))
     at = {u: i for i, u in enumerate(states["gain_uid"].tolist())}
     num = lambda k: np.array([np.nan if r[k] is None else r[k] for r in rows], np.float64)  # noqa: E731
     length, angle = num("gain_tokens_question"), num("gain_score")
-    c_intra, c_inter = num("gain_c_intra"), num("gain_c_inter")
     srow = np.array([at.get(r["gain_uid"], -1) for r in rows])
     ok = np.isfinite(rates.rate) & (srow >= 0) & np.isfinite(length) & np.isfinite(angle)
     for v in feats.values():
@@ -102,73 +215,28 @@ def run_calibrate(
         use = np.sort(np.random.default_rng(seed).choice(use, size=sample, replace=False))
     if len(use) < 2 * nested.FOLDS * 2:
         raise InputError(
-            f"{len(use)} rows of {run} have a pass rate and kept states: the nested "
+            f"{len(use)} rows of {run.out} have a pass rate and kept states: the nested "
             f"cross-validation needs at least {4 * nested.FOLDS}; give pass rates for more rows"
         )
-    p = rates.rate[use]
     x = {k: v[srow[use]] for k, v in feats.items()}
-    steps = refits if refits is not None else nested.REFITS
-    advance = hooks.add("refitting the nested CV (bootstrap)", steps) if hooks else None
-    rec = recommend(
-        x,
-        p,
-        length[use],
-        angle[use],
-        probes_dir=out / "probes",
-        meta={"fitted_on": fitted_on(manifest), "pass_rates": rates.source},
-        seed=seed,
-        refits=steps,
-        advance=advance or (lambda k: None),
-    )
-    fit = rec.pop("probe_fit")
-    zv = (p <= 0) | (p >= 1)
-    signals = {
-        "gain_score": angle[use],
-        "c_intra": c_intra[use],
-        "c_inter": c_inter[use],
-        "question_tokens": length[use],
-    }
-    rl = {"pass_rate": p, "zero_variance": zv, "learnability": p * (1 - p)}
-    ranked = compare_rankings(
-        signal_rankings(signals, {"nested CV": fit}),
-        rl,
-        length=length[use],
-        n_run=len(rows),
-        seed=seed,
-        probes={"nested CV": fit},
-    )
-    k = rates.k[use]
-    result = {
-        "mode": "pass rates (no generation, no model load)",
-        "run": str(run),
-        "model": manifest["model"].get("name"),
-        "sample": len(use),
-        "seed": seed,
-        "pass_rates": {
-            "source": rates.source,
-            "rows_with_rate": int(np.isfinite(rates.rate).sum()),
-            "rows_used": len(use),
-            "unmatched_lines": rates.unmatched,
-            "mean": float(p.mean()),
-            "zero_variance_share": float(zv.mean()),
-            "k": None
-            if not np.isfinite(k).any()
-            else {"min": float(np.nanmin(k)), "max": float(np.nanmax(k))},
-        },
-        "verdict": rec.pop("verdict"),
-        **{key: rec[key] for key in ("recommended", "baselines", "probe")},
-        "rankings": {key: v for key, v in ranked.items() if key != "verdict"},
-        "supervised_gradients": "not run: calibrating from given pass rates loads no model",
-        "seconds": {"calibrate": round(time.perf_counter() - clock, 1)},
-    }
+    c_intra, c_inter = num("gain_c_intra")[use], num("gain_c_inter")[use]
+    return Calibrated(rows, rates, use, x, length[use], angle[use], c_intra, c_inter)
+
+
+def write_calibration(out: Path, result: Calibration, cal: Calibrated) -> None:
+    """OUT/validate.parquet (one row per prompt used) and OUT/validate.json."""
+    import pyarrow as pa
+
+    from gain_curate.runfolder import store
+
     table = {
-        "gain_uid": [rows[i]["gain_uid"] for i in use],
-        "gain_rank": [rows[i]["gain_rank"] for i in use],
-        "pass_rate": p,
-        "pass_rate_k": k,
-        "probe_heldout_pass_rate": rec["heldout"],
-        "gain_score": angle[use],
-        "question_tokens": length[use],
+        "gain_uid": [cal.rows[i]["gain_uid"] for i in cal.use],
+        "gain_rank": [cal.rows[i]["gain_rank"] for i in cal.use],
+        "pass_rate": cal.p,
+        "pass_rate_k": cal.rates.k[cal.use],
+        "probe_heldout_pass_rate": result.recommendation.heldout,
+        "gain_score": cal.angle,
+        "question_tokens": cal.length,
     }
     store.write_table_atomic(pa.table(table), out, Path("validate.parquet"))
     jsonable = {
@@ -178,11 +246,8 @@ def run_calibrate(
         ]
         for c, vals in table.items()
     }
-    store.write_bytes_atomic(
-        out / "validate.json",
-        json.dumps({"summary": result, "rows": jsonable}, indent=1).encode(),
-    )
-    return result
+    summary = {"summary": result.to_json(), "rows": jsonable}
+    store.write_bytes_atomic(out / "validate.json", json.dumps(summary, indent=1).encode())
 
 
 def recommend_sampled(
@@ -193,9 +258,9 @@ def recommend_sampled(
     out: Path,
     meta: dict[str, Any],
     seed: int,
-) -> dict[str, Any]:
+) -> Recommendation | None:
     """`validate --rollouts`' recommended / baselines / probe / verdict (recommend.py) over
-    the sampled prompts whose every feature, length and score is finite ({} below the
+    the sampled prompts whose every feature, length and score is finite (None below the
     nested cross-validation's minimum)."""
     from gain_curate.checks import nested
     from gain_curate.checks.recommend import recommend
@@ -205,8 +270,8 @@ def recommend_sampled(
     for v in features.values():
         ok &= np.isfinite(v).all(1)
     if ok.sum() < 4 * nested.FOLDS:
-        return {}
-    rec = recommend(
+        return None
+    return recommend(
         {k: v[ok] for k, v in features.items()},
         p[ok],
         length[ok],
@@ -215,16 +280,16 @@ def recommend_sampled(
         meta=meta,
         seed=seed,
     )
-    return {k: rec[k] for k in ("verdict", "recommended", "baselines", "probe")}
 
 
-def sampled_states(run: Path, manifest: dict[str, Any], picked: list[int]) -> dict[str, Any]:
+def sampled_states(run: Run, picked: list[int]) -> dict[str, np.ndarray]:
     """Every kept array of the run (state_features) at the given input rows, in that order;
     NaN rows where the run kept none."""
-    states = kept_states(run, manifest)
+    states = kept_states(run)
+    assert run.manifest.states is not None
     at = {int(r): i for i, r in enumerate(states["row"])}
     out = {}
-    for name, v in state_features(states, int(manifest["states"]["layer"])).items():
+    for name, v in state_features(states, int(run.manifest.states.layer)).items():
         got = np.full((len(picked), v.shape[1]), np.nan, np.float32)
         for j, r in enumerate(picked):
             if int(r) in at:

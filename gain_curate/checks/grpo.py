@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -88,19 +89,28 @@ def grpo_grad_norms(
     return norms
 
 
+@dataclass
+class UpProjPass:
+    """One pass through the hooked up_proj: its input x, and the gradient g at its output
+    once backward reaches it (None when nothing downstream of the pass is in the loss)."""
+
+    x: Any  # (..., in_features)
+    g: Any = None  # (..., out_features)
+
+
 @contextlib.contextmanager
-def _hooked_up_proj(model: Any, layer: int) -> Iterator[tuple[Any, list[dict[str, Any]]]]:
+def _hooked_up_proj(model: Any, layer: int) -> Iterator[tuple[Any, list[UpProjPass]]]:
     """While open, only layer `layer`'s up_proj weight takes gradients, and every pass
-    through it appends {"x": its input, "g": the gradient at its output}; no g arrives when
-    nothing downstream of that pass is in the loss (its contribution is 0)."""
+    through it appends an UpProjPass; no g arrives when nothing downstream of that pass is
+    in the loss (its contribution is 0)."""
     from gain_curate.checks.gradients import up_proj
 
     lin, calls = up_proj(model, layer), []
 
     def hook(_m: Any, args: tuple[Any, ...], output: Any) -> None:
-        call = {"x": args[0].detach()}
+        call = UpProjPass(args[0].detach())
         calls.append(call)
-        output.register_hook(lambda g: call.__setitem__("g", g.detach()))
+        output.register_hook(lambda g: setattr(call, "g", g.detach()))
 
     model.requires_grad_(False)
     lin.weight.requires_grad_(True)
@@ -133,7 +143,7 @@ def _norm_from_states(
     advantages: np.ndarray,
     temperature: float,
     lin: Any,
-    calls: list[dict[str, Any]],
+    calls: list[UpProjPass],
 ) -> float:
     """One group from its kept states: the last layer's MLP, the final norm and the head."""
     import torch
@@ -148,7 +158,7 @@ def _norm_from_states(
     weight = _token_weights(completions, advantages, device)
     torch.autograd.backward(hidden, head_grad(head, hidden.detach(), targets, weight, temperature))
     (call,) = calls
-    grad = call["g"].float().T @ call["x"].float()  # (I, d) = sum_t g_t x_t^T
+    grad = call.g.float().T @ call.x.float()  # (I, d) = sum_t g_t x_t^T
     return grad.norm().item()
 
 
@@ -161,7 +171,7 @@ def _norms_full_pass(
     temperature: float,
     pad_id: int,
     lin: Any,
-    calls: list[dict[str, Any]],
+    calls: list[UpProjPass],
 ) -> np.ndarray:
     """A batch of groups through the model: prompts once, completions on their KV cache."""
     import torch
@@ -198,9 +208,9 @@ def _norms_full_pass(
     torch.autograd.backward(states, head_grad(head, states.detach(), targets, weight, temperature))
     grads = torch.zeros(len(batch), lin.out_features, lin.in_features, device=device)
     for call in calls:  # prompt pass: P rows; completion pass: P*K rows, groups together
-        if "g" in call:
-            g = call["g"].float().reshape(len(batch), -1, lin.out_features)
-            x = call["x"].float().reshape(len(batch), -1, lin.in_features)
+        if call.g is not None:
+            g = call.g.float().reshape(len(batch), -1, lin.out_features)
+            x = call.x.float().reshape(len(batch), -1, lin.in_features)
             grads += torch.einsum("pti,ptd->pid", g, x)
     return grads.flatten(1).norm(dim=1).cpu().numpy()
 

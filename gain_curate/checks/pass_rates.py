@@ -90,14 +90,14 @@ def from_rows(rows: list[dict[str, Any]], key: str, k_key: str | None, where: st
             f"`pass_rate_key` {key}: no row of {where} has it; its columns: "
             f"{', '.join(available_keys(rows[:1]))}"
         )
-    rate = _numbers(values, f"--pass-rate-key {key}", where)
+    rate = _numbers(values, f"`pass_rate_key` {key}", where)
     k = np.full(len(rows), np.nan)
     if k_key:
         ks = [dotted(r, k_key) for r in rows]
         if all(v is None for v in ks):
             raise InputError(f"`pass_rate_k_key` {k_key}: no row of {where} has it")
-        k = _numbers(ks, f"--pass-rate-k-key {k_key}", where)
-    _checked(rate, k, f"--pass-rate-key {key}", where)
+        k = _numbers(ks, f"`pass_rate_k_key` {k_key}", where)
+    _checked(rate, k, f"`pass_rate_key` {key}", where)
     return PassRates(rate, k, f"{where}, column {key}")
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,9 @@ import pyarrow as pa
 from gain_curate.errors import OutputError
 from gain_curate.runfolder import store
 from gain_curate.scoring.record import PREDICT_FIELDS
+
+if TYPE_CHECKING:
+    from gain_curate.runfolder.run import Manifest
 
 KINDS = ("question_mean", "last_token")  # the pooled states score --keep-states keeps
 _LAYER = re.compile(r"(?:@\s*L?|\blayer\s*|\bL)(-?\d+)", re.IGNORECASE)
@@ -103,7 +106,7 @@ def recommended_probe(folder: Path) -> Path:
     if not rec.get("probe"):
         raise OutputError(
             f"{path} recommends `rank_by` {rec.get('ranking')}, not a probe: nothing to "
-            f"predict; train on it with `gain-curate schedule`, `rank_by` {rec.get('ranking')}"
+            f"predict; train with `gain-curate schedule RUN` and `rank_by` {rec.get('ranking')}"
         )
     return Path(rec["probe"])
 
@@ -129,7 +132,7 @@ def load_probe(path: Path) -> tuple[Any, Any]:
     return fit, names
 
 
-def check_fitted_on(fit: Any, probe_path: Path, manifest: dict[str, Any], out: Path) -> None:
+def check_fitted_on(fit: Any, probe_path: Path, manifest: Manifest, out: Path) -> None:
     """Refuse, in one line, a probe fit on another model, revision, chat template or scoring
     conversation than the run's: its weights read other states (the hidden size and the
     layer alone do not tell)."""
@@ -165,6 +168,23 @@ def check_not_constant(fit: Any, probe_path: Path, pred: np.ndarray) -> None:
     )
 
 
+class Prediction(TypedDict):
+    """The manifest's `prediction` entry (written to gain_manifest.json), in its order."""
+
+    probe: str
+    probe_sha256: str
+    features: Any  # the probe's feature names, as it saved them
+    states: list[str]
+    rows_predicted: int
+    columns: list[str]
+    learnability: str
+    pred_pass: Any  # stats.summary of the predictions (None when there are none)
+    validated: Any  # the figures validate measured for the probe, when it did
+    spearman_pred_pass_vs_score: float | None
+    spearman_pred_pass_vs_question_tokens: float | None
+    rank_by: str
+
+
 def learn_ranks(pred: np.ndarray) -> np.ndarray:
     """Per rank position, its position in the learnability ranking: high p (1 - p) first
     (probe.learnability), ties by gain_rank, positions without a prediction last."""
@@ -178,28 +198,30 @@ def learn_ranks(pred: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
+def predict_run(out: Path, probe_path: Path) -> Prediction:
     """Apply the probe to OUT's kept states; rewrite the shards with gain_pred_pass and
     gain_learn_rank; record it in the manifest. Returns the manifest's `prediction` entry."""
-    manifest = store.read_manifest(out)
-    kept = manifest.get("states")
+    from gain_curate.runfolder.run import open_run
+
+    run = open_run(out)
+    kept = run.manifest.states
     if kept is None:
         raise OutputError(
             f"{out} kept no hidden states: score it again with `keep_states` "
             "(the shards stay the same bytes), then predict"
         )
-    path = out / kept["path"]
-    if not path.is_file() or store.file_sha256(path) != kept["sha256"]:
+    path = out / kept.path
+    if not path.is_file() or store.file_sha256(path) != kept.sha256:
         raise OutputError(
             f"{path} is missing or is not the file the manifest lists: "
             "score again with `keep_states`"
         )
     fit, names = load_probe(probe_path)
-    check_fitted_on(fit, probe_path, manifest, out)
+    check_fitted_on(fit, probe_path, run.manifest, out)
     st = store.read_npz(path)
-    kinds = state_arrays(names, st, int(kept["layer"]))
+    kinds = state_arrays(names, st, int(kept.layer))
     if kinds is None:  # older names ("last token, layer 23"): the pooled states by kind
-        kinds = feature_spec(names, int(kept["layer"]), manifest["model"].get("num_layers"))
+        kinds = feature_spec(names, int(kept.layer), run.manifest.model.num_layers)
     x = np.concatenate([st[k].astype(np.float32) for k in kinds], axis=1)
     try:
         got = np.asarray(fit.predict(x), dtype=np.float64).reshape(-1)
@@ -220,15 +242,16 @@ def predict_run(out: Path, probe_path: Path) -> dict[str, Any]:
         PREDICT_FIELDS[0], pa.array(pred, pa.float64(), mask=~np.isfinite(pred))
     )
     table = table.append_column(PREDICT_FIELDS[1], pa.array(learn_ranks(pred), pa.int64()))
-    rows_per_shard = manifest["shards"][0]["rows"] if manifest["shards"] else max(1, table.num_rows)
+    shards = run.manifest.shards
+    rows_per_shard = shards[0].rows if shards else max(1, table.num_rows)
     shards = store.write_shards(  # the same names as before: trainer flags stay valid
         lambda a, b: table.slice(a, b - a),
         table.num_rows,
         out,
         rows_per_shard=rows_per_shard,
-        split=manifest["input"].get("split") or "train",
+        split=run.manifest.input.split or "train",
     )
-    record = prediction_record(probe_path, fit, names, kinds, kept, pred, table)
+    record = prediction_record(probe_path, fit, names, kinds, int(kept.layer), pred, table)
     manifest = store.read_manifest(out)  # as it is now: another command may have added a section
     manifest["shards"], manifest["prediction"] = shards, record
     store.write_manifest(out, manifest)
@@ -240,10 +263,12 @@ def prediction_record(
     fit: Any,
     names: Any,
     kinds: list[str],
-    kept: dict[str, Any],
+    layer: int,
     pred: np.ndarray,
     table: pa.Table,
-) -> dict[str, Any]:
+) -> Prediction:
+    """The manifest's `prediction` entry: the probe, what it read, its predictions' summary
+    and rank correlations, and how to train on the ranking it wrote."""
     from gain_curate.stats import spearman, summary
 
     score = np.array([np.nan if v is None else v for v in table["gain_score"].to_pylist()])
@@ -254,7 +279,7 @@ def prediction_record(
         "probe": str(Path(probe_path).resolve()),
         "probe_sha256": store.file_sha256(Path(probe_path)),
         "features": names,
-        "states": [k if "@" in k else f"{k}@L{kept['layer']}" for k in kinds],
+        "states": [k if "@" in k else f"{k}@L{layer}" for k in kinds],
         "rows_predicted": int(np.isfinite(pred).sum()),
         "columns": [f.name for f in PREDICT_FIELDS],
         "learnability": (

@@ -24,35 +24,49 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gain_curate.runfolder.run import Manifest
 
 ALPHAS = np.logspace(-2, 7, 19)  # ridge penalties tried, on standardised features
 MIN_PROBE_N = 20  # fewer prompts than this: no probe (k-fold folds of 3 say nothing)
 CONVERSATION_FIELDS = ("system_prompt", "few_shot", "instruction", "separator")
 
 
-def fitted_on(manifest: dict[str, Any]) -> dict[str, Any]:
+class FittedOn(TypedDict):
+    """A probe's meta["fitted_on"] as saved (the JSON record in its .npz)."""
+
+    model: str | None
+    revision: str | None
+    chat_template_sha256: str | None
+    conversation: dict[str, Any]  # CONVERSATION_FIELDS of the scoring template
+    scored: str
+
+
+def fitted_on(manifest: Manifest) -> FittedOn:
     """What a probe's features were made by, from the manifest of the run whose states it was
     fit on (saved as meta["fitted_on"]; predict compares it with the target run's): the model
     (name, revision: a hub commit or a local folder's content hash), its chat template's hash,
     and the scoring conversation (system prompt, few-shot turns, instruction, or the input's
     own chat). The layer is in the probe's feature names."""
-    model, signal = manifest["model"], manifest["signal"]
+    model, signal = manifest.model, manifest.section("signal") or {}
     template = signal.get("template") or {}
     return {
-        "model": model.get("name"),
-        "revision": model.get("revision"),
-        "chat_template_sha256": model.get("chat_template_sha256"),
+        "model": model.name,
+        "revision": model.revision,
+        "chat_template_sha256": model.chat_template_sha256,
         "conversation": {k: template.get(k) for k in CONVERSATION_FIELDS},
         "scored": (signal.get("conversation") or {}).get("scored", "template"),
     }
 
 
-def differences(probe: dict[str, Any], run: dict[str, Any]) -> list[str]:
+def differences(probe: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
     """What differs between a probe's fitted_on and a run's, in words ([]: the same states).
     The same revision is the same model whatever its name (a folder moved, a hub id spelt
     otherwise); without revisions the names decide."""
@@ -243,7 +257,7 @@ def fit_probes(
     *,
     folds: int = 5,
     seed: int = 0,
-    fitted_on: dict[str, Any] | None = None,
+    fitted_on: FittedOn | None = None,
 ) -> dict[str, ProbeFit]:
     """One pass-rate probe per named feature set ("last_token@L12": (n, d) array; the name
     is kept in the probe's meta["features"], `fitted_on` (probe.fitted_on of the run whose

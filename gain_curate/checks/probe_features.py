@@ -5,9 +5,14 @@ OUT/probes/<features>.npz."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gain_curate.checks.probe import ProbeFit
+    from gain_curate.executor.score import ScoreConfig
+    from gain_curate.runfolder.run import Run
 
 
 def middle_layer(num_layers: int) -> int:
@@ -15,33 +20,33 @@ def middle_layer(num_layers: int) -> int:
 
 
 def probe_features(
-    cfg: Any, run: Path | None, picked: list[int], shape: Any, manifest: dict[str, Any]
+    cfg: ScoreConfig, scored: Run, given: bool, picked: list[int], shape: Any
 ) -> dict[str, np.ndarray]:
     """The probes' features for the sampled prompts, by name ("last_token@L23"): the pooled
     prefill states (question_mean, last_token: prefill.pooled_states) at the scored layer
-    and at the middle layer, exactly as `score --keep-states` stores them. The scored
-    layer's come from the run's OUT/states.npz when it kept them, else from scoring the
-    sample with --keep-states (validate's own score pass already did); the middle layer's
-    from scoring the sample at that layer (OUT/score-L<k>/)."""
+    and at the middle layer, exactly as `score --keep-states` stores them. `scored` is the
+    run the sample's scores came from: the user's run (`given`) or validate's own OUT/score.
+    The scored layer's come from the given run's OUT/states.npz when it kept them, else from
+    scoring the sample with --keep-states (validate's own score pass already did); the
+    middle layer's from scoring the sample at that layer (OUT/score-L<k>/)."""
     from dataclasses import replace
 
     from gain_curate.checks.predict import KINDS
     from gain_curate.executor.launch import run_score
-    from gain_curate.runfolder import store
+    from gain_curate.runfolder.run import open_run
 
     def sample_states(layer: int, folder: Path) -> dict[str, np.ndarray]:
-        if run is None and layer == shape.layer:  # validate's own score pass kept them
-            m, folder = manifest, cfg.out
-        else:
-            m = run_score(replace(cfg, layer=layer, out=folder, keep_states=True)).manifest
-        return _rows_of(store.read_npz(folder / m["states"]["path"]), range(len(picked)))
+        if not given and layer == shape.layer:  # validate's own score pass kept them
+            return _rows_of(scored.states(), range(len(picked)))
+        run_score(replace(cfg, layer=layer, out=folder, keep_states=True))
+        return _rows_of(open_run(folder).states(), range(len(picked)))
 
     out: dict[str, np.ndarray] = {}
     mid = middle_layer(shape.num_layers)
     for layer in dict.fromkeys((shape.layer, mid)):
-        kept = manifest.get("states") if run is not None else None
-        if kept is not None and int(kept["layer"]) == layer:
-            st = _rows_of(store.read_npz(run / kept["path"]), picked)
+        kept = scored.manifest.states if given else None
+        if kept is not None and int(kept.layer) == layer:
+            st = _rows_of(scored.states(), picked)
         else:
             st = sample_states(
                 layer, cfg.out if layer == shape.layer else cfg.out.with_name(f"score-L{layer}")
@@ -63,6 +68,6 @@ def _rows_of(states: dict[str, np.ndarray], rows: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def save_probes(folder: Path, probes: dict[str, Any]) -> dict[str, str]:
+def save_probes(folder: Path, probes: dict[str, ProbeFit]) -> dict[str, str]:
     """Each probe as OUT/probes/<features>.npz (gain-curate predict reads it); name -> path."""
     return {name: str(fit.save(folder / f"{name}.npz")) for name, fit in probes.items()}

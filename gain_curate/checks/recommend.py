@@ -19,6 +19,7 @@ best baseline's spearman_p; else the baseline with the higher spearman_p.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +30,72 @@ from gain_curate.checks import nested
 BASELINES = {"length": "question length (shortest first)", "angle": "the angle score"}
 
 
-def _figures(rho: Any, low: Any, high: Any, auroc: Any, probe: str | None) -> dict[str, Any]:
-    def num(v: Any) -> float | None:
-        return None if v is None or not np.isfinite(v) else float(v)
+@dataclass(frozen=True)
+class Figures:
+    """One ranking's figures (module docstring); `n` for a baseline (its bootstrap's)."""
 
-    return {
-        "spearman_p": num(rho),
-        "spearman_p_interval": [num(low), num(high)],
-        "auroc_zero_variance": num(auroc),
-        "probe": probe,
-    }
+    spearman_p: float | None
+    spearman_p_interval: tuple[float | None, float | None]
+    auroc_zero_variance: float | None
+    probe: str | None = None
+    n: int | None = None
+
+    @classmethod
+    def of(cls, rho: Any, low: Any, high: Any, auroc: Any, n: int | None = None) -> Figures:
+        return cls(_num(rho), (_num(low), _num(high)), _num(auroc), None, n)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "spearman_p": self.spearman_p,
+            "spearman_p_interval": list(self.spearman_p_interval),
+            "auroc_zero_variance": self.auroc_zero_variance,
+            "probe": self.probe,
+        }
+        return out if self.n is None else {**out, "n": self.n}
 
 
-def baseline_figures(score: np.ndarray, p: np.ndarray, *, seed: int) -> dict[str, Any]:
+def _num(v: Any) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """recommend(): which ranking, the probe's and the baselines' figures, the probe (its
+    held-out predictions and how it was chosen), and the verdict line."""
+
+    ranking: str  # "learnability" (the probe), or the better baseline
+    figures: Figures  # the recommended ranking's
+    baselines: dict[str, Figures]
+    probe: Figures
+    features: str  # the probe's
+    method: dict[str, object]  # how the probe was chosen and its interval made
+    fit: Any  # nested.final_probe's ProbeFit
+    heldout: np.ndarray  # (n,) the nested CV's held-out predicted p
+    verdict: str
+
+    def to_json(self) -> dict[str, object]:
+        """validate.json's verdict, recommended, baselines and probe."""
+        return {
+            "verdict": self.verdict,
+            "recommended": {"ranking": self.ranking, **self.figures.to_json()},
+            "baselines": {k: f.to_json() for k, f in self.baselines.items()},
+            "probe": {
+                **self.probe.to_json(),
+                "features": self.features,
+                "alpha": self.fit.alpha,
+                **self.method,
+            },
+        }
+
+
+def baseline_figures(score: np.ndarray, p: np.ndarray, *, seed: int) -> Figures:
     """A fixed ranking score's figures (module docstring), its interval a plain bootstrap."""
     from gain_curate.bootstrap import auroc_ci, spearman_ci
 
     zv = (p <= 0) | (p >= 1)
     rho = spearman_ci(score, p, what=("the ranking", "the pass rate"), seed=seed)
     a = auroc_ci(score, ~zv, what="have 0 < p < 1", seed=seed)
-    return {**_figures(rho.value, rho.low, rho.high, a.value, None), "n": rho.n}
+    return Figures.of(rho.value, rho.low, rho.high, a.value, rho.n)
 
 
 def recommend(
@@ -62,7 +109,7 @@ def recommend(
     seed: int = 0,
     refits: int = nested.REFITS,
     advance: Any = lambda k: None,
-) -> dict[str, Any]:
+) -> Recommendation:
     """The nested-CV probe over `features` (name -> (n, d), every row finite) of the pass
     rates p (n,), its figures beside length's and the angle's, the recommendation, the
     saved probes (OUT/probes/learnability.npz; recommended.npz when it is recommended) and
@@ -75,20 +122,20 @@ def recommend(
     boot = nested.refit_bootstrap(zs, p, resamples=refits, seed=seed, advance=advance)
     ok = np.isfinite(boot[:, 0])
     lo, hi = np.quantile(boot[ok, 0], [0.025, 0.975]) if ok.sum() >= 10 else (None, None)
-    probe = _figures(rho, lo, hi, auc, None)
+    probe = Figures.of(rho, lo, hi, auc)
     base = {
         "length": baseline_figures(-np.asarray(length, np.float64), p, seed=seed),
         "angle": baseline_figures(np.asarray(angle, np.float64), p, seed=seed),
     }
-    best = max(
-        base, key=lambda k: -np.inf if base[k]["spearman_p"] is None else base[k]["spearman_p"]
+    best = max(base, key=lambda k: -np.inf if base[k].spearman_p is None else base[k].spearman_p)
+    bar = base[best].spearman_p
+    wins = probe.spearman_p_interval[0] is not None and (
+        bar is None or probe.spearman_p_interval[0] > bar
     )
-    bar = base[best]["spearman_p"]
-    wins = lo is not None and (bar is None or lo > bar)
     counts: dict[str, int] = {}
     for c in cv.chosen:
         counts[c["features"]] = counts.get(c["features"], 0) + 1
-    method = {
+    method: dict[str, object] = {
         "selection": f"nested {nested.FOLDS}-fold cross-validation: the inner folds choose "
         "feature, layer and ridge penalty, the outer folds report",
         "interval": f"percentile bootstrap over prompts, {refits} resamples, each refitting the "
@@ -99,34 +146,40 @@ def recommend(
         "n": len(p),
         "seed": seed,
     }
+    validated = {**probe.to_json(), **method}
     fit = nested.final_probe(
-        reduced, p, seed=seed, heldout=cv.heldout, meta={**meta, "validated": {**probe, **method}}
+        reduced, p, seed=seed, heldout=cv.heldout, meta={**meta, "validated": validated}
     )
+    probe = replace(probe, probe=str(save_probe(fit, probes_dir, wins)))
+    return Recommendation(
+        ranking="learnability" if wins else best,
+        figures=probe if wins else base[best],
+        baselines=base,
+        probe=probe,
+        features=fit.meta["features"],
+        method=method,
+        fit=fit,
+        heldout=cv.heldout,
+        verdict=verdict(probe, base, wins, best, counts, len(p)),
+    )
+
+
+def save_probe(fit: Any, probes_dir: Path, wins: bool) -> Path:
+    """OUT/probes/learnability.npz, and recommended.npz when the probe is recommended (a
+    former validate's in the same folder is removed when it is not). The probe's path."""
     probes_dir.mkdir(parents=True, exist_ok=True)
     path = fit.save(probes_dir / "learnability.npz")
     rec_path = probes_dir / "recommended.npz"
     if wins:
         fit.save(rec_path)
-    elif rec_path.exists():  # a former validate's recommendation in the same folder
+    elif rec_path.exists():
         rec_path.unlink()
-    probe["probe"] = str(rec_path if wins else path)
-    recommended = {
-        **(probe if wins else {**base[best], "probe": None}),
-        "ranking": "learnability" if wins else best,
-    }
-    return {
-        "recommended": {"ranking": recommended.pop("ranking"), **recommended},
-        "baselines": base,
-        "probe": {**probe, "features": fit.meta["features"], "alpha": fit.alpha, **method},
-        "probe_fit": fit,
-        "heldout": cv.heldout,
-        "verdict": verdict(probe, base, wins, best, counts, len(p)),
-    }
+    return rec_path if wins else path
 
 
 def verdict(
-    probe: dict[str, Any],
-    base: dict[str, dict[str, Any]],
+    probe: Figures,
+    base: dict[str, Figures],
     wins: bool,
     best: str,
     counts: dict[str, int],
@@ -134,8 +187,8 @@ def verdict(
 ) -> str:
     """One line: which ranking, how well, against length."""
 
-    def fig(f: dict[str, Any]) -> str:
-        v, (lo, hi) = f["spearman_p"], f["spearman_p_interval"]
+    def fig(f: Figures) -> str:
+        v, (lo, hi) = f.spearman_p, f.spearman_p_interval
         out = "n/a" if v is None else f"{v:+.2f}"
         return out + (f" [{lo:+.2f}, {hi:+.2f}]" if lo is not None and hi is not None else "")
 

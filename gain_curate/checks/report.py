@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gain_curate.bootstrap import spearman_interval
 from gain_curate.runfolder import store
+from gain_curate.runfolder.run import open_run
 from gain_curate.stats import spearman, summary
 
 DIFFICULTY_KEYS = ("difficulty", "level")
-
-
-def load_run(out: Path) -> tuple[dict[str, Any], pa.Table]:
-    manifest = store.read_manifest(out)
-    tables = [pq.read_table(out / s["path"]) for s in manifest["shards"]]
-    return manifest, pa.concat_tables(tables)
 
 
 def question_text(row: dict[str, Any]) -> str:
@@ -62,21 +56,59 @@ def _col(table: pa.Table, name: str) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in table[name].to_pylist()], dtype=np.float64)
 
 
-def summarize(out: Path, top: int = 5) -> dict[str, Any]:
-    manifest, table = load_run(out)
+class Prompt(TypedDict):
+    """A prompt of the top or bottom list: the whole question (the table view cuts it to
+    its width, --json never)."""
+
+    rank: int
+    gain_uid: str
+    score: float
+    question: str
+
+
+class RunSummary(TypedDict):
+    """What `inspect --json` prints (summarize), in its order."""
+
+    out: str
+    model: str
+    data_source: str | None
+    data_source_from: str | None
+    conversation: str  # whether `prompt` is what was scored, in words
+    trained_differs: bool | None
+    rows: int
+    scored: int
+    unscored: dict[str, int]
+    duplicates: int
+    score: Any  # stats.summary: min, p10, p50, p90, max (None when nothing scored)
+    c_intra: Any
+    c_inter: Any
+    top: list[Prompt]
+    bottom: list[Prompt]
+    spearman_score_vs_question_tokens: float | None
+    spearman_score_vs_question_tokens_interval: Any  # an Estimate's JSON
+    difficulty_column: str | None
+    spearman_score_vs_difficulty: float | None
+    spearman_score_vs_difficulty_interval: Any
+
+
+def brief(r: dict[str, Any]) -> Prompt:
+    return {
+        "rank": r["gain_rank"],
+        "gain_uid": r["gain_uid"],
+        "score": r["gain_score"],
+        "question": question_text(r),
+    }
+
+
+def summarize(out: Path, top: int = 5) -> RunSummary:
+    """A scored run's counts, score ranges, top and bottom prompts, and correlations."""
+    run = open_run(out)
+    manifest, table = run.manifest.sections, run.table()
     rows = table.to_pylist()
     score, q_len = _col(table, "gain_score"), _col(table, "gain_tokens_question")
     scored = [r for r in rows if r["gain_score"] is not None]
     duplicates = sum(r.get("gain_duplicate_of") is not None for r in rows)
     distinct = [r for r in scored if r.get("gain_duplicate_of") is None]  # top/bottom lists
-
-    def brief(r: dict[str, Any]) -> dict[str, Any]:
-        return {  # the whole question: the table view cuts it to its width, --json never
-            "rank": r["gain_rank"],
-            "gain_uid": r["gain_uid"],
-            "score": r["gain_score"],
-            "question": question_text(r),
-        }
 
     diff = difficulty(table)
     conv = manifest["signal"].get("conversation") or {}
@@ -124,7 +156,8 @@ def plot(out: Path, path: Path) -> tuple[int, int]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    manifest, table = load_run(out)
+    run = open_run(out)
+    manifest, table = run.manifest.sections, run.table()
     score, q_len = _col(table, "gain_score"), _col(table, "gain_tokens_question")
     ok = np.isfinite(score)
     diff = difficulty(table)

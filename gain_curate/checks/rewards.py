@@ -36,7 +36,7 @@ import importlib
 import inspect
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,7 @@ def _verl_scorer() -> Callable[[Group], list[Any]]:
     return score
 
 
-def verl_fields(row: dict[str, Any], answer: str) -> tuple[str, Any]:
+def verl_fields(row: Mapping[str, Any], answer: str) -> tuple[str, Any]:
     """The row's data_source and ground truth, as verl's reward manager reads them."""
     data_source = row.get("data_source")
     if not isinstance(data_source, str):
@@ -172,7 +172,7 @@ def no_verl_reward(data_source: str) -> str:
     )
 
 
-def check_verl_sources(rows: list[dict[str, Any]], answers: list[str]) -> None:
+def check_verl_sources(rows: Sequence[Mapping[str, Any]], answers: list[str]) -> None:
     """Fail before any model runs when verl has no reward for a row's data_source: one
     probe call per distinct data_source, on an empty completion."""
     from verl.utils.reward_score import default_compute_score
@@ -241,7 +241,7 @@ def load_reward(spec: str | None) -> Reward:
     return Reward(spec, lambda g: [fn(t, g.answer) for t in g.completions])
 
 
-def check_reward(spec: str | None, rows: list[dict[str, Any]], answers: list[str]) -> Reward:
+def check_reward(spec: str | None, rows: Sequence[Mapping[str, Any]], answers: list[str]) -> Reward:
     """load_reward, and for verl a probe of every row's data_source: both before any model
     runs, so a reward that cannot score these rows fails in seconds, not after generation."""
     reward = load_reward(spec)

@@ -23,6 +23,7 @@ Generation and its saved batches: generation.py; the statistics: rollout_stats.p
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from gain_curate.checks.generation import RolloutSettings, generate, load_vllm, rollout_key
 from gain_curate.checks.grpo import grpo_grad_norms, reusable_state_module
+from gain_curate.checks.rankings import Targets
 from gain_curate.errors import InputError
 
 
@@ -48,6 +50,36 @@ def check_settings(s: RolloutSettings) -> None:
         raise InputError(f"`temperature` {s.temperature}: sampling needs a temperature above 0")
 
 
+@dataclass(frozen=True)
+class Rollouts:
+    """Per prompt (n,): what its K rollouts measured; `records` are the completions (text,
+    reward, cut off or not) for OUT/rollouts/completions.jsonl."""
+
+    reward: str  # the reward's name
+    pass_rate: np.ndarray
+    learnability: np.ndarray  # p (1 - p)
+    zero_variance: np.ndarray  # bool: every reward of the group equal
+    mean_length: np.ndarray  # completion tokens
+    truncated: np.ndarray  # the share of the group cut off
+    none_rewards: int  # completions the reward returned None for (scored 0)
+    max_new_tokens: int
+    grpo_grad_norm: np.ndarray
+    records: list[dict[str, Any]]
+    seconds: dict[str, float]  # generation, rewards, grpo_gradients
+
+    def targets(self) -> Targets:
+        return Targets(self.pass_rate, self.zero_variance, self.learnability, self.grpo_grad_norm)
+
+
+@dataclass(frozen=True)
+class Rewarded:
+    """Each group's rewards (K,), GRPO advantages (K,), and how many rewards were None."""
+
+    rewards: list[np.ndarray]
+    advantages: list[np.ndarray]
+    nones: int
+
+
 def run_rollouts(
     model: Any,
     tok: Any,
@@ -59,101 +91,105 @@ def run_rollouts(
     layer: int,
     folder: Path,
     model_revision: str | None,
-    hooks: Any = None,
     rows: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Sample, reward and take the GRPO gradient for every prompt; per-prompt arrays plus
-    the completions (text, reward, cut off or not) for OUT/rollouts/completions.jsonl.
+) -> Rollouts:
+    """Sample, reward and take the GRPO gradient for every prompt (module docstring).
     `rows`: what a trainer's reward sees of each prompt's row (rewards.Group.row)."""
-    from gain_curate.checks.rewards import Group, load_reward, score_group
+    from gain_curate import progress
+    from gain_curate.checks.rewards import load_reward
 
     check_settings(settings)
     rw = load_reward(reward)
-    prompts = [
-        tok(
-            tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
-            add_special_tokens=False,
-        )["input_ids"]
-        for c in chats
-    ]
+    prompts = [_prompt_ids(tok, c) for c in chats]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     eos = _eos_ids(model, tok)
     key = rollout_key(settings, model_revision, prompts)
-    gen_done = hooks.add("generating", len(prompts)) if hooks else None
+    gen_done = progress.step("generating", len(prompts))
     clock = [time.perf_counter()]
-    engine = model
-    if settings.engine == "vllm":
-        import torch
-
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        engine = (
-            load_vllm(model.name_or_path, dtype, settings.seed)
-            if torch.cuda.is_available()
-            else None
-        )
-        if engine is None:
-            raise InputError("`engine` vllm needs a CUDA GPU; use `engine` hf on this machine")
     # the GRPO pass reuses the states the sampler kept, where the model allows (grpo.py)
     keep = reusable_state_module(model, layer) if settings.engine == "hf" else None
     states: dict[int, list[Any]] = {}
     completions = generate(
-        engine,
-        prompts,
-        settings,
-        pad_id=pad,
-        eos_ids=eos,
-        folder=folder,
-        key=key,
-        on_batch=gen_done,
-        keep_input_of=keep,
-        states=states,
-    )
+        _engine(model, settings), prompts, settings, pad_id=pad, eos_ids=eos, folder=folder,
+        key=key, on_batch=gen_done, keep_input_of=keep, states=states,
+    )  # fmt: skip
     seconds = {"generation": _lap(clock)}  # where the time went (resumed batches: ~0)
     texts = [[tok.decode(c, skip_special_tokens=True) for c in group] for group in completions]
-    # cut off: ran the whole --max-new-tokens without ending its turn
-    cut = [
-        [len(c) >= settings.max_new_tokens and c[-1] not in eos for c in group]
-        for group in completions
-    ]
+    # cut off: ran the whole max_new_tokens without ending its turn
+    cut = [[len(c) >= settings.max_new_tokens and c[-1] not in eos for c in g] for g in completions]
     rows = rows or [{"reward_model": {"ground_truth": a}} for a in answers]
+    got = reward_groups(rw, chats, texts, completions, answers, rows)
+    seconds["rewards"] = _lap(clock)
+    norms = grpo_grad_norms(
+        model,
+        prompts,
+        completions,
+        got.advantages,
+        layer,
+        temperature=settings.temperature,
+        pad_id=pad,
+        on_group=progress.step("GRPO gradients", len(prompts)),
+        states=states,
+    )
+    seconds["grpo_gradients"] = _lap(clock)
+    p = np.array([r.mean() for r in got.rewards])
+    records = [
+        {"prompt": c, "answer": a, "completions": t, "rewards": r.tolist(), "truncated": x}
+        for c, a, t, r, x in zip(chats, answers, texts, got.rewards, cut)
+    ]
+    return Rollouts(
+        reward=rw.name,
+        pass_rate=p,
+        learnability=p * (1 - p),
+        zero_variance=np.array([bool(np.all(r == r[0])) for r in got.rewards]),
+        mean_length=np.array([np.mean([len(c) for c in group]) for group in completions]),
+        truncated=np.array([np.mean(x) for x in cut]),
+        none_rewards=got.nones,
+        max_new_tokens=settings.max_new_tokens,
+        grpo_grad_norm=norms,
+        records=records,
+        seconds=seconds,
+    )
+
+
+def _prompt_ids(tok: Any, chat: list[dict[str, Any]]) -> list[int]:
+    """The chat as the trainer renders it for generation: its template, then the ids."""
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _engine(model: Any, settings: RolloutSettings) -> Any:
+    """What generates: the model itself (hf), or vLLM over the same weights on a GPU."""
+    if settings.engine != "vllm":
+        return model
+    import torch
+
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    engine = (
+        load_vllm(model.name_or_path, dtype, settings.seed) if torch.cuda.is_available() else None
+    )
+    if engine is None:
+        raise InputError("`engine` vllm needs a CUDA GPU; use `engine` hf on this machine")
+    return engine
+
+
+def reward_groups(
+    rw: Any,
+    chats: list[list[dict[str, Any]]],
+    texts: list[list[str]],
+    completions: list[list[list[int]]],
+    answers: list[str],
+    rows: list[dict[str, Any]],
+) -> Rewarded:
+    """Every group's rewards (rewards.score_group) and its GRPO advantages."""
+    from gain_curate.checks.rewards import Group, score_group
+
     rewards, nones = [], 0
     for chat, group, ids, a, row in zip(chats, texts, completions, answers, rows):
         values, n = score_group(rw, Group(chat, group, ids, a, row))
         rewards.append(np.array(values))
         nones += n
-    advantages = [group_advantages(r) for r in rewards]
-    seconds["rewards"] = _lap(clock)
-    grad_done = hooks.add("GRPO gradients", len(prompts)) if hooks else None
-    norms = grpo_grad_norms(
-        model,
-        prompts,
-        completions,
-        advantages,
-        layer,
-        temperature=settings.temperature,
-        pad_id=pad,
-        on_group=grad_done,
-        states=states,
-    )
-    seconds["grpo_gradients"] = _lap(clock)
-    p = np.array([r.mean() for r in rewards])
-    records = [
-        {"prompt": c, "answer": a, "completions": t, "rewards": r.tolist(), "truncated": x}
-        for c, a, t, r, x in zip(chats, answers, texts, rewards, cut)
-    ]
-    return {
-        "reward": rw.name,
-        "pass_rate": p,
-        "learnability": p * (1 - p),
-        "zero_variance": np.array([bool(np.all(r == r[0])) for r in rewards]),
-        "mean_length": np.array([np.mean([len(c) for c in group]) for group in completions]),
-        "truncated": np.array([np.mean(x) for x in cut]),  # per prompt: the share cut off
-        "none_rewards": nones,
-        "max_new_tokens": settings.max_new_tokens,
-        "grpo_grad_norm": norms,
-        "records": records,
-        "seconds": seconds,
-    }
+    return Rewarded(rewards, [group_advantages(r) for r in rewards], nones)
 
 
 def _lap(clock: list[float]) -> float:

@@ -4,10 +4,14 @@ reward sees it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from gain_curate.inputs.template import ScoringTemplate
+
+if TYPE_CHECKING:
+    from gain_curate.runfolder.run import Run
 
 # What `validate --run OUT` takes from the run's manifest instead of from flags.
 RUN_SETTINGS = (
@@ -24,39 +28,63 @@ RUN_SETTINGS = (
 LOCAL_KINDS = ("jsonl", "json", "parquet", "csv", "arrow_dir")
 
 
-def run_settings(out: Path) -> dict[str, Any]:
-    """The model, data, scoring template and runtime dtype a scored run used, from its
-    manifest, as run_validate's keyword arguments: validate then checks the signal the run
-    ranked by, with the run's own scores (nothing is scored or resolved again)."""
-    from gain_curate.runfolder import store
+@dataclass(frozen=True)
+class RunSettings:
+    """The model, data, scoring template and runtime dtype validate checks: a scored run's
+    own (run_settings), or the command's."""
 
-    m = store.read_manifest(out)
-    inp, model, signal = m["input"], m["model"], m["signal"]
-    return {
-        "model": model["path"],
-        "data": inp["path"] if inp["kind"] in LOCAL_KINDS else inp["source"],
-        "split": inp["split"],
-        "question_key": inp["question_key"],
-        "answer_key": inp["answer_key"],
-        "layer": model["layer"],
-        "inter_weight": signal["inter_weight"],
-        "template": ScoringTemplate.from_dict(signal["template"]),
-        "chat_template": model.get("chat_template_file"),
-        "dtype": model["dtype"],
-        "run": out,
-    }
+    model: str
+    data: str
+    split: str
+    question_key: str | None
+    answer_key: str | None
+    layer: int | None
+    inter_weight: float
+    template: ScoringTemplate
+    chat_template: str | None
+    dtype: str
+    run: Path | None = None  # the scored run they were read from
+    template_flags: tuple[str, ...] | None = None  # the template settings given (not a run)
 
 
-def run_rows(run: Path) -> int:
+def run_settings(out: Path) -> RunSettings:
+    """The settings a scored run used, from its manifest: validate then checks the signal
+    the run ranked by, with the run's own scores (nothing is scored or resolved again)."""
+    from gain_curate.runfolder.run import open_run
+
+    m = open_run(out).manifest
+    inp, model, signal = m.input, m.model, m.section("signal")
+    return RunSettings(
+        model=str(model.path),
+        data=str(inp.path) if inp.kind in LOCAL_KINDS else inp.source,
+        split=inp.split,
+        question_key=inp.question_key,
+        answer_key=inp.answer_key,
+        layer=model.layer,
+        inter_weight=signal["inter_weight"],
+        template=ScoringTemplate.from_dict(signal["template"]),
+        chat_template=model.chat_template_file,
+        dtype=model.dtype,
+        run=out,
+    )
+
+
+def run_rows(run: Run) -> int:
     """How many prompts the scored run ranks: what a curriculum over it draws from."""
-    from gain_curate.runfolder import store
+    return sum(s.rows for s in run.manifest.shards)
 
-    return int(sum(s["rows"] for s in store.read_manifest(run)["shards"]))
+
+class RewardRow(TypedDict):
+    """What a trainer's reward reads of a row besides the completion: verl's data_source
+    and reward_model ({"ground_truth": ..., "style": ...})."""
+
+    data_source: str
+    reward_model: dict[str, Any]
 
 
 def reward_rows(
     src: Any, picked: list[int], golds: list[str], by_input: dict[int, dict[str, Any]] | None
-) -> list[dict[str, Any]]:
+) -> list[RewardRow]:
     """What a trainer's reward reads of each sampled row: `data_source` and `reward_model`
     from a scored run's own rows; else the input's own columns when it has them, else what
     `score` writes (the input's data_source name; the extracted answer as ground truth)."""

@@ -3,6 +3,7 @@ groups among the draws of the schedule's first epochs, against uniform sampling.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,18 @@ def served_shares(
     return shares, mus
 
 
+@dataclass(frozen=True)
+class Serves:
+    """What the default curriculum serves of a ranking (curriculum_serves)."""
+
+    share: float  # expected zero-variance share of its draws
+    uniform: float  # uniform sampling's: the share of zero-variance groups
+    epochs: int
+    batch_size: int
+    n_run: int
+    mu: list[float]  # the schedule's mu at each epoch
+
+
 def curriculum_serves(
     scores: np.ndarray,
     zero_var: np.ndarray,
@@ -61,7 +74,7 @@ def curriculum_serves(
     n_run: int | None = None,
     pass_rate: np.ndarray | None = None,
     params: Any = None,
-) -> dict[str, Any]:
+) -> Serves:
     """The expected share of zero-variance groups among the draws of the default schedule's
     first `epochs` epochs over the ranking `scores` (served high first), against uniform
     sampling (the share of zero-variance groups, mean(zero_var)).
@@ -86,11 +99,6 @@ def curriculum_serves(
         params,
         epochs,
     )
-    return {
-        "share": float(share[0]),
-        "uniform": float(np.mean(zero_var)),
-        "epochs": epochs,
-        "batch_size": params.batch_size,
-        "n_run": n_run,
-        "mu": mus[0].tolist(),
-    }
+    return Serves(
+        float(share[0]), float(np.mean(zero_var)), epochs, params.batch_size, n_run, mus[0].tolist()
+    )

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gain_curate.bootstrap import Estimate
 from gain_curate.checks.gradients import up_proj_row_grads
 from gain_curate.inputs.template import ScoringTemplate
 from gain_curate.stats import partial_spearman, spearman
@@ -113,6 +114,22 @@ def correlations(
     }
 
 
+@dataclass(frozen=True)
+class CorrelationIntervals:
+    """The statistics of `correlations`, each an Estimate (value, 95% seeded bootstrap
+    interval, n, a warning when the interval includes 0), and the warnings once each."""
+
+    intervals: dict[str, Estimate]
+    uncertainty: list[str]
+
+    def to_json(self) -> dict[str, object]:
+        """validate.json's `intervals` and `uncertainty`, in that order."""
+        return {
+            "intervals": {k: e.to_dict() for k, e in self.intervals.items()},
+            "uncertainty": self.uncertainty,
+        }
+
+
 def correlation_intervals(
     grad: np.ndarray,
     score: np.ndarray,
@@ -121,10 +138,8 @@ def correlation_intervals(
     length: np.ndarray,
     *,
     seed: int = 0,
-) -> dict[str, Any]:
-    """The same statistics as `correlations`, each as an Estimate dict (value, 95% seeded
-    bootstrap interval, n, a warning when the interval includes 0), plus the warnings once
-    each: `uncertainty`. JSON-ready."""
+) -> CorrelationIntervals:
+    """The same statistics as `correlations`, with their intervals (CorrelationIntervals)."""
     from gain_curate.bootstrap import partial_spearman_ci, spearman_ci
 
     what = "the up_proj gradient norm"
@@ -142,4 +157,4 @@ def correlation_intervals(
     lines = list(
         dict.fromkeys(e.warning or e.reason for e in est.values() if e.warning or e.reason)
     )
-    return {"intervals": {k: e.to_dict() for k, e in est.items()}, "uncertainty": lines}
+    return CorrelationIntervals(est, lines)

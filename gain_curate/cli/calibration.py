@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from gain_curate.cli.progress import phases
+from gain_curate.cli.progress import showing_progress
 from gain_curate.cli.views import _console
 
 CALIBRATE_FLAGS = ("run", "out", "seed", "sample", "as_json", "pass_rate_key", "pass_rates")
@@ -32,7 +32,7 @@ def calibrate(kw: dict[str, Any], given: list[Any]) -> None:
             f"drop {', '.join(other)}"
         )
     sample = kw["sample"] if any(p.name == "sample" for p in given) else None
-    with phases(quiet=kw["as_json"]) as hooks:
+    with showing_progress(quiet=kw["as_json"]):
         result = run_calibrate(
             kw["run"],
             kw["out"],
@@ -41,8 +41,7 @@ def calibrate(kw: dict[str, Any], given: list[Any]) -> None:
             k_key=kw["pass_rate_k_key"],
             sample=sample,
             seed=kw["seed"],
-            hooks=hooks,
-        )
+        ).to_json()
     if kw["as_json"]:
         click.echo(json.dumps(result, indent=2))
         return

@@ -12,11 +12,10 @@ import gain_curate.cli.options as options
 from gain_curate.cli.app import main
 from gain_curate.cli.calibration import calibrate
 from gain_curate.cli.options import (
-    TEMPLATE_FLAGS,
-    template_from_flags,
     template_options,
 )
-from gain_curate.cli.progress import phases
+from gain_curate.cli.progress import showing_progress
+from gain_curate.cli.validate_flags import print_validate_files, validate_request
 from gain_curate.cli.views import print_inspect, print_validate
 
 
@@ -38,7 +37,7 @@ def inspect(out: Path, plot_path: Path | None, as_json: bool) -> None:
     """
     from gain_curate.checks.report import plot, summarize
 
-    info = summarize(out)
+    info: dict[str, Any] = dict(summarize(out))
     if plot_path is not None:
         info["plot"] = {"path": str(plot_path), "size": list(plot(out, plot_path))}
     if as_json:
@@ -163,7 +162,6 @@ def validate(**kw: Any) -> None:
     the angle score; --json carries "recommended" and "baselines", and the probe lands in
     OUT/probes/ (recommended.npz when it beats both: gain-curate predict RUN --from OUT).
     """
-    from gain_curate.checks.run_inputs import RUN_SETTINGS, run_settings
     from gain_curate.checks.validate import run_validate
 
     ctx = click.get_current_context()
@@ -177,68 +175,16 @@ def validate(**kw: Any) -> None:
         return
     if kw["pass_rate_k_key"] is not None:
         raise click.UsageError("--pass-rate-k-key goes with --pass-rate-key or --pass-rates")
-    if kw["run"] is not None:
-        clash = [p.opts[0] for p in given if p.name in (*RUN_SETTINGS, *TEMPLATE_FLAGS, "dtype")]
-        if clash:
-            raise click.UsageError(
-                f"--run takes the model, data and template from the run: drop {', '.join(clash)}"
-            )
-        settings = run_settings(kw["run"])
-    elif kw["data"] is None:
-        raise click.UsageError(
-            "give --data (a dataset with reference solutions) or --run OUT (a scored run)"
-        )
-    else:
-        settings = {k: kw[k] for k in RUN_SETTINGS if k != "template"}
-        settings["template"] = template_from_flags(kw)
-        settings["template_flags"] = options.template_flags_given(kw)  # the rest: per data source
-        settings["chat_template"] = kw["chat_template"] and str(kw["chat_template"])
-    rollouts = None
-    if kw["rollouts"] is not None:
-        from gain_curate.checks.generation import RolloutSettings
-
-        rollouts = RolloutSettings(
-            k=kw["rollouts"],
-            max_new_tokens=kw["max_new_tokens"],
-            temperature=kw["temperature"],
-            seed=kw["seed"],
-            batch_rows=kw["rollout_batch"],
-            engine=kw["engine"],
-        )
-    with phases(quiet=kw["as_json"]) as hooks:
-        dtype = settings.pop("dtype", kw["dtype"])  # --run: the run's own dtype
-        result = run_validate(
-            **settings,
-            sample=kw["sample"],
-            out=kw["out"],
-            dtype=dtype,
-            device=kw["device"],
-            seed=kw["seed"],
-            rollouts=rollouts,
-            reward=kw["reward"],
-            hooks=hooks,
-        )
+    req = validate_request(kw, given)
+    with showing_progress(quiet=kw["as_json"]):
+        result = run_validate(req).to_json()
     if kw["as_json"]:
         click.echo(json.dumps(result, indent=2))
         return
     if "verdict" in result:  # --rollouts: which ranking to train on, first
         click.echo(f"verdict: {result['verdict']}")
     print_validate(result)
-    click.echo(f"table: {kw['out'] / 'validate.parquet'}  plot: {kw['out'] / 'validate.png'}")
-    if "rollouts" in result:
-        click.echo(f"completions: {kw['out'] / 'rollouts' / 'completions.jsonl'}")
-        files = result["rollouts"].get("probe_files") or {}
-        if files:  # the scored layer's last-token probe first: a --keep-states run takes it
-            first = next(
-                (f for n, f in files.items() if n == f"last_token@L{result['layer']}"),
-                next(iter(files.values())),
-            )
-            click.echo(
-                f"probes: {', '.join(Path(f).name for f in files.values())} "
-                f"in {Path(first).parent}; "
-                "apply one to a run scored with --keep-states: "
-                f"gain-curate predict RUN --probe '{first}'"
-            )
+    print_validate_files(result, kw["out"])
 
 
 @main.command()

@@ -1,44 +1,36 @@
-"""Progress on stderr for the long commands: `phases` (one bar per step of validate: scoring,
-supervised gradients, generation, GRPO gradients) and `progress` (score's and merge's steps
-and status lines). Both show the library's own steps too (a model's one-time conversion,
-merge's reading and writing: gain_curate.progress), on the same bars: a bar with an ETA on
-a terminal, a plain line every 30 s in a log. No logic: the library reports progress through
-the Hooks it is given and gain_curate.progress."""
+"""Progress on stderr for the long commands: `showing_progress` (one bar per step the library
+reports: validate's scoring, supervised gradients, generation, GRPO gradients; calibration's
+refits) and `ScoreProgress` (score's and merge's steps and status lines). Both show the
+library's own steps (a model's one-time conversion, merge's reading and writing) through
+the one channel, gain_curate.progress, on the same bars: a bar with an ETA on a terminal, a
+plain line every 30 s in a log. No logic."""
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from gain_curate.progress import Bars, Step, showing
+from gain_curate.progress import Bars, showing
 
 
-class phases:
-    """One bar per step of a long command: `add(name, total)` returns the callback that
-    advances that step's bar."""
+@contextlib.contextmanager
+def showing_progress(quiet: bool) -> Iterator[Bars]:
+    """Show every step and note the library reports inside this block (gain_curate.progress)
+    on stderr, one bar each; nothing when `quiet`."""
+    from rich.console import Console
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def __enter__(self) -> phases:
-        from rich.console import Console
-
-        self.bars = Bars(Console(stderr=True, quiet=self.quiet))
-        self.shown = contextlib.ExitStack()
-        self.shown.enter_context(showing(self.bars))
-        self.bars.start()
-        return self
-
-    def add(self, name: str, total: int) -> Step:
-        return Step(self.bars, name, total)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bars.stop()
-        self.shown.close()
+    bars = Bars(Console(stderr=True, quiet=quiet))
+    with showing(bars):
+        bars.start()
+        try:
+            yield bars
+        finally:
+            bars.stop()
 
 
-class progress:
+class ScoreProgress:
     """score's bar with prompts/s and tokens/s, wired to its Hooks."""
 
     def __init__(self, quiet: bool) -> None:

@@ -14,7 +14,7 @@ from gain_curate.cli.options import (
     score_options,
     template_options,
 )
-from gain_curate.cli.progress import progress
+from gain_curate.cli.progress import ScoreProgress
 from gain_curate.cli.views import print_summary
 
 
@@ -45,7 +45,7 @@ def score(**kw: Any) -> None:
       gain-curate score --model Qwen2.5-7B-Instruct --data gsm8k --out runs/gsm8k
     """
     cfg = options.score_config(kw)
-    with progress(quiet=kw["as_json"]) as hooks:
+    with ScoreProgress(quiet=kw["as_json"]) as hooks:
         if kw["backend"] == "ray":
             from gain_curate.executor.ray_backend import run_score_ray
 
@@ -96,7 +96,7 @@ def merge(out: Path, as_json: bool) -> None:
     """
     from gain_curate.executor.merge import merge_run
 
-    with progress(quiet=as_json):  # shows merge's steps (gain_curate.progress)
+    with ScoreProgress(quiet=as_json):  # shows merge's steps (gain_curate.progress)
         result = merge_run(out)
     if as_json:
         click.echo(json.dumps(_summary_json(result), indent=2))

@@ -20,16 +20,49 @@ def _console() -> Any:
 
 
 def print_validate(result: dict[str, Any]) -> None:
-    from rich.table import Table
+    """validate's tables over its JSON (what --json prints): the supervised check, then with
+    rollouts the rankings against them, what each serves, the zero-variance filter."""
+    console = _console()
+    cell = _cell(result["sample"])
+    console.print(_supervised_table(result, cell))
+    for line in result.get("uncertainty", []):
+        click.echo(f"uncertainty: {line}")
+    rl = result.get("rollouts")
+    if not rl:
+        return
+    console.print(_rl_table(rl, result["sample"], cell))
+    console.print(_served_table(rl, cell))
+    click.echo("AUROC below 0.5: the ranking puts zero-variance groups (nothing to learn) lower")
+    if rl["curriculum"].get("note"):
+        click.echo(f"note: {rl['curriculum']['note']}")
+    console.print(_zero_variance_table(rl, result["sample"]))
+    click.echo(
+        f"completions: {rl['mean_completion_tokens']:.0f} tokens on average; "
+        f"{100 * rl['truncated_share']:.0f}% cut off at {rl['settings']['max_new_tokens']} "
+        "tokens before ending"
+    )
+    click.echo(f"verdict: {rl['verdict']}")
+    for line in rl.get("uncertainty", []):
+        click.echo(f"uncertainty: {line}")
+    for line in rl.get("warnings", []):
+        click.echo(f"warning: {line}")
 
+
+def _cell(n: int) -> Any:
+    """An estimate's cell, with its sample size only where it differs from n."""
     from gain_curate.bootstrap import format_estimate
 
-    n = result["sample"]
-
-    def cell(v: Any, signed: bool = True) -> str:  # the sample size only where it differs
+    def cell(v: Any, signed: bool = True) -> str:
         show_n = isinstance(v, dict) and v.get("n") != n
         return format_estimate(v, signed=signed, show_n=show_n)
 
+    return cell
+
+
+def _supervised_table(result: dict[str, Any], cell: Any) -> Any:
+    from rich.table import Table
+
+    n = result["sample"]
     t = Table(title=f"does the signal hold? {result['model']}, {n} prompts, {result['weight']}")
     t.add_column("Spearman of ||grad||_F with")
     t.add_column("rho [95% bootstrap interval]", justify="right")
@@ -42,14 +75,13 @@ def print_validate(result: dict[str, Any]) -> None:
         ("partial_spearman_grad_vs_score_given_length", "gain_score, length held fixed"),
     ):
         t.add_row(label, cell(intervals.get(key, result[key])))
-    console = _console()
-    console.print(t)
-    for line in result.get("uncertainty", []):
-        click.echo(f"uncertainty: {line}")
-    rl = result.get("rollouts")
-    if not rl:
-        return
-    st, boot, cur = rl["settings"], rl["bootstrap"], rl["curriculum"]
+    return t
+
+
+def _rl_table(rl: dict[str, Any], n: int, cell: Any) -> Any:
+    from rich.table import Table
+
+    st, boot = rl["settings"], rl["bootstrap"]
     t = Table(
         title=f"the RL side: K = {st['k']} rollouts per prompt (T = {st['temperature']:g}, up to "
         f"{st['max_new_tokens']} tokens), reward {rl['reward']}; Spearman of each ranking "
@@ -70,7 +102,13 @@ def print_validate(result: dict[str, Any]) -> None:
         partial = [row[f"partial_spearman_{x}_given_length"] for x in ("pass_rate", "learnability")]
         if any(e["value"] is not None for e in partial):  # not for length itself
             t.add_row("  length held fixed", *(cell(e) for e in partial), "")
-    console.print(t)
+    return t
+
+
+def _served_table(rl: dict[str, Any], cell: Any) -> Any:
+    from rich.table import Table
+
+    cur = rl["curriculum"]
     t = Table(
         title=f"what each ranking serves: the default schedule's first {cur['epochs']} steps "
         f"over a run of {cur['n_run']:,} prompts; uniform sampling serves "
@@ -86,10 +124,12 @@ def print_validate(result: dict[str, Any]) -> None:
             cell(row["curriculum_zero_variance_share"], signed=False),
             cell(row["curriculum_minus_uniform"]),
         )
-    console.print(t)
-    click.echo("AUROC below 0.5: the ranking puts zero-variance groups (nothing to learn) lower")
-    if cur.get("note"):
-        click.echo(f"note: {cur['note']}")
+    return t
+
+
+def _zero_variance_table(rl: dict[str, Any], n: int) -> Any:
+    from rich.table import Table
+
     t = Table(
         title=f"zero-variance groups: {rl['all_correct']} all correct, {rl['all_wrong']} all wrong "
         f"({100 * rl['zero_variance_share']:.0f}% of {n}); "
@@ -104,16 +144,7 @@ def print_validate(result: dict[str, Any]) -> None:
             "n/a" if row["dropped_by_random"] is None else f"{100 * row['dropped_by_random']:.0f}%"
         )
         t.add_row(f"{100 * row['keep']:.0f}% ({row['kept']})", pct, rnd)
-    console.print(t)
-    click.echo(
-        f"completions: {rl['mean_completion_tokens']:.0f} tokens on average; "
-        f"{100 * rl['truncated_share']:.0f}% cut off at {st['max_new_tokens']} tokens before ending"
-    )
-    click.echo(f"verdict: {rl['verdict']}")
-    for line in rl.get("uncertainty", []):
-        click.echo(f"uncertainty: {line}")
-    for line in rl.get("warnings", []):
-        click.echo(f"warning: {line}")
+    return t
 
 
 def print_inspect(info: dict[str, Any]) -> None:
