@@ -21,6 +21,7 @@ from gain_curate.cli import main
 from gain_curate.curriculum.rank_by import order_by
 from gain_curate.curriculum.schedule import ScheduleParams
 from gain_curate.integrations._common import build_schedule, rank_by_of, rank_keys
+from gain_curate.runfolder.run import open_run
 
 N = 40
 PLAN = ["--epochs", "3", "--batch-size", "5", "--sigma", "3", "--n", "5", "--adj-max", "5"]
@@ -93,7 +94,7 @@ def probe_file(scored: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         meta={
             "features": "last_token@L3",
             "target": "pass_rate",
-            "fitted_on": fitted_on(json.loads((scored / "gain_manifest.json").read_text())),
+            "fitted_on": fitted_on(open_run(scored).manifest),
         },
     )
     path = tmp_path_factory.mktemp("probe") / "probe.npz"

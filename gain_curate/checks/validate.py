@@ -77,7 +77,7 @@ def run_validate(req: ValidateRequest) -> ValidateResult:
     if req.rollouts is not None:
         from gain_curate.checks.validate_rl import rl_side
 
-        rl = rl_side(req, sample, scored, policy, cfg, cols, supervised.model_revision)
+        rl = rl_side(req, sample, scored, policy, cfg, cols)
         seconds.update(rl.seconds)
     result = ValidateResult(supervised, rl, seconds)
     write_outputs(req.out, result, sample, cols, norms, losses)

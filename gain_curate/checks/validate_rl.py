@@ -29,7 +29,6 @@ def rl_side(
     policy: Policy,
     cfg: ScoreConfig,
     cols: SignalColumns,
-    model_revision: str | None,
 ) -> RLSide:
     """Rollouts, probes, statistics and the recommendation for the sampled prompts."""
     from gain_curate.checks.calibrate import recommend_sampled, sampled_states
@@ -48,7 +47,7 @@ def rl_side(
         reward=req.reward,
         layer=policy.shape.layer,
         folder=req.out / "rollouts",
-        model_revision=model_revision,
+        model_revision=scored.run.manifest.model.revision,
         rows=trainer_rows(scored, sample),
     )
     signals = cols.by_signal()
