@@ -71,9 +71,10 @@ class Bars:
         self.logged[task] = now
         self.console.print(_line(t, rate), soft_wrap=True, highlight=False, markup=False)
 
-    def note(self, msg: str) -> None:
-        """One plain line (above the bars on a terminal)."""
-        self.console.print(msg, soft_wrap=True, highlight=False, markup=False)
+    def note(self, msg: str, style: str | None = None) -> None:
+        """One plain line (above the bars on a terminal); `style` (rich's: "dim") on a
+        terminal only, so a log holds the text alone."""
+        self.console.print(msg, soft_wrap=True, highlight=False, markup=False, style=style)
 
 
 def _line(t: Any, rate: str) -> str:
@@ -118,27 +119,64 @@ def _bars() -> Bars:
 
 
 class Step:
-    """A step of `total` units on the bars: call it with the units just done; `finish()`
-    marks the rest done (a step that ended early, e.g. an interval that was not needed)."""
+    """A step of `total` units on the bars: call it with the units just done (and, for a
+    step with a `rate`, the tokens they took); `finish()` marks the rest done (a step that
+    ended early, e.g. an interval that was not needed)."""
 
-    def __init__(self, bars: Bars, name: str, total: int) -> None:
+    def __init__(self, bars: Bars, name: str, total: int, rate: str | None = None) -> None:
         self.bars, self.total, self.done = bars, total, 0
+        self.rate, self.tokens, self.t0 = rate, 0, bars.clock()
         self.task = bars.add(name, total)
 
-    def __call__(self, n: int) -> None:
+    def __call__(self, n: int, tokens: int = 0) -> None:
         self.done += n
-        self.bars.advance(self.task, n)
+        self.tokens += tokens
+        self.bars.advance(self.task, n, self._rate())
+
+    def _rate(self) -> str:
+        """`3.2 prompts/s  1,234 tok/s` since the step began ("" without a `rate`)."""
+        if self.rate is None:
+            return ""
+        dt = max(self.bars.clock() - self.t0, 1e-9)
+        return f"{self.done / dt:,.1f} {self.rate}/s  {self.tokens / dt:,.0f} tok/s"
 
     def finish(self) -> None:
         if self.done < self.total:
             self(self.total - self.done)
 
 
-def step(name: str, total: int) -> Step:
-    """A step of `total` units, shown as a bar (or log lines); call it to advance it."""
-    return Step(_bars(), name, total)
+def step(name: str, total: int, *, rate: str | None = None) -> Step:
+    """A step of `total` units, shown as a bar (or log lines); call it to advance it.
+    `rate`: the units' name, to show units/s and tokens/s (`prompts`)."""
+    return Step(_bars(), name, total, rate)
 
 
-def note(msg: str) -> None:
-    """One line saying what the library is doing (e.g. that a one-time conversion starts)."""
-    _bars().note(msg)
+def note(msg: str, style: str | None = None) -> None:
+    """One line saying what the library is doing (e.g. that a one-time conversion starts);
+    `style="dim"` for status lines that are not news."""
+    _bars().note(msg, style)
+
+
+@contextlib.contextmanager
+def on_stderr(quiet: bool = False) -> Iterator[Bars]:
+    """Show every step and note reported inside this block on stderr: live bars on a
+    terminal, log lines elsewhere; nothing when `quiet` (a command printing --json)."""
+    from rich.console import Console
+
+    bars = Bars(Console(stderr=True, quiet=quiet))
+    with showing(bars):
+        bars.start()
+        try:
+            yield bars
+        finally:
+            bars.stop()
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Show nothing reported inside this block (a spawned GPU worker, a Ray actor: the
+    launching process shows the run)."""
+    from rich.console import Console
+
+    with showing(Bars(Console(stderr=True, quiet=True), live=False)):
+        yield

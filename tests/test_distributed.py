@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from gain_curate.errors import GainCurateError, OutputError
-from gain_curate.executor import launch, ray_backend, workers
+from gain_curate.executor import claim, launch, ray_backend, workers
 from gain_curate.executor.launch import Launch, PartsDone, launch_plan, run_score
 from gain_curate.executor.merge import merge_run
 from gain_curate.runtime import resolve as runtime
@@ -290,7 +290,7 @@ def test_a_shard_on_a_multi_gpu_node_loads_on_its_own_gpu(monkeypatch, tmp_path:
     monkeypatch.setattr(runtime, "device_kind", lambda device: "cuda")
     monkeypatch.setattr(launch, "device_kind", lambda device: "cuda")
 
-    def fake_open(cfg, hooks, plan, env, **kw):
+    def fake_open(cfg, plan, env, **kw):
         seen["plan"] = plan
         raise RuntimeError("stop here")
 
@@ -405,8 +405,8 @@ def test_workers_read_the_prepared_run_instead_of_preparing(
     run_score(cfg, shard=(0, 2), env={})
     from gain_curate.executor import prepared
 
-    monkeypatch.setattr(launch, "prepare", lambda *a, **k: pytest.fail("prepared twice"))
-    monkeypatch.setattr(launch, "resolve_runtime", lambda *a, **k: pytest.fail("resolved twice"))
+    monkeypatch.setattr(claim, "prepare", lambda *a, **k: pytest.fail("prepared twice"))
+    monkeypatch.setattr(claim, "resolve_runtime", lambda *a, **k: pytest.fail("resolved twice"))
     assert prepared.load_prepared(tmp_path / "o").runtime.dtype == "float32"
     assert isinstance(run_score(cfg, shard=(1, 2), env={}), PartsDone)
     assert merge_run(tmp_path / "o").manifest["counts"]["rows"] == ROWS
@@ -415,5 +415,5 @@ def test_workers_read_the_prepared_run_instead_of_preparing(
 def test_a_changed_flag_is_named(tiny_qwen2_dir: Path, data: Path, tmp_path: Path) -> None:
     cfg = cfg_for(tiny_qwen2_dir, data, tmp_path / "o", "float32", limit=20)
     run_score(cfg)
-    with pytest.raises(OutputError, match="--limit: 20 in the run, 25 now"):
+    with pytest.raises(OutputError, match="`limit`: 20 in the run, 25 now"):
         run_score(replace(cfg, limit=25))

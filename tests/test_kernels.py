@@ -101,7 +101,7 @@ def test_auto_falls_back_to_torch_with_one_warning_when_triton_cannot_launch(mon
     with pytest.warns(UserWarning, match="Triton is not usable here .*no cc.*torch reduction"):
         assert prefill.resolve_kernel("auto", torch.device("cuda")) == "torch"
     with pytest.raises(
-        ModelError, match="--kernel triton: Triton is not usable here .*use --kernel torch"
+        ModelError, match="`kernel` triton: Triton is not usable here .*use `kernel` torch"
     ):
         prefill.resolve_kernel("triton", torch.device("cuda"))
     monkeypatch.setattr(prefill, "triton_problem", lambda device: None)

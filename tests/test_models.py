@@ -215,7 +215,7 @@ def test_load_tokenizer_chat_template_override_and_missing(tiny_qwen2_dir, tmp_p
     for name in ["config.json", "tokenizer.json", "tokenizer_config.json"]:
         (bare / name).write_bytes((tiny_qwen2_dir / name).read_bytes())
     ref = resolve_model(str(bare))
-    with pytest.raises(ModelError, match=r"has no chat template: .*--chat-template FILE"):
+    with pytest.raises(ModelError, match=r"has no chat template: .*`chat_template` FILE"):
         load_tokenizer(ref)
 
 

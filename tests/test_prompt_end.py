@@ -176,7 +176,7 @@ def test_default_probe_layers_follow_the_depth_and_the_scored_layer() -> None:
     assert default_probe_layers(30, 0) == []  # layer 0's MLP stops the model: no layer runs whole
     assert resolve_probe_layers((20, 12, 16, 12), 24, 23) == [12, 16, 20]
     for bad in ((0,), (24,), (17,)):
-        with pytest.raises(InputError, match="--probe-layers"):
+        with pytest.raises(InputError, match="`probe_layers`"):
             resolve_probe_layers(bad, 24, 16)
 
 

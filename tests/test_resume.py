@@ -241,7 +241,7 @@ def test_part_size_changes_neither_the_bytes_nor_the_run(
 def test_default_parts_hold_about_part_seconds_of_work() -> None:
     """The cut: whole batches, at most PART_SECONDS of estimated work unless one batch alone
     is more, at most a worker's share of the rows; --part-rows alone when given."""
-    from gain_curate.executor.prepared import PART_SECONDS, cut_parts
+    from gain_curate.executor.parts import PART_SECONDS, cut_parts
     from gain_curate.scoring.batching import Batch
 
     batches = [Batch(list(range(10 * i, 10 * i + 10)), True) for i in range(40)]

@@ -473,8 +473,8 @@ def test_chat_input_with_template_flags_is_one_line(
     with pytest.raises(
         InputError,
         match=(
-            r"^--few-shot: .* already holds the conversation "
-            r"the trainer renders .* --train-prompt question"
+            r"^`few_shot`: .* already holds the conversation "
+            r"the trainer renders .* `train_prompt` question"
         ),
     ):
         run_score(cfg)

@@ -290,12 +290,12 @@ def test_missing_named_key_lists_columns(tmp_path):
     with pytest.raises(
         InputError,
         match=(
-            r"column 'nope' \(--question-key\) not found in "
+            r"column 'nope' \(`question_key`\) not found in "
             r".*k\.jsonl; columns: question, meta, meta\.gt$"
         ),
     ):
         load_source(str(path), question_key="nope")
-    with pytest.raises(InputError, match=r"column 'meta\.x' \(--answer-key\) not found"):
+    with pytest.raises(InputError, match=r"column 'meta\.x' \(`answer_key`\) not found"):
         load_source(str(path), answer_key="meta.x")
 
 
@@ -303,7 +303,7 @@ def test_no_question_column(tmp_path):
     path = write_jsonl(tmp_path / "n.jsonl", [{"text": "a", "label": 1}])
     with pytest.raises(
         InputError,
-        match=r"no question column in .*n\.jsonl .*columns: text, label; pass --question-key",
+        match=r"no question column in .*n\.jsonl .*columns: text, label; pass `question_key`",
     ):
         load_source(str(path))
 
@@ -326,7 +326,7 @@ def test_empty_parquet_has_no_rows(tmp_path):
 @pytest.mark.parametrize("data", ["missing/train.jsonl", "nothere.parquet", "./nope"])
 def test_file_not_found(data):
     with pytest.raises(
-        InputError, match=rf"^file not found: {re.escape(data)} \(check the path given to --data\)$"
+        InputError, match=rf"^file not found: {re.escape(data)} \(check the path given to `data`\)$"
     ):
         load_source(data)
 
@@ -374,7 +374,7 @@ def test_folder_that_is_not_save_to_disk(tmp_path):
 
 
 def test_bad_limit(tmp_path):
-    with pytest.raises(InputError, match="--limit must be at least 1, got 0"):
+    with pytest.raises(InputError, match="`limit` must be at least 1, got 0"):
         load_source(str(write_jsonl(tmp_path / "a.jsonl", [{"question": "a"}])), limit=0)
 
 
@@ -488,7 +488,7 @@ def test_hub_unreachable_is_one_line(offline_hub, data):
     assert str(err.value) == (
         f"cannot load '{hub_id}' from the Hugging Face hub: "
         "the hub cannot be reached (offline or no network) "
-        "and no copy is cached; give --data "
+        "and no copy is cached; give `data` "
         "path/to/file.jsonl|.json|.parquet|.csv (a local copy) instead"
     )
 
@@ -553,7 +553,7 @@ def test_data_source_flag_wins_and_empty_is_one_line(tmp_path):
     path = write_jsonl(tmp_path / "train.jsonl", [{"question": "q?", "answer": "#### 1"}])
     spec = load_source(str(path), data_source="my/reward").spec
     assert (spec.data_source, spec.data_source_from) == ("my/reward", "--data-source")
-    with pytest.raises(InputError, match="^--data-source is empty"):
+    with pytest.raises(InputError, match="^`data_source` is empty"):
         load_source(str(path), data_source=" ")
 
 

@@ -287,7 +287,7 @@ def test_conversations_per_mode() -> None:
     )  # nothing before it
     from gain_curate.errors import InputError
 
-    with pytest.raises(InputError, match="--train-prompt 'bare'"):
+    with pytest.raises(InputError, match="`train_prompt` 'bare'"):
         conversations(t, ["q"], None, train_prompt="bare")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import click
 
@@ -14,8 +14,8 @@ from gain_curate.cli.options import (
     score_options,
     template_options,
 )
-from gain_curate.cli.progress import ScoreProgress
 from gain_curate.cli.views import print_summary
+from gain_curate.progress import on_stderr
 
 
 def _probe_layers(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -45,15 +45,15 @@ def score(**kw: Any) -> None:
       gain-curate score --model Qwen2.5-7B-Instruct --data gsm8k --out runs/gsm8k
     """
     cfg = options.score_config(kw)
-    with ScoreProgress(quiet=kw["as_json"]) as hooks:
+    with on_stderr(quiet=kw["as_json"]):  # the library's steps and notes (gain_curate.progress)
         if kw["backend"] == "ray":
             from gain_curate.executor.ray_backend import run_score_ray
 
-            result = run_score_ray(cfg, hooks, address=kw["ray_address"], num_gpus=kw["num_gpus"])
+            result = run_score_ray(cfg, address=kw["ray_address"], num_gpus=kw["num_gpus"])
         else:
             from gain_curate.executor.launch import run_score
 
-            result = run_score(cfg, hooks, shard=kw["shard"])
+            result = run_score(cfg, shard=kw["shard"])
     if not hasattr(result, "manifest"):  # a shard or a torchrun rank that does not merge
         what = "shard" if result.kind == "shard" else "rank"
         then = (
@@ -96,7 +96,7 @@ def merge(out: Path, as_json: bool) -> None:
     """
     from gain_curate.executor.merge import merge_run
 
-    with ScoreProgress(quiet=as_json):  # shows merge's steps (gain_curate.progress)
+    with on_stderr(quiet=as_json):  # shows merge's steps (gain_curate.progress)
         result = merge_run(out)
     if as_json:
         click.echo(json.dumps(_summary_json(result), indent=2))
@@ -104,7 +104,20 @@ def merge(out: Path, as_json: bool) -> None:
         print_summary(result, "merge")
 
 
-def _summary_json(result: Any) -> dict[str, Any]:
+class SummaryJSON(TypedDict):
+    """What `score --json` and `merge --json` print, key order as printed."""
+
+    out: str
+    manifest: str
+    shards: list[str]
+    counts: dict[str, Any]
+    seconds: float
+    reused: bool
+    spearman_score_vs_question_tokens: float | None
+    config_hash: str
+
+
+def _summary_json(result: Any) -> SummaryJSON:
     m = result.manifest
     return {
         "out": str(result.out),

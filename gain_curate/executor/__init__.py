@@ -5,7 +5,9 @@ over it, in one process, per GPU, per torchrun rank, per --shard, or on Ray.
     recorded.py               what the run records of its conversations
     workdir.py                OUT/.gain-curate: parts, markers, heartbeats, the lock
     score.py                  one part: its planned batches -> ScoredRows
-    launch.py workers.py      which parts this process scores; claim, score, mark done
+    launch.py claim.py        which parts this process scores; taking OUT for the run
+    workers.py                score parts, mark them done; the ranks' waits
+    records.py                run.json, a scored part, a rank's heartbeat, typed
     ray_backend.py            the same parts as Ray tasks
     merge.py                  every part ranked into verl's schema, states, the manifest
 """

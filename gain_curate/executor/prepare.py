@@ -16,29 +16,39 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gain_curate import progress
 from gain_curate.errors import InputError, ModelError, OutputError
-from gain_curate.executor.prepared import (
-    Dims,
-    Prepared,
-    batch_seconds,
-    cut_parts,
-    device_flops,
-    rows_table,
-)
-from gain_curate.executor.recorded import conversation_note
+from gain_curate.executor.parts import Dims, plan_parts
+from gain_curate.executor.prepared import Prepared, rows_table
+from gain_curate.executor.recorded import conversation_note, run_conversations
+from gain_curate.runfolder.run import ModelInfo
 from gain_curate.runtime.resolve import Runtime
-from gain_curate.scoring.config import Hooks, ScoreConfig, request_key
+from gain_curate.scoring.config import ScoreConfig, request_key
 from gain_curate.scoring.probe_layers import resolve_probe_layers
 
+if TYPE_CHECKING:
+    from gain_curate.inputs.conversation import Segments
+    from gain_curate.inputs.sources import SourceData
+    from gain_curate.inputs.template import ScoringTemplate
+    from gain_curate.runtime.models import ModelRef
+    from gain_curate.runtime.truncated import ModelShape
 
-def read_model_config(cfg: ScoreConfig) -> tuple[Any, Any, Any]:
-    """(ModelRef, transformers config, ModelShape) of cfg.model, from its config alone."""
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """cfg.model read from its config alone (no weights): where it is, its transformers
+    config, and its shape (the scored layer, the depth, the hidden size)."""
+
+    ref: ModelRef
+    config: Any  # transformers.PretrainedConfig
+    shape: ModelShape
+
+
+def read_model_config(cfg: ScoreConfig) -> ModelConfig:
     from gain_curate.runtime.models import resolve_model
     from gain_curate.runtime.truncated import ModelShape, read_config, resolve_layer
 
@@ -46,26 +56,75 @@ def read_model_config(cfg: ScoreConfig) -> tuple[Any, Any, Any]:
     config = read_config(ref)
     text = getattr(config, "text_config", None) or config
     n = text.num_hidden_layers
-    return ref, config, ModelShape(resolve_layer(cfg.layer, n), n, text.hidden_size)
+    return ModelConfig(ref, config, ModelShape(resolve_layer(cfg.layer, n), n, text.hidden_size))
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Every input row's fate after tokenizing: why it is not scored (None: it runs), its
+    token segments where it has them, and the rows that run; the run's template."""
+
+    template: ScoringTemplate
+    reasons: list[str | None]
+    tokens: dict[int, Segments]  # every row that tokenized (too long ones too)
+    segments: dict[int, Segments]  # the rows that run
 
 
 def prepare(
     cfg: ScoreConfig,
     runtime: Runtime,
-    hooks: Hooks,
     *,
     workers: int = 1,
-    model: tuple[Any, Any, Any] | None = None,
+    model: ModelConfig | None = None,
 ) -> Prepared:
     """Read the input, tokenize every conversation, plan every batch, cut the parts."""
-    from gain_curate.inputs.conversation import conversation_segments, template_hash
-    from gain_curate.inputs.sources import load_source
-    from gain_curate.runtime.models import load_tokenizer, model_revision
-    from gain_curate.scoring.batching import plan_batches
+    from gain_curate.inputs.conversation import template_hash
 
     if cfg.out.exists() and not cfg.out.is_dir():
-        raise OutputError(f"output path {cfg.out} is a file, not a folder: choose another --out")
-    hooks.status(f"reading {cfg.data}")
+        raise OutputError(f"output path {cfg.out} is a file, not a folder: choose another `out`")
+    src = read_input(cfg)
+    model = model or read_model_config(cfg)
+    if cfg.keep_states:  # a probe layer the loaded model cannot compute: one line, now
+        resolve_probe_layers(cfg.probe_layers, model.shape.num_layers, model.shape.layer)
+    tok = tokenizer(cfg, model.ref)
+    duplicate_of = first_occurrences(src.questions, src.answers)
+    rows = tokenize(cfg, src, tok, duplicate_of)
+    dims = Dims.of(model.config, model.shape.layer)
+    plan, parts = plan_parts(cfg, runtime, rows.segments, dims, workers)
+    info = model_info(cfg, runtime, model, template_hash(tok))
+    uids = prompt_uids(src.questions, src.answers, src.table.column(0).to_pylist())
+    h = config_hash(
+        cfg,
+        src.spec.content_hash,
+        info,
+        runtime,
+        template=rows.template,
+        data_source=src.spec.data_source,
+    )
+    return Prepared(
+        cfg,
+        runtime,
+        h,
+        request_key(cfg),
+        info,
+        src.spec,
+        src.table.num_rows,
+        rows.segments,
+        plan.prefix_ids,
+        plan.batches,
+        parts,
+        rows_table(uids, src.questions, src.answers, rows.reasons, duplicate_of, rows.tokens),
+        src.table,
+        tok.pad_token_id if tok.pad_token_id is not None else 0,
+    )
+
+
+def read_input(cfg: ScoreConfig) -> SourceData:
+    """The input table with its question and answer text and its InputSpec (one line each
+    for what is read and how data_source was chosen)."""
+    from gain_curate.inputs.sources import load_source
+
+    progress.note(f"reading {cfg.data}", style="dim")
     src = load_source(
         cfg.data,
         question_key=cfg.question_key,
@@ -74,52 +133,61 @@ def prepare(
         limit=cfg.limit,
         data_source=cfg.data_source,
     )
-    hooks.status(f"data_source {src.spec.data_source}: {src.spec.data_source_from}")
-    n = src.table.num_rows
-    ref, config, shape = model or read_model_config(cfg)
-    if cfg.keep_states:  # a probe layer the loaded model cannot compute: one line, now
-        resolve_probe_layers(cfg.probe_layers, shape.num_layers, shape.layer)
-    hooks.status(f"loading tokenizer of {ref.name}")
+    progress.note(f"data_source {src.spec.data_source}: {src.spec.data_source_from}", style="dim")
+    return src
+
+
+def tokenizer(cfg: ScoreConfig, ref: ModelRef) -> Any:
+    """The model's tokenizer, with cfg.chat_template's Jinja when given."""
+    from gain_curate.runtime.models import load_tokenizer
+
+    progress.note(f"loading tokenizer of {ref.name}", style="dim")
     template_text = None
     if cfg.chat_template is not None:
         try:
             template_text = Path(cfg.chat_template).read_text(encoding="utf-8")
         except OSError as e:
             raise ModelError(
-                f"--chat-template {cfg.chat_template}: {e.strerror or e}; "
+                f"`chat_template` {cfg.chat_template}: {e.strerror or e}; "
                 "give a readable Jinja file"
             ) from None
-    tok = load_tokenizer(ref, chat_template=template_text)
+    return load_tokenizer(ref, chat_template=template_text)
+
+
+def tokenize(
+    cfg: ScoreConfig, src: SourceData, tok: Any, duplicate_of: list[int | None]
+) -> Tokenized:
+    """Render every usable row's conversation and tokenize it; a row that cannot run gets
+    its reason (a duplicate never runs: the merge copies its first occurrence's scores)."""
+    from gain_curate.inputs.conversation import conversation_segments
+
     reasons: list[str | None] = list(src.problems)
-    duplicate_of = first_occurrences(src.questions, src.answers)
     for i, first in enumerate(duplicate_of):
         if first is not None and reasons[i] is None:
-            reasons[i] = "duplicate"  # never run: the merge copies its first occurrence's scores
+            reasons[i] = "duplicate"
     if all(r is not None for r in reasons):  # nothing to run the model on: the input is unusable
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(reasons).items()))
         where = src.spec.path or src.spec.hub_id or cfg.data
         raise InputError(
             f"no row of {where} can be scored ({counts}); check the question column "
-            f"'{src.spec.question_key}' or pass --question-key"
+            f"'{src.spec.question_key}' or pass `question_key`"
         )
+    n = src.table.num_rows
     todo = [i for i in range(n) if reasons[i] is None]
     template, convs = run_conversations(
-        cfg,
-        src.table,
-        asdict(src.spec),
-        src.questions,
-        progress.step(f"rendering {n:,} conversations", n),
+        cfg, src.table, src.spec, src.questions, progress.step(f"rendering {n:,} conversations", n)
     )
-    hooks.status(
-        f"tokenizing {len(todo):,} conversations: {conversation_note(cfg, template, convs)}"
+    progress.note(
+        f"tokenizing {len(todo):,} conversations: {conversation_note(cfg, template, convs)}",
+        style="dim",
     )
     segs = conversation_segments(
         tok,
         [convs[i] for i in todo],
         progress.step(f"tokenizing {len(todo):,} conversations", len(todo)),
     )
-    tokens: dict[int, Any] = {}
-    segments: dict[int, Any] = {}
+    tokens: dict[int, Segments] = {}
+    segments: dict[int, Segments] = {}
     for i, s in zip(todo, segs):
         if s is None:
             reasons[i] = "question_not_found_in_template"
@@ -133,65 +201,29 @@ def prepare(
             reasons[i] = "no_prefix"
         else:
             segments[i] = s
-    plan = plan_batches(
-        segments,
-        token_budget=runtime.token_budget,
-        share_prefix=cfg.share_prefix,
-        device_type=runtime.device,
-    )
-    parts = cut_parts(
-        plan.batches,
-        batch_seconds(
-            plan.batches,
-            segments,
-            len(plan.prefix_ids or ()),
-            Dims.of(config, shape.layer),
-            device_flops(runtime, _threads()),
-        ),
-        cfg.part_rows,
-        workers,
-    )
-    model_info = {
-        "name": ref.name,
-        "path": ref.path,
-        "revision": model_revision(ref),
-        "dtype": runtime.dtype,
-        "device": runtime.device,
-        "layer": shape.layer,
-        "num_layers": shape.num_layers,
-        "hidden_size": shape.hidden_size,
-        "chat_template_sha256": template_hash(tok),
-        "chat_template_file": cfg.chat_template and str(Path(cfg.chat_template).resolve()),
-        "dtype_requested": runtime.dtype_requested,
-        "hardware": runtime.hardware,
-    }
-    uids = prompt_uids(src.questions, src.answers, src.table.column(0).to_pylist())
-    spec = asdict(src.spec)
-    h = config_hash(
-        cfg,
-        spec["content_hash"],
-        model_info,
-        runtime,
-        template=template,
-        data_source=spec["data_source"],
-    )
-    rows = rows_table(uids, src.questions, src.answers, reasons, duplicate_of, tokens)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    return Prepared(
-        cfg,
-        runtime,
-        h,
-        request_key(cfg),
-        model_info,
-        spec,
-        n,
-        segments,
-        plan.prefix_ids,
-        plan.batches,
-        parts,
-        rows,
-        src.table,
-        pad,
+    return Tokenized(template, reasons, tokens, segments)
+
+
+def model_info(
+    cfg: ScoreConfig, runtime: Runtime, model: ModelConfig, chat_template_sha256: str
+) -> ModelInfo:
+    """The manifest's `model`."""
+    from gain_curate.runtime.models import model_revision
+
+    ref, shape = model.ref, model.shape
+    return ModelInfo(
+        name=ref.name,
+        path=ref.path,
+        revision=model_revision(ref),
+        dtype=runtime.dtype,
+        device=runtime.device,
+        layer=shape.layer,
+        num_layers=shape.num_layers,
+        hidden_size=shape.hidden_size,
+        chat_template_sha256=chat_template_sha256,
+        chat_template_file=cfg.chat_template and str(Path(cfg.chat_template).resolve()),
+        dtype_requested=runtime.dtype_requested,
+        hardware=runtime.hardware,
     )
 
 
@@ -219,46 +251,10 @@ def first_occurrences(questions: list[str | None], answers: list[str | None]) ->
     return out
 
 
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def run_conversations(
-    cfg: ScoreConfig,
-    table: Any,
-    spec: dict[str, Any],
-    questions: list[str | None],
-    advance: Callable[[int], None] = lambda n: None,
-) -> tuple[Any, list[Any]]:
-    """The run's template (the data source's defaults where no flag was given) and, per input
-    row, the conversation scored and the one trained on (conversation.conversations). The merge
-    calls it again on the prepared input table: the same rows, the same answer."""
-    from gain_curate.inputs.answers import input_chats
-    from gain_curate.inputs.conversation import conversations
-    from gain_curate.inputs.template import resolve_template
-
-    template = resolve_template(cfg.template, cfg.template_flags, spec["data_source"])
-    chats = input_chats(table, spec["question_key"])
-    if chats is not None and cfg.train_prompt == "conversation" and cfg.template_flags:
-        given = ", ".join("--" + f.replace("_", "-") for f in cfg.template_flags)
-        raise InputError(
-            f"{given}: {spec['path'] or spec['source']} already holds the conversation the trainer "
-            "renders (its chat `prompt`), so `score` scores that very conversation; drop "
-            f"{given}, or pass --train-prompt question to score this template while the "
-            "trainer sees the input's own prompt"
-        )
-    convs = conversations(
-        template, questions, chats, train_prompt=cfg.train_prompt, advance=advance
-    )
-    return template, convs
-
-
 def config_hash(
     cfg: ScoreConfig,
     input_hash: str,
-    model_info: dict[str, Any],
+    model: ModelInfo,
     runtime: Runtime,
     *,
     template: Any = None,
@@ -275,8 +271,8 @@ def config_hash(
         "share_prefix": cfg.share_prefix,
         "rows_per_shard": cfg.rows_per_shard,
         "input": input_hash,
-        "model": [model_info["path"], model_info["revision"], model_info["chat_template_sha256"]],
-        "layer": model_info["layer"],
+        "model": [model.path, model.revision, model.chat_template_sha256],
+        "layer": model.layer,
         "template": (template or cfg.template).to_dict(),
         "data_source": data_source,
         "train_prompt": cfg.train_prompt,

@@ -6,18 +6,21 @@ and merges.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gain_curate import progress
 from gain_curate.errors import GainCurateError
-from gain_curate.executor.launch import Launch, start_run
-from gain_curate.executor.prepare import read_model_config
+from gain_curate.executor.claim import start_run
+from gain_curate.executor.prepare import ModelConfig, read_model_config
 from gain_curate.executor.prepared import load_prepared
+from gain_curate.executor.records import Launch
 from gain_curate.executor.workdir import WorkDir
 from gain_curate.executor.workers import done
 from gain_curate.runtime.resolve import Runtime, resolve_runtime
-from gain_curate.scoring.config import Hooks, ScoreConfig, ScoreResult, config_dict
+from gain_curate.scoring.config import ScoreConfig, ScoreResult, config_dict
 
 
 class _PartScorer:
@@ -38,38 +41,32 @@ class _PartScorer:
         self.lm = load_model_for(self.prep, self.device)
         self.work = WorkDir(self.prep.out)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, list[int]]:
+        """A Ray Data batch of part numbers (column `part`) -> the rows each one scored."""
         from gain_curate.executor.score import score_part
         from gain_curate.scoring.probe_layers import states_key
 
-        rows = []
-        for p in batch["part"]:
-            table, stats, states = score_part(self.prep, self.lm, int(p), Hooks())
-            self.work.write_part(
-                int(p),
-                table,
-                self.prep.config_hash,
-                stats,
-                self.prep.part_key(int(p)),
-                states,
-                states_key(self.prep.cfg, self.prep.model_info),
-            )
-            rows.append(table.num_rows)
-        return {"part": list(batch["part"]), "rows": rows}
+        prep, rows = self.prep, []
+        key = states_key(prep.cfg, prep.model_info)
+        for p in map(int, batch["part"]):
+            with progress.silenced():  # the driver shows the run
+                scored = score_part(prep, self.lm, p)
+            self.work.write_part(p, scored, prep.config_hash, prep.part_key(p), key)
+            rows.append(scored.table.num_rows)
+        return {"part": [int(p) for p in batch["part"]], "rows": rows}
 
 
-def _resolve_on_gpu(cfg: dict[str, Any]) -> dict[str, Any]:
+def _resolve_on_gpu(cfg: Mapping[str, Any]) -> Runtime:
     """Runs as a Ray task on one GPU: the runtime as a GPU worker sees it."""
     from gain_curate.scoring.config import config_from_dict
 
-    c = config_from_dict(cfg)
-    _, config, shape = read_model_config(c)
-    return resolve_runtime(c, config, shape.layer, device="cuda").to_dict()
+    c = config_from_dict(dict(cfg))
+    model = read_model_config(c)
+    return resolve_runtime(c, model.config, model.shape.layer, device="cuda")
 
 
 def run_score_ray(
     cfg: ScoreConfig,
-    hooks: Hooks | None = None,
     *,
     address: str | None = None,
     num_gpus: int | None = None,
@@ -81,8 +78,7 @@ def run_score_ray(
     try:
         import ray
     except ImportError:
-        raise GainCurateError("--backend ray needs Ray: pip install 'gain-curate[ray]'") from None
-    hooks = hooks or Hooks()
+        raise GainCurateError("`backend` ray needs Ray: pip install 'gain-curate[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     gpus = num_gpus if num_gpus is not None else int(ray.cluster_resources().get("GPU", 0))
@@ -91,20 +87,20 @@ def run_score_ray(
     cfg = replace(cfg, out=cfg.out.resolve(), device=kind if cfg.device == "auto" else cfg.device)
     plan = Launch("single", n_actors, None, kind, f"{n_actors} Ray actor(s)")
 
-    def resolve(model: Any) -> Runtime:
+    def resolve(model: ModelConfig) -> Runtime:
         if kind == "cpu":
-            return resolve_runtime(cfg, model[1], model[2].layer, device="cpu")
-        task = ray.remote(num_gpus=1)(_resolve_on_gpu)
-        return Runtime.from_dict(ray.get(task.remote(config_dict(cfg))))
+            return resolve_runtime(cfg, model.config, model.shape.layer, device="cpu")
+        task = ray.remote(num_gpus=1)(_resolve_on_gpu)  # a Runtime: Ray pickles the dataclass
+        return ray.get(task.remote(config_dict(cfg)))
 
     t0 = time.perf_counter()
-    opened = start_run(cfg, hooks, plan, {}, resolve=resolve)
+    opened = start_run(cfg, plan, {}, resolve=resolve)
     if isinstance(opened, ScoreResult):
         return opened
     prep = opened
     todo = [p for p in range(len(prep.parts)) if not done(prep, p)]
     if todo:
-        hooks.status(f"scoring {len(todo)} parts on {n_actors} Ray actor(s) ({kind})")
+        progress.note(f"scoring {len(todo)} parts on {n_actors} Ray actor(s) ({kind})", style="dim")
         ds = ray.data.from_items([{"part": p} for p in todo])
         ds = ds.map_batches(
             _PartScorer,
@@ -113,7 +109,7 @@ def run_score_ray(
             concurrency=n_actors,
             num_gpus=1 if gpus > 0 else 0,
         )
-        hooks.status(f"{len(ds.take_all())} parts scored")
+        progress.note(f"{len(ds.take_all())} parts scored", style="dim")
     from gain_curate.executor.merge import merge
 
     return merge(load_prepared(prep.out, for_merge=True), t0)

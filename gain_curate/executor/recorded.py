@@ -1,12 +1,66 @@
-"""What a run records of its conversations, for the console, the manifest and `inspect`:
-one line saying what is scored and what is trained (conversation_note), signal.template
-(recorded_template) and signal.conversation (conversation_record)."""
+"""A run's conversations and what it records of them, for the console, the manifest and
+`inspect`: the template and each row's scored and trained conversation (run_conversations,
+called by prepare and again by the merge on the prepared input: the same rows, the same
+answer), one line saying what is scored and what is trained (conversation_note),
+signal.template (recorded_template) and signal.conversation (conversation_record)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypedDict
 
+from gain_curate.errors import InputError
 from gain_curate.scoring.config import ScoreConfig
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from gain_curate.inputs.conversation import Conversation
+    from gain_curate.inputs.sources import InputSpec
+    from gain_curate.inputs.template import ScoringTemplate
+
+
+class ConversationRecord(TypedDict):
+    """The manifest's signal.conversation, key order as written."""
+
+    train_prompt: str
+    scored: str
+    trained: str
+    trained_differs: bool
+    rows_differing: int
+    template_from: str | dict[str, str]  # per template field: "flag" | "data_source default"
+    question: str
+    note: str
+
+
+def run_conversations(
+    cfg: ScoreConfig,
+    table: pa.Table,
+    spec: InputSpec,
+    questions: list[str | None],
+    advance: Callable[[int], None] = lambda n: None,
+) -> tuple[ScoringTemplate, list[Conversation | None]]:
+    """The run's template (the data source's defaults where no template field was set) and,
+    per input row, the conversation scored and the one trained on
+    (conversation.conversations)."""
+    from gain_curate.inputs.answers import input_chats
+    from gain_curate.inputs.conversation import conversations
+    from gain_curate.inputs.template import resolve_template
+
+    template = resolve_template(cfg.template, cfg.template_flags, spec.data_source)
+    chats = input_chats(table, spec.question_key)
+    if chats is not None and cfg.train_prompt == "conversation" and cfg.template_flags:
+        given = ", ".join(f"`{f}`" for f in cfg.template_flags)
+        raise InputError(
+            f"{given}: {spec.path or spec.source} already holds the conversation the trainer "
+            "renders (its chat `prompt`), so `score` scores that very conversation; drop "
+            f"{given}, or pass `train_prompt` question to score this template while the "
+            "trainer sees the input's own prompt"
+        )
+    convs = conversations(
+        template, questions, chats, train_prompt=cfg.train_prompt, advance=advance
+    )
+    return template, convs
 
 
 def conversation_note(cfg: ScoreConfig, template: Any, convs: list[Any]) -> str:
@@ -47,7 +101,7 @@ def recorded_template(cfg: ScoreConfig, template: Any, convs: list[Any]) -> Any:
     return template
 
 
-def conversation_record(cfg: ScoreConfig, template: Any, convs: list[Any]) -> dict[str, Any]:
+def conversation_record(cfg: ScoreConfig, template: Any, convs: list[Any]) -> ConversationRecord:
     """signal.conversation: whether the trainer's `prompt` is the conversation that was scored
     (one conversation, docs/design.md), how the template was chosen, and one line saying so."""
     from gain_curate.inputs.template import TEMPLATE_FIELDS

@@ -4,9 +4,9 @@ reduced to C_intra, C_inter and the score (docs/design.md). Pure compute; the la
 
     prep = load_prepared(out)
     lm = load_model_for(prep, device)
-    table, stats, states = score_part(prep, lm, part=3, hooks=Hooks())
+    scored = score_part(prep, lm, part=3)   # records.ScoredPart: table, stats, states
 
-With cfg.keep_states, `states` holds the part's hidden states by input row, float16; else
+With cfg.keep_states, `scored.states` holds the part's hidden states by input row, float16; else
 None: at the scored layer `question_mean` and `last_token` (prefill.pooled_states: the mean
 of the question tokens' MLP inputs and the MLP input at the question's last token), and per
 probe layer k `prompt_end@L<k>` (prompt_end.py: the residual stream after k layers at the
@@ -16,15 +16,15 @@ last token of the whole prompt). The store writes them beside the part
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from gain_curate.errors import ModelError
 from gain_curate.executor.prepared import Prepared
+from gain_curate.executor.records import ScoredPart
 from gain_curate.scoring.config import (
-    Hooks,
     ScoreConfig,
     ScoreResult,
     config_dict,
@@ -32,7 +32,6 @@ from gain_curate.scoring.config import (
 )
 
 __all__ = [
-    "Hooks",
     "ScoreConfig",
     "ScoreResult",
     "config_dict",
@@ -60,16 +59,20 @@ def load_model_for(prep: Prepared, device: str) -> Any:
 
 
 def score_part(
-    prep: Prepared, lm: Any, part: int, hooks: Hooks
-) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
-    """Score one part's batches: a record.ScoredRows, the prefill stats, and
-    the pooled states by input row (None unless cfg.keep_states)."""
+    prep: Prepared,
+    lm: Any,
+    part: int,
+    on_batch: Callable[[int, int], None] = lambda prompts, tokens: None,
+) -> ScoredPart:
+    """Score one part's batches: its record.ScoredRows as a table, the prefill stats, and
+    the pooled states by input row (None unless cfg.keep_states). on_batch(prompts, tokens)
+    after each batch."""
     import torch
 
     from gain_curate.scoring.angles import angle_scores
     from gain_curate.scoring.batching import RowTooLarge
     from gain_curate.scoring.prefill import PrefillStats, run_plan
-    from gain_curate.scoring.probe_layers import run_probe_layers, state_features
+    from gain_curate.scoring.probe_layers import run_probe_layers
     from gain_curate.scoring.record import ScoredRows
 
     batches = prep.part_batches(part)
@@ -89,7 +92,7 @@ def score_part(
         token_budget=prep.runtime.token_budget,
         pad_id=prep.pad_id,
         kernel=prep.runtime.kernel,
-        on_batch=hooks.batch,
+        on_batch=on_batch,
         stats=stats,
         keep_states=keep,
         probe_layers=run_probe_layers(prep.cfg, prep.model_info),
@@ -108,7 +111,7 @@ def score_part(
     except RowTooLarge as e:
         raise ModelError(
             f"input row {e.key} ({e.tokens} tokens up to the end of its question) does not fit in "
-            f"{lm.device} memory even alone: lower --max-tokens (now {prep.cfg.max_tokens}) to "
+            f"{lm.device} memory even alone: lower `max_tokens` (now {prep.cfg.max_tokens}) to "
             "skip rows that long, or score on a device with more memory"
         ) from None
     order = np.argsort(rows, kind="stable")
@@ -127,12 +130,18 @@ def score_part(
         tokens_question=np.array([segs[k].q for k in rows], dtype=np.int64),
         reason=[None if ok else "non_finite_hidden_states" for ok in finite],
     )
-    states = None
-    if keep:
-        d, names = prep.model_info["hidden_size"], state_features(prep.cfg, prep.model_info)
-        every = (
-            np.concatenate(pooled)[order] if pooled else np.zeros((0, len(names), d), np.float16)
-        )
-        states = {"row": np.asarray(rows, dtype=np.int64)}
-        states.update({name: every[:, j] for j, name in enumerate(names)})
-    return scored.to_table(), {"token_budget": prep.runtime.token_budget, **asdict(stats)}, states
+    states = _states_by_row(prep, pooled, rows, order) if keep else None
+    return ScoredPart(scored.to_table(), stats, prep.runtime.token_budget, states)
+
+
+def _states_by_row(
+    prep: Prepared, pooled: list[np.ndarray], rows: list[int], order: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The part's (B, 2 + K, d) float16 batch states, in input-row order, by feature name."""
+    from gain_curate.scoring.probe_layers import state_features
+
+    d, names = prep.model_info.hidden_size, state_features(prep.cfg, prep.model_info)
+    every = np.concatenate(pooled)[order] if pooled else np.zeros((0, len(names), d), np.float16)
+    states = {"row": np.asarray(rows, dtype=np.int64)}
+    states.update({name: every[:, j] for j, name in enumerate(names)})
+    return states

@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gain_curate.errors import OutputError
+from gain_curate.executor.records import RankState, RunInfo, ScoredPart
+from gain_curate.runfolder.run import known
 from gain_curate.runfolder.store import (
     MANIFEST,
     STATES,
@@ -38,7 +41,7 @@ from gain_curate.runfolder.store import (
     write_npz_atomic,
     written,
 )
-from gain_curate.scoring.record import PART_SCHEMA
+from gain_curate.scoring.record import PART_SCHEMA, PrefillStats
 
 
 class WorkDir:
@@ -52,15 +55,18 @@ class WorkDir:
         self.states = self.root / "states"  # part-NNNNN.npz: --keep-states, one per part
         self.ranks = self.root / "ranks"
 
-    def run_info(self) -> dict[str, Any] | None:
+    def run_info(self) -> RunInfo | None:
+        """run.json, None when there is none (or one this version cannot read)."""
         path = self.root / "run.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except (OSError, ValueError):
+            if not path.is_file():
+                return None
+            return RunInfo.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def write_run(self, info: dict[str, Any]) -> None:
-        write_bytes_atomic(self.root / "run.json", json.dumps(info, indent=1).encode())
+    def write_run(self, info: RunInfo) -> None:
+        write_bytes_atomic(self.root / "run.json", json.dumps(asdict(info), indent=1).encode())
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -71,7 +77,7 @@ class WorkDir:
 
         if self.out.exists() and not self.out.is_dir():
             raise OutputError(
-                f"output path {self.out} is a file, not a folder: choose another --out"
+                f"output path {self.out} is a file, not a folder: choose another `out`"
             )
         path = self.root / "lock"
         while True:
@@ -166,30 +172,29 @@ class WorkDir:
     def write_part(
         self,
         part: int,
-        table: pa.Table,
+        scored: ScoredPart,
         config_hash: str,
-        stats: dict[str, Any],
         part_key: str | None = None,
-        states: dict[str, np.ndarray] | None = None,
         states_key: str | None = None,
     ) -> None:
         """The part's table, its states if kept (`states_key`: which arrays), then the marker
         naming both."""
+        states = scored.states
         states_sha = None if states is None else write_npz_atomic(self.states_path(part), states)
         path = self.parts / f"part-{part:05d}.parquet"
         sink = pa.BufferOutputStream()
         with written(path):
-            pq.write_table(table.cast(PART_SCHEMA), sink, compression="zstd")
+            pq.write_table(scored.table.cast(PART_SCHEMA), sink, compression="zstd")
         data = sink.getvalue().to_pybytes()
         write_bytes_atomic(path, data)
         marker = {
             "config_hash": config_hash,
             "part_key": part_key,
-            "rows": table.num_rows,
+            "rows": scored.table.num_rows,
             "sha256": hashlib.sha256(data).hexdigest(),
             "states_sha256": states_sha,
             "states_key": states_key,
-            "prefill": stats,
+            "prefill": {"token_budget": scored.token_budget, **asdict(scored.stats)},
         }
         write_bytes_atomic(self.parts / f"part-{part:05d}.done", json.dumps(marker).encode())
 
@@ -201,7 +206,9 @@ class WorkDir:
         states: bool = False,
         states_key: str | None = None,
         advance: Callable[[int], None] = lambda n: None,
-    ) -> tuple[pa.Table, list[dict[str, Any]]]:
+    ) -> tuple[pa.Table, list[PrefillStats]]:
+        """Every finished part's rows (one table, part order) and its prefill stats; one
+        line naming the parts that are not finished."""
         n_parts = len(part_keys)
         missing = [
             p
@@ -212,12 +219,13 @@ class WorkDir:
             shown = ", ".join(str(p) for p in missing[:8]) + (" ..." if len(missing) > 8 else "")
             raise OutputError(
                 f"{self.out}: {len(missing)} of {n_parts} parts are not finished (parts {shown}): "
-                "run the missing --shard workers (or `gain-curate score` again) before merging"
+                "run the missing `shard` workers (or `gain-curate score` again) before merging"
             )
         tables, stats = [], []
         for p in range(n_parts):
             tables.append(pq.read_table(self.parts / f"part-{p:05d}.parquet"))
-            stats.append(json.loads((self.parts / f"part-{p:05d}.done").read_text())["prefill"])
+            marker = json.loads((self.parts / f"part-{p:05d}.done").read_text())
+            stats.append(PrefillStats.from_json(marker["prefill"]))
             advance(1)
         return (pa.concat_tables(tables) if tables else PART_SCHEMA.empty_table()), stats
 
@@ -238,8 +246,9 @@ class WorkDir:
         record = {"rank": rank, "state": state, "time": time.time(), "pid": os.getpid(), **fields}
         write_bytes_atomic(self.ranks / f"rank-{rank:05d}.json", json.dumps(record).encode())
 
-    def rank_state(self, rank: int) -> dict[str, Any] | None:
+    def rank_state(self, rank: int) -> RankState | None:
         try:
-            return json.loads((self.ranks / f"rank-{rank:05d}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            path = self.ranks / f"rank-{rank:05d}.json"
+            return known(RankState, json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
             return None

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gain_curate import progress
 from gain_curate.errors import GainCurateError, OutputError
 from gain_curate.executor.prepared import Prepared, load_prepared
 from gain_curate.executor.workdir import WorkDir
 from gain_curate.runfolder import store
-from gain_curate.scoring.config import Hooks, ScoreResult
+from gain_curate.scoring.config import ScoreResult
 from gain_curate.scoring.probe_layers import states_key
 
 RANK_TIMEOUT_S = float(os.environ.get("GAIN_CURATE_RANK_TIMEOUT", "900"))
@@ -38,23 +38,17 @@ def wait_for_leader(
     work: WorkDir,
     launch: str | None,
     key: str,
-    hooks: Hooks,
     timeout: float | None = None,
     poll_s: float = 0.5,
 ) -> Prepared | ScoreResult:
     """A torchrun rank > 0: wait until rank 0 has claimed OUT for this launch (or, with no
     launch id, for this very config), then read what it prepared."""
     timeout = RANK_TIMEOUT_S if timeout is None else timeout
-    hooks.status(f"waiting for rank 0 to prepare {work.out}")
+    progress.note(f"waiting for rank 0 to prepare {work.out}", style="dim")
     t0 = time.monotonic()
     while True:
         info = work.run_info()
-        ready = (
-            info is not None
-            and "runtime" in info
-            and (info.get("launch") == launch if launch is not None else info.get("key") == key)
-        )
-        if ready:
+        if info is not None and (info.launch == launch if launch is not None else info.key == key):
             break
         if time.monotonic() - t0 > timeout:
             raise OutputError(
@@ -62,19 +56,17 @@ def wait_for_leader(
                 "(GAIN_CURATE_RANK_TIMEOUT sets the wait)"
             )
         time.sleep(poll_s)
-    manifest = work.out / store.MANIFEST
-    if manifest.is_file():
+    if (work.out / store.MANIFEST).is_file():
         m = store.read_manifest(work.out)
-        if m.get("config_hash") == info["config_hash"]:
-            return ScoreResult(work.out, m, m.get("seconds", 0.0))
+        if m.get("config_hash") == info.config_hash:
+            return ScoreResult(work.out, dict(m), m.get("seconds") or 0.0)
     return load_prepared(work.out)
 
 
-def score_parts(
-    prep: Prepared, todo: list[int], device: str, hooks: Hooks, *, rank: int | None = None
-) -> None:
-    """Load the model on `device` once and score the parts one after another; a rank also
-    reports that it is alive (OUT/.gain-curate/ranks) so rank 0 can name it if it stops."""
+def score_parts(prep: Prepared, todo: list[int], device: str, *, rank: int | None = None) -> None:
+    """Load the model on `device` once and score the parts one after another (a `scoring`
+    bar with prompts/s and tokens/s); a rank also reports that it is alive
+    (OUT/.gain-curate/ranks) so rank 0 can name it if it stops."""
     from gain_curate.executor.score import load_model_for, score_part
 
     work = WorkDir(prep.out)
@@ -85,32 +77,32 @@ def score_parts(
             work.beat(rank, state, launch=prep.launch, **fields)
             last[0] = time.monotonic()
 
-    def on_batch(prompts: int, tokens: int) -> None:
-        hooks.batch(prompts, tokens)
-        if rank is not None and time.monotonic() - last[0] > BEAT_EVERY_S:
-            beat("scoring")
-
     beat("loading")
     try:
         if todo:
-            hooks.status(f"loading {prep.model_info['name']} ({prep.runtime.dtype}, {device})")
+            progress.note(
+                f"loading {prep.model_info.name} ({prep.runtime.dtype}, {device})", style="dim"
+            )
             if device.startswith("cuda:"):  # this process's current device: allocations land here
                 import torch
 
                 torch.cuda.set_device(torch.device(device))
             lm = load_model_for(prep, device)
-            hooks.start(sum(len(b.rows) for p in todo for b in prep.part_batches(p)), 0)
-            part_hooks = replace(hooks, batch=on_batch)
+            advance = progress.step(
+                "scoring",
+                sum(len(b.rows) for p in todo for b in prep.part_batches(p)),
+                rate="prompts",
+            )
+
+            def on_batch(prompts: int, tokens: int) -> None:
+                advance(prompts, tokens)
+                if rank is not None and time.monotonic() - last[0] > BEAT_EVERY_S:
+                    beat("scoring")
+
+            key = states_key(prep.cfg, prep.model_info)
             for p in todo:
-                table, stats, states = score_part(prep, lm, p, part_hooks)
                 work.write_part(
-                    p,
-                    table,
-                    prep.config_hash,
-                    stats,
-                    prep.part_key(p),
-                    states,
-                    states_key(prep.cfg, prep.model_info),
+                    p, score_part(prep, lm, p, on_batch), prep.config_hash, prep.part_key(p), key
                 )
                 beat("scoring", finished=p)
     except BaseException as e:
@@ -120,7 +112,7 @@ def score_parts(
 
 
 def wait_for_parts(
-    prep: Prepared, world: int, hooks: Hooks, *, timeout: float | None = None, poll_s: float = 1.0
+    prep: Prepared, world: int, *, timeout: float | None = None, poll_s: float = 1.0
 ) -> None:
     """Rank 0: wait until every part is finished. A rank that failed, never started, or
     stopped reporting for `timeout` seconds is named, with the parts it owes."""
@@ -133,19 +125,19 @@ def wait_for_parts(
         if not missing:
             return
         if not shown:
-            hooks.status(f"waiting for {len(missing)} parts of the other ranks")
+            progress.note(f"waiting for {len(missing)} parts of the other ranks", style="dim")
             shown = True
         for r in sorted({p % world for p in missing}):
             owed = [p for p in missing if p % world == r]
             state = work.rank_state(r)
-            if state is not None and prep.launch is not None and state.get("launch") != prep.launch:
+            if state is not None and prep.launch is not None and state.launch != prep.launch:
                 state = None  # left by an earlier launch
-            if state is not None and state["state"] == "failed":
+            if state is not None and state.state == "failed":
                 raise GainCurateError(
-                    f"rank {r} failed ({state.get('error')}); its parts {owed} are missing: "
+                    f"rank {r} failed ({state.error}); its parts {owed} are missing: "
                     "rerun the same command to resume"
                 )
-            age = time.time() - state["time"] if state else time.monotonic() - t0
+            age = time.time() - state.time if state else time.monotonic() - t0
             if age > timeout:
                 what = "never started" if state is None else f"stopped reporting {age:.0f} s ago"
                 raise GainCurateError(
@@ -162,13 +154,14 @@ def _gpu_worker(out: str, gpu: int, n: int) -> None:
     torch.cuda.set_device(gpu)  # this process's current device: kernels and allocations land here
     prep = load_prepared(Path(out))
     todo = [p for p in range(len(prep.parts)) if p % n == gpu and not done(prep, p)]
-    score_parts(prep, todo, f"cuda:{gpu}", Hooks())
+    with progress.silenced():  # the launching process shows the run
+        score_parts(prep, todo, f"cuda:{gpu}")
 
 
-def spawn_gpu_workers(prep: Prepared, n: int, hooks: Hooks) -> None:
+def spawn_gpu_workers(prep: Prepared, n: int) -> None:
     import multiprocessing as mp
 
-    hooks.status(f"scoring {len(prep.parts)} parts on {n} GPUs, one process each")
+    progress.note(f"scoring {len(prep.parts)} parts on {n} GPUs, one process each", style="dim")
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_gpu_worker, args=(str(prep.out), i, n)) for i in range(n)]
     for proc in procs:

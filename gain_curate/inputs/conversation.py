@@ -65,7 +65,7 @@ def conversations(
     "question" scores that and trains on one user turn, the question plus the instruction
     (the paper's split: its scoring template, a bare training prompt)."""
     if train_prompt not in TRAIN_PROMPTS:
-        raise InputError(f"--train-prompt {train_prompt!r}: use one of {', '.join(TRAIN_PROMPTS)}")
+        raise InputError(f"`train_prompt` {train_prompt!r}: use one of {', '.join(TRAIN_PROMPTS)}")
     known = [i for i in (template.instruction, GSM8K_INSTRUCTION, BOXED_INSTRUCTION) if i]
     out: list[Conversation | None] = []
     for i, q in enumerate(questions):

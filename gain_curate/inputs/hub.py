@@ -13,7 +13,7 @@ from gain_curate.errors import InputError
 from gain_curate.inputs.readers import Raw, one_line, table_sha256
 from gain_curate.runtime.hub import resolves
 
-OFFLINE_HINT = "give --data path/to/file.jsonl|.json|.parquet|.csv (a local copy) instead"
+OFFLINE_HINT = "give `data` path/to/file.jsonl|.json|.parquet|.csv (a local copy) instead"
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -76,5 +76,5 @@ def _hub_why(e: Exception, split: str) -> str:
     if type(e).__name__ == "DatasetNotFoundError":
         return f"no such dataset, or it is gated or private; check the id, or {OFFLINE_HINT}"
     if "split" in text.lower() and split in text:
-        return f"no split '{split}' ({text}); pass --split"
+        return f"no split '{split}' ({text}); pass `split`"
     return f"{type(e).__name__}: {text}; check the id and config, or {OFFLINE_HINT}"

@@ -105,7 +105,7 @@ def load_source(
     """Read `data` (path, preset or hub id), pick its question and answer columns and name
     its data_source (`data_source` when given) and its split (`split` when given)."""
     if limit is not None and limit < 1:
-        raise InputError(f"--limit must be at least 1, got {limit}")
+        raise InputError(f"`limit` must be at least 1, got {limit}")
     implied, split_from = input_split(data, None)
     if split is None or split == implied:
         split = implied
@@ -125,12 +125,12 @@ def load_source(
     if q_key is None and (q_key := next((k for k in QUESTION_KEYS if k in names), None)) is None:
         looked = f"looked for {', '.join(QUESTION_KEYS)}"
         raise InputError(
-            f"no question column in {where} ({looked}); {listing}; pass --question-key"
+            f"no question column in {where} ({looked}); {listing}; pass `question_key`"
         )
     if a_key is None:
         order = ANSWER_KEYS[-1:] + ANSWER_KEYS[:-1] if is_verl else ANSWER_KEYS
         a_key = next((k for k in order if k in columns), None)
-    for key, flag in ((q_key, "--question-key"), (a_key, "--answer-key")):
+    for key, flag in ((q_key, "`question_key`"), (a_key, "`answer_key`")):
         if key is not None and key not in columns:
             raise InputError(f"column '{key}' ({flag}) not found in {where}; {listing}")
 
@@ -198,7 +198,7 @@ def _data_source(
     if flag is not None:
         if not flag.strip():
             raise InputError(
-                "--data-source is empty: give the name your trainer's reward dispatches on, "
+                "`data_source` is empty: give the name your trainer's reward dispatches on, "
                 "e.g. openai/gsm8k"
             )
         return flag, "--data-source"
@@ -255,7 +255,7 @@ def _read(data: str, split: str) -> Raw:
         hub_id, _, revision = data.partition("@")
         return read_hub(hub_id, None, revision or None, split)
     if looks_like_file or "/" in data or "\\" in data:
-        raise InputError(f"file not found: {data} (check the path given to --data)")
+        raise InputError(f"file not found: {data} (check the path given to `data`)")
     raise InputError(
         f"no such file or preset: {data} (presets: {', '.join(PRESETS)}; or give a path to a "
         ".jsonl, .json, .parquet, .csv file or a save_to_disk folder)"

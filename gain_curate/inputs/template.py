@@ -9,9 +9,9 @@ rendered and cut into token segments is in conversation.py.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from gain_curate.errors import InputError
 
@@ -51,6 +51,16 @@ REWARD_INSTRUCTIONS = {
 TEMPLATE_FIELDS = ("system_prompt", "few_shot", "instruction")
 
 
+class TemplateJSON(TypedDict):
+    """A ScoringTemplate as JSON (signal.template, run.json's config): its fields, in order."""
+
+    system_prompt: str | None
+    few_shot: list[list[str]]  # [user, assistant] pairs
+    instruction: str | None
+    few_shot_name: str
+    separator: str
+
+
 @dataclass(frozen=True)
 class ScoringTemplate:
     """What surrounds each question in the scoring pass; recorded in the manifest."""
@@ -70,10 +80,15 @@ class ScoringTemplate:
             msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
         return msgs + [{"role": "user", "content": self.user_content(question)}]
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["few_shot"] = [list(pair) for pair in self.few_shot]
-        return d
+    def to_dict(self) -> TemplateJSON:
+        """The template as the manifest's signal.template and run.json write it."""
+        return TemplateJSON(
+            system_prompt=self.system_prompt,
+            few_shot=[list(pair) for pair in self.few_shot],
+            instruction=self.instruction,
+            few_shot_name=self.few_shot_name,
+            separator=self.separator,
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoringTemplate:
@@ -142,7 +157,7 @@ def template_from_options(
             system = Path(system_prompt_file).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(
-                f"--system-prompt-file {system_prompt_file}: {getattr(e, 'strerror', None) or e}"
+                f"`system_prompt_file` {system_prompt_file}: {getattr(e, 'strerror', None) or e}"
             ) from None
     if system_prompt is not None:
         system = system_prompt
@@ -163,15 +178,15 @@ def load_few_shot(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
         return "none", ()
     path = Path(value)
     if not path.is_file():
-        raise InputError(f"--few-shot: no such file: {value} (use gainrl, none, or a JSON file)")
+        raise InputError(f"`few_shot`: no such file: {value} (use gainrl, none, or a JSON file)")
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"--few-shot {value}: not valid JSON ({e})") from None
+        raise InputError(f"`few_shot` {value}: not valid JSON ({e})") from None
     pairs = _few_shot_pairs(items)
     if pairs is None:
         raise InputError(
-            f"--few-shot {value}: expected a JSON list of {{'question', 'answer'}} objects "
+            f"`few_shot` {value}: expected a JSON list of {{'question', 'answer'}} objects "
             "or of alternating user/assistant {'role', 'content'} messages"
         )
     return str(path), pairs

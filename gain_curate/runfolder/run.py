@@ -16,84 +16,42 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gain_curate.errors import OutputError
 from gain_curate.inputs.sources import InputSpec
 from gain_curate.runfolder import store
+from gain_curate.runfolder.records import (
+    Counts,
+    ModelInfo,
+    Shard,
+    ShardJSON,
+    StatesInfo,
+    StatesJSON,
+    input_spec,
+    known,
+)
+
+__all__ = [
+    "Counts",
+    "Manifest",
+    "ModelInfo",
+    "Run",
+    "Shard",
+    "ShardJSON",
+    "StatesInfo",
+    "StatesJSON",
+    "input_spec",
+    "known",
+    "open_run",
+    "parse_manifest",
+]
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One public shard: OUT/path holds the rows ranked rank_range[0]..rank_range[1]."""
-
-    path: str  # relative to OUT: data/train-00000-of-00001.parquet
-    rows: int
-    sha256: str
-    rank_range: tuple[int, int]  # first and last rank, both included
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Shard:
-        first, last = d["rank_range"]
-        return cls(str(d["path"]), int(d["rows"]), str(d["sha256"]), (int(first), int(last)))
-
-    def to_json(self) -> dict[str, Any]:
-        """The manifest's entry, key order as written (store.write_shards)."""
-        return {
-            "path": self.path,
-            "rows": self.rows,
-            "sha256": self.sha256,
-            "rank_range": list(self.rank_range),
-        }
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The manifest's `model`: which weights, where they ran, the hooked layer."""
-
-    name: str
-    path: str | None
-    revision: str | None
-    dtype: str
-    device: str
-    layer: int
-    num_layers: int
-    hidden_size: int
-    chat_template_sha256: str
-    chat_template_file: str | None = None
-    dtype_requested: str | None = None
-    hardware: str | None = None
-
-
-@dataclass(frozen=True)
-class StatesInfo:
-    """The manifest's `states` (score with `keep_states`): OUT/path, one row per input row."""
-
-    path: str
-    rows: int
-    sha256: str
-    dtype: str
-    layer: int
-    hidden_size: int
-    probe_layers: tuple[int, ...] = ()
-    features: tuple[str, ...] = ()
-    arrays: Mapping[str, str] = field(default_factory=dict)  # array name -> what it holds
-
-
-@dataclass(frozen=True)
-class Counts:
-    """The manifest's `counts`: rows, how many scored, the rest by reason."""
-
-    rows: int
-    scored: int
-    unscored: Mapping[str, int]
-    duplicates: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,14 +87,7 @@ class Run:
 
     def shard_paths(self) -> list[Path]:
         """Every shard's file, in rank order; one line when one is missing."""
-        paths = [self.out / s.path for s in self.manifest.shards]
-        for path in paths:
-            if not path.is_file():
-                raise OutputError(
-                    f"shard {path} listed in {store.MANIFEST} is missing: "
-                    "re-run `gain-curate score`"
-                )
-        return paths
+        return store.shard_files(self.out, [s.path for s in self.manifest.shards])
 
     def table(self, columns: list[str] | None = None) -> pa.Table:
         """Every shard's rows (or just `columns`), in rank order."""
@@ -157,11 +108,7 @@ class Run:
 
     def ranking(self) -> tuple[list[str], np.ndarray]:
         """gain_uid and gain_score (NaN where unscored) by rank position."""
-        import numpy as np
-
-        t = self.table(["gain_uid", "gain_score"])
-        scores = [np.nan if s is None else s for s in t["gain_score"].to_pylist()]
-        return t["gain_uid"].to_pylist(), np.array(scores, dtype=np.float64)
+        return store.ranking_of(self.shard_paths())
 
 
 def open_run(out: Path) -> Run:
@@ -171,7 +118,7 @@ def open_run(out: Path) -> Run:
     if not path.is_file():
         raise OutputError(
             f"{out} holds no scored run ({store.MANIFEST} missing): "
-            f"run `gain-curate score --out {out}` first"
+            f"run `gain-curate score` with `out` {out} first"
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -190,8 +137,8 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
     counts = raw["counts"]
     return Manifest(
         config_hash=str(raw["config_hash"]),
-        input=_known(InputSpec, raw["input"]),
-        model=_known(ModelInfo, raw["model"]),
+        input=input_spec(raw["input"]),
+        model=ModelInfo.from_json(raw["model"]),
         shards=tuple(Shard.from_json(s) for s in raw["shards"]),
         counts=Counts(
             int(counts["rows"]),
@@ -199,23 +146,6 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
             dict(counts.get("unscored", {})),
             int(counts.get("duplicates", 0)),
         ),
-        states=None if states is None else _states(states),
+        states=None if states is None else StatesInfo.from_json(states),
         raw=raw,
     )
-
-
-def _states(d: Mapping[str, Any]) -> StatesInfo:
-    s = _known(StatesInfo, d)
-    return StatesInfo(
-        **{
-            **{f.name: getattr(s, f.name) for f in fields(StatesInfo)},
-            "probe_layers": tuple(int(k) for k in s.probe_layers),
-            "features": tuple(s.features),
-        }
-    )
-
-
-def _known(cls: Any, d: Mapping[str, Any]) -> Any:
-    """cls from the keys it knows (a later version's extra keys are left to `raw`)."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gain_curate.errors import OutputError
+from gain_curate.runfolder.records import ManifestJSON, Shard
 
 MANIFEST = "gain_manifest.json"
 WORK_DIR = ".gain-curate"
@@ -77,7 +78,7 @@ def write_shards(
     rows_per_shard: int,
     split: str = "train",
     advance: Callable[[int], None] = lambda n: None,
-) -> list[dict[str, Any]]:
+) -> list[Shard]:
     """Write the ranked rows as shards under OUT/data (named by `split`), all at once or not
     at all:
     `tables(first, end)` builds the rows ranked first..end-1 (one shard's, so a million rows
@@ -97,14 +98,8 @@ def write_shards(
             part = tables(first, min(first + rows_per_shard, n_rows))
             path = staging / shard_name(i, n_shards, split)
             pq.write_table(part, path, compression="zstd")
-            shards.append(
-                {
-                    "path": f"data/{path.name}",
-                    "rows": part.num_rows,
-                    "sha256": file_sha256(path),
-                    "rank_range": [first, first + part.num_rows - 1],
-                }
-            )
+            rank_range = (first, first + part.num_rows - 1)
+            shards.append(Shard(f"data/{path.name}", part.num_rows, file_sha256(path), rank_range))
             advance(1)
         data = out / "data"
         if data.exists():
@@ -130,7 +125,7 @@ def written(what: Any, *staged: Path) -> Iterator[None]:
         ) from None
 
 
-def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
+def write_manifest(out: Path, manifest: ManifestJSON) -> Path:
     """Atomic: the manifest appears whole, after the shards it describes, or not at all."""
     path = out / MANIFEST
     tmp = out / WORK_DIR / (MANIFEST + ".tmp")
@@ -144,16 +139,17 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> Path:
 def update_manifest(out: Path, key: str, value: Any) -> None:
     """Set one top-level section of the manifest, atomically."""
     manifest = read_manifest(out)
-    manifest[key] = value
+    manifest[key] = value  # type: ignore[literal-required]
     write_manifest(out, manifest)
 
 
-def read_manifest(out: Path) -> dict[str, Any]:
+def read_manifest(out: Path) -> ManifestJSON:
+    """The manifest's JSON, for writers that update a section (readers: run.open_run)."""
     path = out / MANIFEST
     if not path.is_file():
         raise OutputError(
             f"{out} holds no scored run ({MANIFEST} missing): "
-            f"run `gain-curate score --out {out}` first"
+            f"run `gain-curate score` with `out` {out} first"
         )
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -167,16 +163,27 @@ def file_sha256(path: Path) -> str:
 
 
 def read_ranking(out: Path) -> tuple[list[str], np.ndarray]:
-    """gain_uid and gain_score by rank position, from the shards the manifest lists."""
-    manifest = read_manifest(out)
-    uids: list[str] = []
-    scores: list[float | None] = []
-    for shard in manifest["shards"]:
-        path = out / shard["path"]
+    """gain_uid and gain_score by rank position, from the shards the manifest lists
+    (readers: run.open_run(out).ranking())."""
+    return ranking_of(shard_files(out, [s["path"] for s in read_manifest(out)["shards"]]))
+
+
+def shard_files(out: Path, rel: list[str]) -> list[Path]:
+    """OUT/rel for every shard the manifest lists, in rank order; one line for a missing one."""
+    paths = [out / r for r in rel]
+    for path in paths:
         if not path.is_file():
             raise OutputError(
                 f"shard {path} listed in {MANIFEST} is missing: re-run `gain-curate score`"
             )
+    return paths
+
+
+def ranking_of(paths: list[Path]) -> tuple[list[str], np.ndarray]:
+    """gain_uid and gain_score (NaN where unscored) of these shards, in order."""
+    uids: list[str] = []
+    scores: list[float | None] = []
+    for path in paths:
         t = pq.read_table(path, columns=["gain_uid", "gain_score"])
         uids += t["gain_uid"].to_pylist()
         scores += t["gain_score"].to_pylist()
@@ -246,7 +253,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise OutputError(
-            f"cannot read {path}: {e}; score again with --keep-states --overwrite"
+            f"cannot read {path}: {e}; score again with `keep_states` and `overwrite`"
         ) from None
 
 

@@ -32,13 +32,13 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
     if kernel == "triton":
         if device.type != "cuda" and not interpret:
             raise ModelError(
-                "--kernel triton needs a CUDA device (or TRITON_INTERPRET=1 to interpret it on CPU)"
+                "`kernel` triton needs a CUDA device (or TRITON_INTERPRET=1 to interpret it on CPU)"
             )
         problem = triton_problem(str(device))
         if problem is not None:
             raise ModelError(
-                f"--kernel triton: Triton is not usable here ({problem}); "
-                "use --kernel torch or auto"
+                f"`kernel` triton: Triton is not usable here ({problem}); "
+                "use `kernel` torch or auto"
             )
     return kernel
 

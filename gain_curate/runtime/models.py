@@ -136,7 +136,7 @@ def check_hub(ref: ModelRef) -> None:
     if why is not None and not hub.cached(ref.path, ref.revision):
         raise ModelError(
             f"{why} and {ref.path} is not in the local hub cache: pass a local folder "
-            "(--model path/to/model), or download it where the hub is reachable "
+            "(`model` path/to/model), or download it where the hub is reachable "
             "(HF_HUB_OFFLINE=1 then uses only the local hub cache)"
         )
 
@@ -173,7 +173,7 @@ def load_tokenizer(ref: ModelRef, chat_template: str | None = None) -> PreTraine
     if not tokenizer.chat_template:
         raise ModelError(
             f"{ref.name} has no chat template: scoring renders the model's own chat; "
-            "use an instruct model or pass --chat-template FILE"
+            "use an instruct model or pass `chat_template` FILE"
         )
     return tokenizer
 

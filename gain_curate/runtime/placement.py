@@ -30,9 +30,12 @@ def truncated_meta_model(config: Any, layer: int) -> torch.nn.Module:
         return AutoModel.from_config(config)
 
 
+DeviceMap = dict[str, int | str]  # module name -> GPU index (or "cpu", "disk": no fit)
+
+
 def split_across_gpus(
-    config: Any, *, layer: int, dtype: torch.dtype, max_memory: dict[Any, Any]
-) -> dict[str, Any]:
+    config: Any, *, layer: int, dtype: torch.dtype, max_memory: dict[int, int | str]
+) -> DeviceMap:
     """accelerate's device map for the truncated model under `max_memory` (GPU index ->
     bytes or "70GiB"): whole decoder layers, in order. Raises if it does not fit."""
     from accelerate import infer_auto_device_map
@@ -48,12 +51,12 @@ def split_across_gpus(
     if any(d in ("cpu", "disk") for d in device_map.values()):
         raise ModelError(
             f"layers 0..{layer} of the model do not fit the GPUs' memory ({max_memory}): "
-            "score an earlier --layer, or run on GPUs with more memory"
+            "score an earlier `layer`, or run on GPUs with more memory"
         )
     return device_map
 
 
-def layer_devices(device_map: dict[str, Any], num_layers: int) -> list[Any]:
+def layer_devices(device_map: DeviceMap, num_layers: int) -> list[int | str]:
     """The device of each decoder layer under a device map (keys like 'layers.12')."""
 
     def find(i: int) -> Any:

@@ -17,11 +17,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 CPU_TOKEN_BUDGET = 2048  # on a CPU the budget tunes GEMM sizes, memory is not the limit
 MAX_TOKEN_BUDGET = 1 << 16
 MIN_TOKEN_BUDGET = 1 << 10
+
+
+class RuntimeJSON(TypedDict):
+    """A Runtime as JSON: run.json's and the manifest's `runtime`."""
+
+    device: str
+    dtype: str
+    kernel: str
+    token_budget: int
+    placement: str
+    hardware: str
+    dtype_requested: str
+    kernel_requested: str
+    budget_from: str
 
 
 @dataclass(frozen=True)
@@ -38,8 +52,9 @@ class Runtime:
     kernel_requested: str = "auto"
     budget_from: str = "--token-budget"  # or how the budget was derived
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> RuntimeJSON:
+        """The runtime as run.json and the manifest write it (its fields, in order)."""
+        return RuntimeJSON(**asdict(self))  # type: ignore[typeddict-item]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Runtime:

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from gain_curate.errors import ModelError
 
@@ -44,24 +44,43 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def from_pretrained_kwargs(dtype: torch.dtype, revision: str | None) -> dict[str, Any]:
+class FromPretrainedKwargs(TypedDict, total=False):
+    """`from_pretrained`'s dtype (one of the two spellings) and revision."""
+
+    dtype: torch.dtype  # Transformers 5
+    torch_dtype: torch.dtype  # Transformers 4.x
+    revision: str
+
+
+class CacheKwargs(TypedDict, total=False):
+    """`forward`'s KV cache (one of the two spellings) and use_cache=True."""
+
+    cache: Any  # transformers.Cache, Transformers >= 5.24
+    past_key_values: Any  # the same, earlier
+    use_cache: bool
+
+
+def from_pretrained_kwargs(dtype: torch.dtype, revision: str | None) -> FromPretrainedKwargs:
     """`from_pretrained` kwargs: Transformers 5 spells the dtype `dtype=`, 4.x `torch_dtype=`."""
     import transformers
 
     major = int(transformers.__version__.split(".")[0])
-    kwargs: dict[str, Any] = {"dtype" if major >= 5 else "torch_dtype": dtype}
+    kwargs = (
+        FromPretrainedKwargs(dtype=dtype) if major >= 5 else FromPretrainedKwargs(torch_dtype=dtype)
+    )
     if revision is not None:
         kwargs["revision"] = revision
     return kwargs
 
 
-def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+def cache_kwargs(model: Any, cache: Any) -> CacheKwargs:
     """The KV-cache argument of `model.forward`: transformers 5.x is renaming
     `past_key_values` to `cache` (5.24 warns on the old name, 5.17 knows only it)."""
     import inspect
 
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache, "use_cache": True}
+    if "cache" in inspect.signature(model.forward).parameters:
+        return CacheKwargs(cache=cache, use_cache=True)
+    return CacheKwargs(past_key_values=cache, use_cache=True)
 
 
 def decoder_layers(model: Any) -> Any:

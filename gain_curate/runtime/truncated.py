@@ -44,7 +44,7 @@ def resolve_layer(layer: int | None, num_layers: int) -> int:
         idx += num_layers
     if not 0 <= idx < num_layers:
         raise ModelError(
-            f"--layer {layer} is out of range: the model has {num_layers} layers "
+            f"`layer` {layer} is out of range: the model has {num_layers} layers "
             f"(0..{num_layers - 1})"
         )
     return idx

@@ -1,5 +1,6 @@
-"""What a scoring run was asked to do: `ScoreConfig` (the flags), the progress `Hooks`, the
-`ScoreResult`, and the two fingerprints that decide whether a folder holds this run.
+"""What a scoring run was asked to do: `ScoreConfig` (the settings), the `ScoreResult`, and
+the two fingerprints that decide whether a folder holds this run. Progress is reported
+through gain_curate.progress.
 
 - `request_key(cfg)`: the flags plus a cheap fingerprint of the input file and model folder
   (path, size, mtime), known before anything is read; a process whose key matches the
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         if self.probe_layers is not None and not self.keep_states:
-            raise InputError("--probe-layers needs --keep-states: pass both, or neither")
+            raise InputError("`probe_layers` needs `keep_states`: set both, or neither")
         if self.probe_layers is not None:  # a list from run.json: hashable like the rest
             object.__setattr__(self, "probe_layers", tuple(int(k) for k in self.probe_layers))
         if self.split is None:  # test.jsonl: test; the rest (train files, presets, hub): train
@@ -73,15 +73,6 @@ class ScoreConfig:
 PARALLEL_FIELDS = ("workers", "part_rows", "overwrite", "out")
 
 
-@dataclass
-class Hooks:
-    """Progress callbacks; all optional, so library callers can ignore them."""
-
-    status: Callable[[str], None] = lambda msg: None
-    start: Callable[[int, int], None] = lambda prompts, tokens: None
-    batch: Callable[[int, int], None] = lambda prompts, tokens: None
-
-
 @dataclass(frozen=True)
 class ScoreResult:
     out: Path
@@ -91,6 +82,8 @@ class ScoreResult:
 
 
 def config_dict(cfg: ScoreConfig) -> dict[str, Any]:
+    """The ScoreConfig as JSON (run.json's `config`, the request key): its own fields, so a
+    TypedDict would only copy them; `out` a string, the template its record."""
     d = asdict(cfg)
     d["out"] = str(cfg.out)
     d["template"] = cfg.template.to_dict()
@@ -137,7 +130,8 @@ def request_key(cfg: ScoreConfig) -> str:
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """`--limit: 200 in the run, 300 now` for every flag that differs (the parallelism aside)."""
+    """`` `limit`: 200 in the run, 300 now`` for every setting that differs (the parallelism
+    aside)."""
     out = []
     for key in sorted(set(old) | set(new)):
         if key in PARALLEL_FIELDS or old.get(key) == new.get(key):
@@ -150,8 +144,7 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                         f"{_short(new[key].get(k))} now"
                     )
             continue
-        flag = "--" + key.replace("_", "-")
-        out.append(f"{flag}: {_short(old.get(key))} in the run, {_short(new.get(key))} now")
+        out.append(f"`{key}`: {_short(old.get(key))} in the run, {_short(new.get(key))} now")
     return out
 
 

@@ -34,7 +34,10 @@ from gain_curate.scoring.forward import (
     run_prefix,
 )
 from gain_curate.scoring.prompt_end import question_ends, with_prompt_end
+from gain_curate.scoring.record import PrefillStats
 from gain_curate.scoring.reduction import reduce_rows
+
+__all__ = ["BatchSums", "PrefillStats", "pooled_states", "run_plan", "segment_sums"]
 
 
 @dataclass(frozen=True)
@@ -48,20 +51,6 @@ class BatchSums:
     s_p: torch.Tensor
     s_q: torch.Tensor
     states: torch.Tensor | None = None
-
-
-@dataclass
-class PrefillStats:
-    """What the prefill did, for the manifest and the benchmark."""
-
-    prompts: int = 0
-    tokens_run: int = 0  # real tokens through the model (shared prefix counted once)
-    tokens_padded: int = 0  # B x T summed over batches
-    shared_prefix_tokens: int = 0
-    prompts_sharing_prefix: int = 0
-    prompt_end_tokens: int = 0  # --keep-states: real tail tokens run after the questions
-    oom_retries: int = 0
-    seconds: float = 0.0  # the model's forward + the reduction only (what MFU divides by)
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -10,7 +10,7 @@ loaded model stops at the scored layer L's MLP, so k <= L.
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 from gain_curate.errors import InputError
 
@@ -46,29 +46,34 @@ def resolve_probe_layers(requested: Any, num_layers: int, layer: int) -> list[in
     bad = [k for k in ks if not 1 <= k <= layer]
     if bad or not ks:
         raise InputError(
-            f"--probe-layers {','.join(map(str, requested))}: a probe layer k is the residual "
+            f"`probe_layers` {','.join(map(str, requested))}: a probe layer k is the residual "
             f"stream after k decoder layers, so 1 <= k <= {layer} (the scored layer; the model "
-            f"has {num_layers}): choose layers in 1..{layer}, or a later --layer"
+            f"has {num_layers}): choose layers in 1..{layer}, or a later `layer`"
         )
     return ks
 
 
-def run_probe_layers(cfg: Any, model_info: dict[str, Any]) -> list[int]:
-    """A prepared run's probe layers (empty without --keep-states)."""
+class Layers(Protocol):
+    """The model's depth and the scored layer (runtime.truncated.ModelShape, run.ModelInfo)."""
+
+    layer: int
+    num_layers: int
+
+
+def run_probe_layers(cfg: Any, model: Layers) -> list[int]:
+    """A prepared run's probe layers (empty without `keep_states`)."""
     if not cfg.keep_states:
         return []
-    return resolve_probe_layers(
-        cfg.probe_layers, int(model_info["num_layers"]), int(model_info["layer"])
-    )
+    return resolve_probe_layers(cfg.probe_layers, int(model.num_layers), int(model.layer))
 
 
-def state_features(cfg: Any, model_info: dict[str, Any]) -> list[str]:
+def state_features(cfg: Any, model: Layers) -> list[str]:
     """The (N, d) arrays a run keeps in states.npz, in their order (empty without states)."""
     if not cfg.keep_states:
         return []
-    return [*POOLED, *(feature_name(k) for k in run_probe_layers(cfg, model_info))]
+    return [*POOLED, *(feature_name(k) for k in run_probe_layers(cfg, model))]
 
 
-def states_key(cfg: Any, model_info: dict[str, Any]) -> str | None:
+def states_key(cfg: Any, model: Layers) -> str | None:
     """What a finished part's states must hold (its marker records it): None without them."""
-    return ",".join(state_features(cfg, model_info)) if cfg.keep_states else None
+    return ",".join(state_features(cfg, model)) if cfg.keep_states else None

@@ -15,6 +15,27 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+
+@dataclass
+class PrefillStats:
+    """What the prefill did, for the manifest and the benchmark: a part's marker records it
+    (`prefill`), the merge sums the parts' into the manifest's `prefill`."""
+
+    prompts: int = 0
+    tokens_run: int = 0  # real tokens through the model (shared prefix counted once)
+    tokens_padded: int = 0  # B x T summed over batches
+    shared_prefix_tokens: int = 0
+    prompts_sharing_prefix: int = 0
+    prompt_end_tokens: int = 0  # --keep-states: real tail tokens run after the questions
+    oom_retries: int = 0
+    seconds: float = 0.0  # the model's forward + the reduction only (what MFU divides by)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PrefillStats:
+        """A marker's `prefill` (older markers lack the later fields: 0)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
 # field, Arrow type in a work part, Arrow type of its gain_* column in the shards
 RECORD: tuple[tuple[str, pa.DataType, pa.DataType], ...] = (
     ("score", pa.float64(), pa.float64()),
