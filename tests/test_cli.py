@@ -462,7 +462,7 @@ def test_progress_logs_a_line_every_30_s_with_an_eta_when_stderr_is_not_a_termin
 
     from rich.console import Console
 
-    from gain_curate.cli.progress import Bars
+    from gain_curate.progress import Bars
 
     now = [0.0]
     buf = io.StringIO()

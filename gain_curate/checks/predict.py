@@ -253,7 +253,8 @@ def predict_run(out: Path, probe_path: Path) -> Prediction:
     )
     record = prediction_record(probe_path, fit, names, kinds, int(kept.layer), pred, table)
     manifest = store.read_manifest(out)  # as it is now: another command may have added a section
-    manifest["shards"], manifest["prediction"] = shards, record
+    manifest["shards"] = [s.to_json() for s in shards]
+    manifest["prediction"] = dict(record)
     store.write_manifest(out, manifest)
     return record
 

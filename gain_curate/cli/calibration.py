@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from gain_curate.cli.progress import showing_progress
 from gain_curate.cli.views import _console
+from gain_curate.progress import on_stderr
 
 CALIBRATE_FLAGS = ("run", "out", "seed", "sample", "as_json", "pass_rate_key", "pass_rates")
 
@@ -32,7 +32,7 @@ def calibrate(kw: dict[str, Any], given: list[Any]) -> None:
             f"drop {', '.join(other)}"
         )
     sample = kw["sample"] if any(p.name == "sample" for p in given) else None
-    with showing_progress(quiet=kw["as_json"]):
+    with on_stderr(quiet=kw["as_json"]):  # the library's steps (gain_curate.progress)
         result = run_calibrate(
             kw["run"],
             kw["out"],

@@ -14,9 +14,9 @@ from gain_curate.cli.calibration import calibrate
 from gain_curate.cli.options import (
     template_options,
 )
-from gain_curate.cli.progress import showing_progress
 from gain_curate.cli.validate_flags import print_validate_files, validate_request
 from gain_curate.cli.views import print_inspect, print_validate
+from gain_curate.progress import on_stderr
 
 
 @main.command()
@@ -176,7 +176,7 @@ def validate(**kw: Any) -> None:
     if kw["pass_rate_k_key"] is not None:
         raise click.UsageError("--pass-rate-k-key goes with --pass-rate-key or --pass-rates")
     req = validate_request(kw, given)
-    with showing_progress(quiet=kw["as_json"]):
+    with on_stderr(quiet=kw["as_json"]):  # the library's steps (gain_curate.progress)
         result = run_validate(req).to_json()
     if kw["as_json"]:
         click.echo(json.dumps(result, indent=2))
