@@ -4,8 +4,9 @@ LOG_EVERY_S seconds and one when the step ends, so a long run's log shows where 
 
 The library reports a step with `step(name, total)` (it returns the callback that advances
 it) and says what it is doing with `note(msg)`, wherever it runs (the scorer, the merge, a
-model conversion deep inside model loading). A command shows them on its own bars
-(`showing(bars)`, cli/progress.py); a library caller with none gets the plain lines."""
+model conversion deep inside model loading). This is the one progress channel: a command
+shows it on stderr (`on_stderr(quiet)`), a spawned worker or Ray actor stays quiet
+(`silenced()`), and a library caller with no bars of its own gets the plain lines."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ settings whose flag has another name."""
 from __future__ import annotations
 
 import re
+
 import click
 
 # A setting of the library whose flag is not its name with "_" turned into "-".
