@@ -31,8 +31,9 @@ from gain_curate.runfolder.run import Run, open_run
 PLAN_FIRST = "run `gain-curate schedule {out}` first with `epochs` and `batch_size`"
 
 
-class VerlExportJSON(TypedDict):
-    """The manifest's exports.verl, key order as written."""
+class PlanFileJSON(TypedDict):
+    """The manifest's record of a whole-plan export (exports.verl, exports.openrlhf.plan),
+    key order as written."""
 
     path: str
     rows: int
@@ -44,9 +45,9 @@ class VerlExportJSON(TypedDict):
 
 
 @dataclass(frozen=True)
-class VerlExport:
+class PlanFile:
     """OUT/path: every plan epoch back to back (epochs x batch_size rows), drawn over the
-    `rank_by` order, and the verl flags (one shell line) that train on it in plan order."""
+    `rank_by` order, and the trainer flags (one shell line) that train on it in plan order."""
 
     path: str  # relative to OUT
     rows: int
@@ -56,7 +57,7 @@ class VerlExport:
     flags: str
     rank_by: str
 
-    def to_json(self) -> VerlExportJSON:
+    def to_json(self) -> PlanFileJSON:
         return {
             "path": self.path,
             "rows": self.rows,
@@ -66,6 +67,9 @@ class VerlExport:
             "flags": self.flags,
             "rank_by": self.rank_by,
         }
+
+
+VerlExport = PlanFile  # the verl export: plan.parquet and its data.* flags
 
 
 def read_plan(out: Path) -> list[np.ndarray]:

@@ -15,7 +15,13 @@ from typing import Any, TypedDict
 import numpy as np
 import pyarrow as pa
 
-from gain_curate.curriculum.export import plan_order, rank_ordered, read_plan
+from gain_curate.curriculum.export import (
+    PlanFile,
+    PlanFileJSON,
+    plan_order,
+    rank_ordered,
+    read_plan,
+)
 from gain_curate.errors import OutputError
 from gain_curate.runfolder import store
 from gain_curate.runfolder.run import Run, open_run
@@ -32,18 +38,6 @@ class EpochExportJSON(TypedDict):
     flags: str
 
 
-class PlanExportJSON(TypedDict):
-    """The manifest's exports.openrlhf.plan, key order as written."""
-
-    path: str
-    rows: int
-    epochs: int
-    batch_size: int
-    sha256: str
-    flags: str
-    rank_by: str
-
-
 @dataclass(frozen=True)
 class EpochExport:
     """OUT/path: one plan epoch (rows prompts) as JSON lines, and the train_ppo_ray flags
@@ -58,29 +52,9 @@ class EpochExport:
         return {"path": self.path, "rows": self.rows, "sha256": self.sha256, "flags": self.flags}
 
 
-@dataclass(frozen=True)
-class PlanExport:
-    """OUT/path: every plan epoch back to back (epochs x batch_size rows) as JSON lines, drawn
-    over the `rank_by` order, and the train_ppo_ray flags the launcher adds for it."""
-
-    path: str  # relative to OUT
-    rows: int
-    epochs: int
-    batch_size: int
-    sha256: str
-    flags: str
-    rank_by: str
-
-    def to_json(self) -> PlanExportJSON:
-        return {
-            "path": self.path,
-            "rows": self.rows,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "sha256": self.sha256,
-            "flags": self.flags,
-            "rank_by": self.rank_by,
-        }
+class PlanExport(PlanFile):
+    """OUT/path: every plan epoch back to back as JSON lines, drawn over the `rank_by`
+    order, and the train_ppo_ray flags the launcher adds for it."""
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> PlanExport:
@@ -136,7 +110,7 @@ def write_jsonl(run: Run, rel: Path, ranks: np.ndarray, extra: list[dict[str, in
 class OpenRLHFExportsJSON(TypedDict, total=False):
     """The manifest's exports.openrlhf: the launcher's plan file, and each exported epoch."""
 
-    plan: PlanExportJSON
+    plan: PlanFileJSON
     epochs: dict[str, EpochExportJSON]  # "K" -> epoch K's file
 
 
