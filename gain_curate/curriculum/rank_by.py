@@ -14,7 +14,10 @@ from gain_curate.errors import OutputError
 from gain_curate.runfolder.run import Run
 
 # The orders a schedule can draw over (`--rank-by`), and the column each one sorts by.
-RANK_BY = ("angle", "learnability", "length")
+# "learnability-online" draws over the angle order until the trainer's rewards have refit
+# its probe (curriculum/learning.py); "uniform" ignores the order (the no-curriculum arm).
+RANK_BY = ("angle", "learnability", "length", "learnability-online", "uniform")
+OVER_ANGLE = ("angle", "learnability-online", "uniform")  # positions are gain_rank
 RANK_COLUMNS = {
     "angle": "gain_rank",
     "learnability": "gain_learn_rank",
@@ -35,7 +38,7 @@ def order_by(rank_by: str, gain_rank: Any, key: Any = None, where: str = "the ru
     ranks = np.asarray(gain_rank, dtype=np.int64)
     if rank_by not in RANK_BY:
         raise ValueError(f"rank_by {rank_by!r} is not one of {', '.join(RANK_BY)}")
-    if rank_by == "angle":
+    if rank_by in OVER_ANGLE:
         return np.argsort(ranks, kind="stable")
     k = None if key is None else np.array([np.nan if v is None else v for v in key], np.float64)
     if rank_by == "learnability" and (k is None or not np.isfinite(k).all()):
@@ -52,7 +55,7 @@ def order_by(rank_by: str, gain_rank: Any, key: Any = None, where: str = "the ru
 def read_order(run: Run, rank_by: str) -> np.ndarray:
     """The rank positions (gain_rank, the shards' row order) in `rank_by` order."""
     n = sum(s.rows for s in run.manifest.shards)
-    if rank_by == "angle":
+    if rank_by in OVER_ANGLE:
         return np.arange(n, dtype=np.int64)
     col = RANK_COLUMNS.get(rank_by)
     if col is None:

@@ -61,9 +61,9 @@ def rank_by_of(cfg: Mapping[str, Any] | None) -> str:
 def rank_keys(table: Any, rank_by: str) -> list[Any] | None:
     """Per row of a trainer's dataset (HF datasets or pandas), the column `rank_by` sorts by;
     None for angle (extra_info.gain_rank) or when the dataset lacks the column."""
-    if rank_by == "angle":
+    col = RANK_COLUMNS.get(rank_by)
+    if col is None:  # angle, learnability-online, uniform: extra_info.gain_rank
         return None
-    col = RANK_COLUMNS[rank_by]
     names = getattr(table, "column_names", None)
     names = list(names) if names is not None else list(getattr(table, "columns", []))
     if col not in names:
@@ -105,9 +105,12 @@ def offline_scores(table: Any, inter_weight: float) -> list[float | None] | None
     return list(table["gain_score"]) if "gain_score" in cols else None
 
 
-def step_metrics(rec: EpochRecord, online_mean: float | None = None) -> dict[str, float]:
+def step_metrics(
+    rec: EpochRecord, online_mean: float | None = None, schedule: GainSchedule | None = None
+) -> dict[str, float]:
     """One schedule step as trainer metrics (NaN where a value was not measured), also
-    written as one line to the `gain_curate` logger (INFO), so every trainer shows it."""
+    written as one line to the `gain_curate` logger (INFO), so every trainer shows it; the
+    online learnability mode's own (gain/zero_var, gain/refits, ...) when `schedule` is one."""
     nan = float("nan")
     out = {
         "gain/mu": float(rec.mu_next),
@@ -117,11 +120,19 @@ def step_metrics(rec: EpochRecord, online_mean: float | None = None) -> dict[str
         "gain/delta": float(rec.delta),
         "gain/pass": float(rec.passes),
     }
+    online = getattr(schedule, "online_metrics", None)
+    extra = online() if online is not None else {}
+    out.update(extra)
     ang = "not measured" if rec.ang is None else f"{rec.ang:+.4f}"
     event = f", {rec.event}" if rec.event else ""
+    served = ""
+    if extra:
+        zv = extra["gain/zero_var"]
+        who = "predicted pass rates" if extra["gain/learning_serves"] else "the angle schedule"
+        served = f"; zero-variance groups {zv:.2f}, served by {who}"
     LOG.info(
         f"gain-curate step {rec.epoch}: acc {rec.acc:.3f}, ang {ang}, "
-        f"mu {rec.mu:.1f} -> {rec.mu_next:.1f} (pass {rec.passes}{event})"
+        f"mu {rec.mu:.1f} -> {rec.mu_next:.1f} (pass {rec.passes}{event}){served}"
     )
     return out
 
@@ -145,10 +156,18 @@ def build_schedule(
     params: ScheduleParams,
     rank_by: str = "angle",
     keys: Sequence[Any] | None = None,
+    gain_cfg: Mapping[str, Any] | None = None,
 ) -> tuple[GainSchedule, list[int]]:
-    """The schedule over the rows in `rank_by` order, and the dataset row at each position."""
+    """The schedule over the rows in `rank_by` order, and the dataset row at each position.
+    learnability-online reads `states` (and `probe`, `refit_every`, ...) from `gain_cfg`."""
     rows, uids, s = ranking(extra_info, scores, rank_by, keys)
-    return GainSchedule(len(rows), params, uids=uids, scores=s), rows
+    if rank_by == "learnability-online":
+        from gain_curate.curriculum.learning import online_schedule
+
+        return online_schedule(len(rows), params, uids, s, gain_cfg or {}), rows
+    sched = GainSchedule(len(rows), params, uids=uids, scores=s)
+    sched.uniform = rank_by == "uniform"  # every draw uniform over the rows, mu aside
+    return sched, rows
 
 
 def per_prompt(uids: Sequence[str], correct: Sequence[float]) -> tuple[list[str], list[float]]:

@@ -151,7 +151,7 @@ class GainGRPOTrainer(GainCheckpoints, GRPOTrainer):
         extra = ds["extra_info"]
         rank_by = rank_by_of(gain)
         self.gain_schedule, self._gain_rows = build_schedule(
-            extra, offline_scores(ds, w), params, rank_by, rank_keys(ds, rank_by)
+            extra, offline_scores(ds, w), params, rank_by, rank_keys(ds, rank_by), gain
         )
         self._gain_uid_at = [extra[i]["gain_uid"] for i in self._gain_rows]  # by rank position
         self.gain_angles = None
@@ -273,6 +273,7 @@ class GainGRPOTrainer(GainCheckpoints, GRPOTrainer):
             first = dict(zip(reversed(ang_uids), reversed(online)))
             self.gain_schedule.observe_angles(list(first), list(first.values()))
             rec = self.gain_schedule.end_epoch()
-            for k, v in step_metrics(rec, float(np.mean(online)) if online else None).items():
+            mean = float(np.mean(online)) if online else None
+            for k, v in step_metrics(rec, mean, self.gain_schedule).items():
                 self._metrics["train"][k].append(v)
         return rewards_per_func

@@ -103,7 +103,7 @@ class _Follower:
         scores = offline_scores(frame, float(gain.get("inter_weight", 1.0)))
         rank_by = rank_by_of(gain)  # the order the schedule draws over (_common)
         self.schedule, self.rows = build_schedule(
-            frame["extra_info"], scores, params, rank_by, rank_keys(frame, rank_by)
+            frame["extra_info"], scores, params, rank_by, rank_keys(frame, rank_by), gain
         )
         self.batch_size = b
         self.length = (len(self.rows) // b) * b  # constant: verl derives its step count from it
@@ -125,7 +125,7 @@ class _Follower:
     def results(self, uids: list[str], correct: list[float]) -> dict[str, float]:
         """One step's per-prompt results -> the rule; gain/* metrics of the step."""
         self.schedule.observe(uids, correct)
-        return step_metrics(self.schedule.end_epoch())
+        return step_metrics(self.schedule.end_epoch(), schedule=self.schedule)
 
     def skip(self) -> None:
         """End a step whose results never came: mu stays, next epoch."""

@@ -199,7 +199,7 @@ def test_online_angle_is_scores_metric_on_the_policys_current_weights(
     assert logged and {"gain/acc", "gain/ang", "gain/angle_online", "gain/delta"} <= set(logged[0])
 
 
-def _scored(tiny_qwen2_dir: Path, tmp_path: Path, n: int = 12) -> Path:
+def _scored(tiny_qwen2_dir: Path, tmp_path: Path, n: int = 12, keep_states: bool = False) -> Path:
     data = tmp_path / "q.jsonl"
     data.write_text(
         "".join(
@@ -208,7 +208,13 @@ def _scored(tiny_qwen2_dir: Path, tmp_path: Path, n: int = 12) -> Path:
         )
     )
     run_score(
-        ScoreConfig(data=str(data), model=str(tiny_qwen2_dir), out=tmp_path / "run", device="cpu")
+        ScoreConfig(
+            data=str(data),
+            model=str(tiny_qwen2_dir),
+            out=tmp_path / "run",
+            device="cpu",
+            keep_states=keep_states,
+        )
     )
     return tmp_path / "run"
 
@@ -325,18 +331,24 @@ def _right_for(uid: str) -> float:
     return float(zlib.crc32(uid.encode()) % 2)
 
 
+@pytest.mark.parametrize("online", [False, True], ids=["angle", "learnability-online"])
 def test_resume_draws_what_an_uninterrupted_run_draws_and_format_is_not_correctness(
-    tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path
+    tiny_qwen2_dir: Path, qwen_tokenizer, tmp_path: Path, online: bool
 ) -> None:
     """6 steps straight vs 3 steps, a checkpoint, a new trainer resumed from it, 3 more:
     the same prompts at every step and the same mu, acc and ang (the schedule, the
     sampler's place and its already-drawn chunk travel in the checkpoint; transformers'
     data skip meets placeholder batches). 8 prompts, 2 per step: the dataloader's epoch
     ends after step 4, so the resumed run also crosses an epoch boundary. Correct is the
-    first reward function's verdict: the second, a format-only reward, never adds to acc."""
+    first reward function's verdict: the second, a format-only reward, never adds to acc.
+    learnability-online: the refit probe serves from step 1 on (min_groups 2), its state
+    travels in the same checkpoint, and the resumed run draws the same prompts."""
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    run = _scored(tiny_qwen2_dir, tmp_path, n=8)
+    run = _scored(tiny_qwen2_dir, tmp_path, n=8, keep_states=online)
+    gain = {"sigma": 2, "n": 3, "adj_min": -3, "adj_max": 3}
+    if online:
+        gain |= {"rank_by": "learnability-online", "states": str(run), "min_groups": 2}
     dataset = load_dataset("parquet", data_files=str(run / "data" / "*.parquet"))["train"]
 
     class Recorder:
@@ -389,7 +401,7 @@ def test_resume_draws_what_an_uninterrupted_run_draws_and_format_is_not_correctn
             args=args,
             train_dataset=dataset,
             processing_class=qwen_tokenizer,
-            gain_params={"sigma": 2, "n": 3, "adj_min": -3, "adj_max": 3},
+            gain_params=gain,
         )
 
     straight = Recorder()
@@ -421,6 +433,10 @@ def test_resume_draws_what_an_uninterrupted_run_draws_and_format_is_not_correctn
         [h.ang for h in a.gain_schedule.history], abs=1e-6
     )
     assert not c._gain_warned
+    if online:
+        assert c.gain_schedule.learning_serves and c.gain_schedule.probe.refits == 6
+        assert np.array_equal(c.gain_schedule.predicted(), a.gain_schedule.predicted())
+        assert c.gain_schedule.served_zero_variance == a.gain_schedule.served_zero_variance
 
     # correct = the answer reward > 0; the format reward alone never makes a completion correct
     weighted_differs = False
