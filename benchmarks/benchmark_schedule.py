@@ -10,6 +10,16 @@ the epoch's plan: p(r) over N, then numpy's `choice(p=...)`), timed on `--naive-
 of one step and scaled to B (its plan dominates and costs the same at every draw). Both in
 one run, on one core (numpy here is single-threaded). Prints one row; appends nothing.
 Target: < 50 ms per step at N = 1,000,000, B = 1,024.
+
+    python benchmarks/benchmark_schedule.py --online [--n 1000000 --dim 576 --steps 10]
+
+`--online` times the online learnability mode instead (rank_by learnability-online,
+gain_curate.curriculum.learning) over random float16 states of N prompts x `--dim` values
+(576: SmolLM2-135M's hidden size; 896: Qwen2.5-0.5B's), written to and read back from a
+states.npz the way `score --keep-states` writes it: the file's size, the schedule's resident
+memory for the states, a step without its refit (B draws one at a time, observe, end the
+epoch, the step's groups added to the probe), and a refit (the d x d solve and re-predicting
+all N prompts). Targets: a refit under 1 s, a step under 50 ms.
 """
 
 from __future__ import annotations
@@ -54,14 +64,65 @@ def step(s: GainSchedule, uids: list[str], acc: float) -> float:
     return time.perf_counter() - t0
 
 
+def online(n: int, b: int, dim: int, steps: int) -> str:
+    """One row for the online learnability mode (module docstring)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from gain_curate.curriculum.learning import LearnabilitySchedule, LearningParams
+    from gain_curate.curriculum.states import load_states
+    from gain_curate.runfolder.store import write_npz_atomic
+
+    rng = np.random.default_rng(0)
+    uids = [f"u{i}" for i in range(n)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "states.npz"
+        states = rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16)
+        truth = 1 / (1 + np.exp(-(states[:, :8].astype(np.float32).sum(1))))  # a pass rate
+        write_npz_atomic(path, {"gain_uid": np.array(uids), "prompt_end@L16": states})
+        del states
+        disk = os.path.getsize(path)
+        t0 = time.perf_counter()
+        x, _ = load_states(path, uids)
+        load = time.perf_counter() - t0
+    lp = LearningParams(min_groups=0, refit_every=10**9)  # refits timed apart from steps
+    s = LearnabilitySchedule(n, ScheduleParams(batch_size=b), uids=uids, states=x, learning=lp)
+    step_times, refit_times = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        drawn = [int(s.take(1)[0]) for _ in range(b)]
+        got = rng.binomial(4, truth[drawn]) / 4
+        s.observe([uids[r] for r in drawn], got)
+        s.end_epoch()
+        step_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        s.probe.refit()
+        s._set_weights()
+        refit_times.append(time.perf_counter() - t0)
+    step, refit = statistics.median(step_times), statistics.median(refit_times)
+    return (
+        f"| {date.today().isoformat()} | {cpu_label(1)} | online learnability, N = {n:,}, "
+        f"B = {b:,}, d = {dim} float16 | states.npz {disk / 2**30:.2f} GiB on disk, "
+        f"{x.nbytes / 2**30:.2f} GiB in memory (read in {load:.1f} s) | step {step * 1e3:.1f} ms "
+        f"(median of {steps}, max {max(step_times) * 1e3:.1f}) | refit {refit * 1e3:.0f} ms "
+        f"(median of {steps}, max {max(refit_times) * 1e3:.0f}; penalty {s.probe.alpha:g}) |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20, help="steps timed for 'after'")
     ap.add_argument("--naive-draws", type=int, default=16, help="draws timed for 'before'")
+    ap.add_argument("--online", action="store_true", help="time the online learnability mode")
+    ap.add_argument("--dim", type=int, default=576, help="--online: values per prompt state")
     args = ap.parse_args()
     n, b = args.n, args.batch_size
+    if args.online:
+        print(online(n, b, args.dim, args.steps))
+        return
     uids = [f"u{i}" for i in range(n)]
     s = GainSchedule(n, ScheduleParams(batch_size=b), uids=uids)  # paper defaults, sigma 1000
 

@@ -191,3 +191,48 @@ def test_bad_learning_params_name_the_setting() -> None:
     ]:
         with pytest.raises(ValueError, match=f"`{name}`"):
             LearningParams(**kw)
+
+
+def test_closed_loop_serves_each_ranking_against_known_pass_rates() -> None:
+    """Known pass rates that the states predict: the online probe serves fewer zero-variance
+    groups than uniform and than an angle order that knows nothing of them."""
+    from gain_curate.curriculum.closed_loop import compare, make_loop
+
+    policy = Policy(11)
+    truth = policy.truth(0)[:400]
+    ids = uids()[:400]
+    loop = make_loop(truth, ids, batch_size=32, group_size=4)
+    assert loop.batch_size == 32 and len(loop.uids) == 400
+
+    import tempfile
+    from pathlib import Path
+
+    from gain_curate.runfolder.store import write_npz_atomic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "states.npz"
+        write_npz_atomic(path, {"gain_uid": np.array(ids), "prompt_end@L3": policy.x[:400]})
+        learn = np.argsort(np.argsort(-(truth * (1 - truth))))  # a perfect static probe
+        got = {
+            z.ranking: z
+            for z in compare(
+                loop, {"batch_size": 32, "sigma": 40, "n": 10}, learn, {"states": str(path)}
+            )
+        }
+    lines = [z.line(50) for z in got.values()]
+    print(*lines, sep="\n")
+    assert lines[0].startswith("zero-variance share, first 50 steps: uniform ")
+    assert [z.ranking for z in got.values()] == [
+        "uniform",
+        "angle",
+        "learnability",
+        "learnability-online",
+    ]
+    assert got["learnability-online"].share < got["uniform"].share - 0.05, lines
+    assert got["learnability-online"].share < got["angle"].share - 0.05, lines
+    assert got["learnability"].share < got["uniform"].share, lines
+    none = compare(loop, {"batch_size": 32}, None, None)
+    assert none[2].share is None and "gain-curate predict" in none[2].line(50)
+    assert none[3].share is None and "keep_states" in none[3].line(50)
+    with pytest.raises(ValueError, match="at least 16"):
+        make_loop(np.full(10, 0.5), ids[:10], 4)

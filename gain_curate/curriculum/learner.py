@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import numpy as np
+import torch
 
 ALPHAS = np.logspace(-2, 6, 17)  # ridge penalties (on standardised states, sums of weights)
-CHUNK = 1 << 16  # rows per block when reading the (N, d) float16 states
+CHUNK = 8192  # rows per block when reading the (N, d) float16 states (stays in cache)
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,11 @@ def column_stats(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (1 where a column is constant)."""
     n, d = states.shape
     s, ss = np.zeros(d), np.zeros(d)
+    x = torch.from_numpy(np.ascontiguousarray(states))
     for lo in range(0, n, CHUNK):
-        block = states[lo : lo + CHUNK].astype(np.float64)
-        s += block.sum(0)
-        ss += (block * block).sum(0)
+        block = x[lo : lo + CHUNK].double()
+        s += block.sum(0).numpy()
+        ss += (block * block).sum(0).numpy()
     mean = s / max(n, 1)
     var = np.maximum(ss / max(n, 1) - mean * mean, 0.0)
     sd = np.sqrt(var)
@@ -130,6 +132,7 @@ class OnlineProbe:
         if not len(pos):
             return
         z = self.z(pos)
+        zt = torch.from_numpy(z.astype(np.float32))
         if self._fits is not None:
             pred = z @ self._fits[:, :-1].T + self._fits[:, -1]  # (m, A)
             self.err += ((pred - y[:, None]) ** 2).sum(0)
@@ -137,7 +140,7 @@ class OnlineProbe:
         self.sy += float(y.sum())
         self.sz += z.sum(0)
         self.szy += z.T @ y
-        self.szz += z.T @ z
+        self.szz += (zt.T @ zt).double().numpy()  # float32 per step, summed in float64
         self.groups += len(y)
 
     def refit(self) -> None:
@@ -149,7 +152,7 @@ class OnlineProbe:
         zbar, ybar = self.sz / self.w, self.sy / self.w
         s_zz = self.szz - self.w * np.outer(zbar, zbar)
         s_zy = self.szy - self.w * zbar * ybar
-        e, v = np.linalg.eigh((s_zz + s_zz.T) / 2)
+        e, v = (t.numpy() for t in torch.linalg.eigh(torch.from_numpy((s_zz + s_zz.T) / 2)))
         r = v.T @ (s_zy - s_zz @ self.beta0)  # (d,)
         coefs = self.beta0 + (v @ (r[:, None] / (np.maximum(e, 0.0)[:, None] + ALPHAS))).T
         fits = np.empty((len(ALPHAS), len(zbar) + 1))
@@ -163,13 +166,13 @@ class OnlineProbe:
 
     def _predict_all(self) -> np.ndarray:
         """(N,) float32 predicted pass rates, not clipped, read in float32 blocks."""
-        weight = (self.coef / self.scale).astype(np.float32)
+        weight = torch.from_numpy((self.coef / self.scale).astype(np.float32))
         bias = np.float32(self.intercept - self.mean @ (self.coef / self.scale))
-        n = len(self.states)
-        out = np.empty(n, np.float32)
-        for lo in range(0, n, CHUNK):
-            out[lo : lo + CHUNK] = self.states[lo : lo + CHUNK].astype(np.float32) @ weight
-        return out + bias
+        x = torch.from_numpy(np.ascontiguousarray(self.states))
+        out = torch.empty(len(x), dtype=torch.float32)
+        for lo in range(0, len(x), CHUNK):  # torch converts float16 blocks fast; numpy does not
+            out[lo : lo + CHUNK] = x[lo : lo + CHUNK].float() @ weight
+        return out.numpy() + bias
 
     def state(self) -> ProbeState:
         return {

@@ -111,7 +111,7 @@ class LearnabilitySchedule(GainSchedule):
         """-log w per position for the current predictions (clipped to [0, 1] first)."""
         p = np.clip(self.probe.predicted.astype(np.float64), 0.0, 1.0)
         lp = self.learning
-        self._cost = (p - lp.target) ** 2 / (2.0 * lp.width**2)
+        self._cost = ((p - lp.target) ** 2 / (2.0 * lp.width**2)).astype(np.float32)
         self._keys_cache = None
 
     def draw_order(self, size: int, epoch: int | None = None) -> np.ndarray:
@@ -134,7 +134,7 @@ class LearnabilitySchedule(GainSchedule):
         n = self.n_prompts
         k = min(n, k or max(self.params.batch_size, 1))
         rng = np.random.default_rng([self.params.seed, epoch, 1])
-        keys = _log_exp(rng.random(n)) + self._cost
+        keys = _log_exp(rng.random(n, dtype=np.float32)) + self._cost
         top = np.argpartition(keys, k - 1)[:k] if k < n else np.arange(n)
         order = top[np.argsort(keys[top], kind="stable")]
         order.flags.writeable = False
