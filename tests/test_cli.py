@@ -407,11 +407,12 @@ def test_help_does_not_import_torch() -> None:
 
 
 def test_schedule_warns_when_its_parameters_do_not_fit_the_run(scored: Path) -> None:
-    """The README's parameters on a 40-prompt run: sigma 1000 >= N/2, B = 25 >= N/2, and mu
-    sweeping the ranking every step or two; one line each, saying what would fit. Fitting
-    parameters: no warning."""
+    """The paper's parameters, given, on a 40-prompt run (the defaults scale with N): sigma
+    1000 >= N/2, B = 25 >= N/2, and mu sweeping the ranking every step or two; one line each,
+    saying what would fit. Fitting parameters: no warning."""
     args = ["schedule", str(scored), "--epochs", "20", "--assumed-accuracy", "0.9", "--simulate"]
-    code, text = run(*args, "--batch-size", "25", "--json")
+    paper = ["--sigma", "1000", "--n", "500", "--adj-max", "1000"]
+    code, text = run(*args, *paper, "--batch-size", "25", "--json")
     assert code == 0, text
     warnings = json.loads(text[text.index("{") :])["warnings"]
     assert len(warnings) == 3, warnings
@@ -422,7 +423,7 @@ def test_schedule_warns_when_its_parameters_do_not_fit_the_run(scored: Path) -> 
     assert (
         warnings[2].startswith("mu sweeps the whole ranking every") and "--adj-max" in warnings[2]
     )
-    code, text = run(*args, "--batch-size", "25")
+    code, text = run(*args, *paper, "--batch-size", "25")
     assert [ln for ln in text.splitlines() if ln.startswith("warning: ")] == [
         f"warning: {w}" for w in warnings
     ]

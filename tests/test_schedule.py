@@ -56,18 +56,19 @@ def test_seed_decides_the_plan() -> None:
 
 
 def test_update_rule_by_hand() -> None:
-    p = ScheduleParams(batch_size=1)  # paper defaults: n=500, alpha=2, beta=0.5, adj in [0, 1000]
+    # the paper's values, given: n=500, alpha=2, beta=0.5, adj in [0, 1000] (no scaling to N)
+    p = ScheduleParams(batch_size=1, n=500, adj_max=1000)
     mu, delta = mu_update(0.0, acc=0.8, ang=0.0, p=p, n_prompts=10_000)
     assert delta == pytest.approx(500 * math.tanh(0.6)) and mu == pytest.approx(268.5248, abs=1e-3)
     # low accuracy would move mu back; adj_min = 0 clamps the step at 0
     assert mu_update(700.0, acc=0.0, ang=0.0, p=p, n_prompts=10_000) == (700.0, 0.0)
     # the angle term pushes forward; adj_max clamps the step
-    q = ScheduleParams(batch_size=1, adj_max=500)
+    q = ScheduleParams(batch_size=1, n=500, adj_max=500)
     mu, delta = mu_update(100.0, acc=1.0, ang=1.0, p=q, n_prompts=10_000)
     assert (mu, delta) == (600.0, 500.0)  # raw step 500 tanh(1) + 500 tanh(2) = 862.8
     # mu stays inside [0, N - 1]
     assert mu_update(9_900.0, acc=1.0, ang=0.0, p=p, n_prompts=10_000)[0] == 9_999.0
-    r = ScheduleParams(batch_size=1, adj_min=-1000)
+    r = ScheduleParams(batch_size=1, n=500, adj_max=1000, adj_min=-1000)
     assert mu_update(50.0, acc=0.0, ang=0.0, p=r, n_prompts=10_000)[0] == 0.0
 
 
@@ -75,7 +76,7 @@ def test_offline_scores_never_push_mu() -> None:
     """The bug this replaces: the offline score as ang was a constant +495 per step."""
     s = GainSchedule(
         2000,
-        ScheduleParams(batch_size=10, sigma=5, seed=3),
+        ScheduleParams(batch_size=10, sigma=5, n=500, seed=3),
         uids=[f"u{i}" for i in range(2000)],
         scores=np.full(2000, 1.34),
     )
@@ -91,7 +92,10 @@ def test_change_angle_is_online_minus_offline_relative_to_the_first_step() -> No
     scores = np.linspace(0.5, -0.5, 100)  # by rank
     uids = [f"u{i}" for i in range(100)]
     s = GainSchedule(
-        100, ScheduleParams(batch_size=2, sigma=5, adj_min=-1000), uids=uids, scores=scores
+        100,
+        ScheduleParams(batch_size=2, sigma=5, n=500, adj_min=-1000, adj_max=1000),
+        uids=uids,
+        scores=scores,
     )
     # step 0: online - offline = +0.10 and +0.20 -> mean 0.15 is the offset; ang = 0
     s.observe_accuracy([0.5])
@@ -132,7 +136,9 @@ def test_level_angle_is_the_batch_mean_and_off_ignores_measurements() -> None:
 
 def test_end_of_ranking_policies_by_hand() -> None:
     def at_end(policy: str) -> GainSchedule:
-        s = GainSchedule(1000, ScheduleParams(batch_size=4, mu0=0, adj_max=1000, at_end=policy))
+        s = GainSchedule(
+            1000, ScheduleParams(batch_size=4, mu0=0, n=500, adj_max=1000, at_end=policy)
+        )
         s.mu = 900.0
         s.observe_accuracy([1.0])  # delta = 500 tanh(1) = 380.8 -> target 1280.8 > 999
         return s
@@ -148,7 +154,7 @@ def test_end_of_ranking_policies_by_hand() -> None:
     uni.observe_accuracy([1.0])
     assert uni.end_epoch().mu_next == 999.0  # mu no longer moves
     # restart returns to mu0, not to 0
-    r = GainSchedule(1000, ScheduleParams(batch_size=4, mu0=50, at_end="restart"))
+    r = GainSchedule(1000, ScheduleParams(batch_size=4, mu0=50, n=500, at_end="restart"))
     r.mu = 990.0
     r.observe_accuracy([1.0])
     assert r.end_epoch().mu_next == 50.0

@@ -129,7 +129,7 @@ def compare_rankings(
     p = np.asarray(targets.pass_rate, np.float64)
     zv = np.asarray(targets.zero_variance, np.float64)
     n, n_run = len(p), int(n_run or len(p))
-    params = ScheduleParams(batch_size=min(batch_size, n_run))
+    params = ScheduleParams(batch_size=min(batch_size, n_run)).resolved(n_run)
     kw = {"seed": seed, "resamples": resamples}
     enough = n >= MIN_INTERVAL_N
     uniform = resample_values(lambda z: z.mean(-1), (zv,), **kw) if enough else np.empty(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from gain_curate.cli.options import (
     parse_sigma,
 )
 from gain_curate.cli.views import print_plan
+from gain_curate.curriculum.fit import resolved_line
+from gain_curate.curriculum.params import ScheduleParams
 
 
 @main.command()
@@ -31,10 +34,10 @@ from gain_curate.cli.views import print_plan
 )
 @click.option(
     "--sigma",
-    default="1000",
-    show_default=True,
-    callback=parse_sigma,
-    help="Width of the Gaussian: rank positions, or a fraction of N such as 0.05N.",
+    default=None,
+    callback=lambda ctx, param, v: (None, None) if v is None else parse_sigma(ctx, param, v),
+    help="Width of the Gaussian: rank positions, or a fraction of N such as 0.05N "
+    "[default: 1000 x N / 7,473, the paper's 1000 at GSM8K's 7,473 prompts; paper mode: 1000].",
 )
 @click.option(
     "--mu0", type=float, default=0.0, show_default=True, help="Starting rank position of the mean."
@@ -42,10 +45,9 @@ from gain_curate.cli.views import print_plan
 @click.option(
     "--n",
     "n_step",
-    type=float,
-    default=500.0,
-    show_default=True,
-    help="Step scale n of the update.",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Step scale n of the update [default: 500 x N / 7,473; paper mode: 500].",
 )
 @click.option("--alpha", type=float, default=2.0, show_default=True)
 @click.option(
@@ -59,7 +61,10 @@ from gain_curate.cli.views import print_plan
     "--adj-min", type=float, default=0.0, show_default=True, help="Smallest step of mu per epoch."
 )
 @click.option(
-    "--adj-max", type=float, default=1000.0, show_default=True, help="Largest step of mu per epoch."
+    "--adj-max",
+    type=float,
+    default=None,
+    help="Largest step of mu per epoch [default: 1000 x N / 7,473; paper mode: 1000].",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -144,10 +149,12 @@ def schedule(out: Path, **kw: Any) -> None:
     except ValueError as e:  # a bad rank_by or parameter; GainCurateError: _Command
         raise click.ClickException(as_flags(str(e), main)) from None
     rows = [r.to_json() for r in res.rows]
+    given = ScheduleParams.given(params)
     if kw["as_json"]:
         click.echo(
             json.dumps(
                 {
+                    "params": asdict(given.resolved(res.n_prompts)),
                     "plan": None if res.plan_path is None else str(res.plan_path),
                     "plot": None if plot_path is None else str(plot_path),
                     "end_of_ranking": res.end,
@@ -159,6 +166,9 @@ def schedule(out: Path, **kw: Any) -> None:
             )
         )
         return
+    for line in res.warnings:  # before the table, which scrolls them away
+        click.echo(f"warning: {line}", err=True)
+    click.echo(resolved_line(given, res.n_prompts))
     print_plan(rows, res.n_prompts)
     click.echo(res.end)
     click.echo(
@@ -168,8 +178,6 @@ def schedule(out: Path, **kw: Any) -> None:
     if plot_path is not None:
         click.echo(f"picture: {plot_path}")
     click.echo(f"plan: {res.plan_path}" if res.plan_path else "plan: none written (--simulate)")
-    for line in res.warnings:
-        click.echo(f"warning: {line}", err=True)
 
 
 @main.command()
@@ -177,18 +185,41 @@ def schedule(out: Path, **kw: Any) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["verl", "openrlhf"]),
+    type=click.Choice(["verl", "openrlhf", "subset"]),
     required=True,
-    help="Trainer to export for.",
+    help="verl / openrlhf: the plan in that trainer's format; subset: the run's rows, "
+    "filtered (--top, --pass-band, --drop-*), as verl-schema train and val shards.",
 )
 @click.option(
     "--epoch", type=click.IntRange(min=0), help="openrlhf: the epoch of the plan to export."
 )
 @options.rank_by_option
-def export(out: Path, fmt: str, epoch: int | None, rank_by: str | None) -> None:
+@click.option(
+    "--top", type=float, help="subset: keep the top FRACTION (0-1] of the --rank-by order."
+)
+@click.option(
+    "--pass-band",
+    help="subset: keep rows whose gain_pred_pass (`gain-curate predict`) is in LO:HI, "
+    "e.g. 0.1:0.9.",
+)
+@click.option("--drop-unscored", is_flag=True, help="subset: drop rows with no gain_score.")
+@click.option(
+    "--drop-duplicates",
+    is_flag=True,
+    help="subset: drop a prompt seen before in rank order (the first stays).",
+)
+@click.option(
+    "--val-fraction", type=float, help="subset: hold out this fraction (0-1) as val shards."
+)
+@click.option("--val-size", type=int, help="subset: hold out this many rows as val shards.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="subset: the held-out split's seed."
+)
+def export(out: Path, fmt: str, epoch: int | None, rank_by: str | None, **sub: Any) -> None:
     """Export the plan (`gain-curate schedule`) as files a trainer reads with no gain-curate
     code: verl gets every epoch back to back in plan order, OpenRLHF one epoch per file.
     The plan's order is the one `schedule --rank-by` drew over; --rank-by here checks it.
+    --format subset writes the run's own rows, curated, as verl train/val shards instead.
 
     \b
     Examples:
@@ -198,7 +229,18 @@ def export(out: Path, fmt: str, epoch: int | None, rank_by: str | None) -> None:
       gain-curate export runs/gsm8k --format openrlhf --epoch 0
       # OpenRLHF: --data.prompt_dataset runs/gsm8k/export/openrlhf/epoch-00000.jsonl
       #           --data.input_key prompt --data.apply_chat_template --data.label_key label
+      gain-curate export runs/gsm8k --format subset --drop-unscored --drop-duplicates \
+          --pass-band 0.1:0.9 --top 0.5 --val-size 500
+      # verl: 'data.train_files=[.../export/subset/train-00000-of-00001.parquet]'
+      #       'data.val_files=[.../export/subset/val-00000-of-00001.parquet]'
     """
+    if fmt == "subset":
+        export_subset_cmd(out, rank_by, sub)
+        return
+    given = [k for k, v in sub.items() if k != "seed" and v not in (None, False)]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise click.BadParameter(f"{flag} applies to --format subset", param_hint=flag)
     if fmt == "verl":
         from gain_curate.curriculum.export import export_verl
 
@@ -215,3 +257,32 @@ def export(out: Path, fmt: str, epoch: int | None, rank_by: str | None) -> None:
     path, got = export_epoch(out, epoch, rank_by)
     click.echo(f"{fmt} epoch {epoch} ({got.rows} prompts): {path}")
     click.echo(f"OpenRLHF: {got.flags}")
+
+
+def export_subset_cmd(out: Path, rank_by: str | None, sub: dict[str, Any]) -> None:
+    """`export --format subset`: the curated rows as train/val shards, what each filter
+    dropped, and the verl flags that read them."""
+    from gain_curate.curriculum.subset import SubsetSpec, export_subset, parse_band
+
+    try:
+        band = None if sub["pass_band"] is None else parse_band(sub["pass_band"])
+        spec = SubsetSpec(
+            top=sub["top"],
+            pass_band=band,
+            drop_unscored=sub["drop_unscored"],
+            drop_duplicates=sub["drop_duplicates"],
+            val_fraction=sub["val_fraction"],
+            val_size=sub["val_size"],
+            seed=sub["seed"],
+        )
+        res = export_subset(out, spec, rank_by)
+    except ValueError as e:  # a bad value; GainCurateError: _Command
+        raise click.ClickException(as_flags(str(e), main)) from None
+    n_train, n_val = sum(s.rows for s in res.train), sum(s.rows for s in res.val)
+    click.echo(f"subset of {out} in {res.rank_by} order: {res.n_rows:,} rows")
+    for name, n in res.dropped.items():
+        click.echo(f"  {name}: dropped {n:,}")
+    click.echo(
+        f"kept {n_train + n_val:,}: train {n_train:,}, val {n_val:,} in {out / 'export' / 'subset'}"
+    )
+    click.echo(f"verl: {res.flags}")

@@ -12,7 +12,9 @@ FAST_PASS_STEPS = 5  # a new pass of the whole ranking this often: it cycles, no
 
 
 def fit_warnings(n: int, params: Any, sigma: float, history: list[EpochRecord]) -> list[str]:
-    """One line per parameter that does not fit a run of n prompts, with what would."""
+    """One line per parameter that does not fit a run of n prompts, with what would;
+    `params` as given or resolved (the numbers named are the resolved ones)."""
+    params = params.resolved(n) if hasattr(params, "resolved") else params
     out = []
     if sigma >= n / 2:
         out.append(
@@ -38,7 +40,8 @@ def fit_warnings(n: int, params: Any, sigma: float, history: list[EpochRecord]) 
 
 
 def title_params(params: Any, sigma: float, n: int) -> str:
-    """Every schedule parameter that differs from its default, for the plot's title."""
+    """Every schedule parameter given that differs from its default, for the plot's title
+    (`params` as given: a scaled sigma, n, adj_max is not named)."""
     from dataclasses import fields
 
     from gain_curate.curriculum.schedule import ScheduleParams
@@ -47,6 +50,26 @@ def title_params(params: Any, sigma: float, n: int) -> str:
     parts = [
         f"{f.name}={getattr(params, f.name):g}"
         for f in fields(ScheduleParams)
-        if f.name not in skip and getattr(params, f.name) != f.default
+        if f.name not in skip and getattr(params, f.name) not in (None, f.default)
     ]
     return ", ".join(parts)
+
+
+def resolved_line(given: Any, n_prompts: int) -> str:
+    """One line naming the numbers a schedule given `given` draws with over n_prompts (what
+    the manifest records), and which of them were scaled to the run's N."""
+    from gain_curate.curriculum.params import PAPER_N_PROMPTS
+
+    p = given.resolved(n_prompts)
+    sigma = f"{p.sigma:g}" + (f" ({p.sigma_fraction:g}N)" if p.sigma_fraction is not None else "")
+    line = (
+        f"schedule: B {p.batch_size}, sigma {sigma}, n {p.n:g}, adj [{p.adj_min:g}, "
+        f"{p.adj_max:g}], alpha {p.alpha:g}, beta {p.beta:g}, mu0 {p.mu0:g}, seed {p.seed}"
+    )
+    scaled = given.scaled()
+    if scaled:
+        line += (
+            f"; {', '.join(scaled)} scaled to the run: the paper's value x {n_prompts:,} / "
+            f"{PAPER_N_PROMPTS:,} prompts"
+        )
+    return line

@@ -99,7 +99,7 @@ class GainSchedule:
         if params.batch_size > n_prompts:
             raise ValueError(f"batch_size {params.batch_size} exceeds the {n_prompts} prompts")
         self.n_prompts = n_prompts
-        self.params = params
+        self.params = params.resolved(n_prompts)  # sigma, n, adj_max not given: scaled to N
         self.uids = list(uids) if uids is not None else None
         self._rank_of = {u: r for r, u in enumerate(self.uids)} if self.uids is not None else {}
         s = np.asarray(scores if scores is not None else np.full(n_prompts, np.nan), np.float64)
@@ -129,7 +129,10 @@ class GainSchedule:
     @property
     def sigma(self) -> float:
         p = self.params
-        return p.sigma_fraction * self.n_prompts if p.sigma_fraction is not None else p.sigma
+        if p.sigma_fraction is not None:
+            return p.sigma_fraction * self.n_prompts
+        assert p.sigma is not None  # resolved in __init__
+        return p.sigma
 
     def probabilities(self) -> np.ndarray:
         """p(r) over rank positions for the current mu (sums to 1): what one draw follows."""
@@ -269,7 +272,7 @@ class GainSchedule:
         known = {f.name for f in fields(ScheduleParams)}
         self.params = replace(
             self.params, **{k: v for k, v in state["params"].items() if k in known}
-        )
+        ).resolved(self.n_prompts)  # states 1-3 hold explicit numbers: the same draws
         self.mu, self.epoch, self.consumed = (
             float(state["mu"]),
             int(state["epoch"]),
