@@ -195,7 +195,10 @@ def schedule(out: Path, **kw: Any) -> None:
 )
 @options.rank_by_option
 @click.option(
-    "--top", type=float, help="subset: keep the top FRACTION (0-1] of the --rank-by order."
+    "--top",
+    type=float,
+    help="subset: keep the top FRACTION (0-1] of the rows the other filters kept, in "
+    "--rank-by order.",
 )
 @click.option(
     "--pass-band",
@@ -229,8 +232,7 @@ def export(out: Path, fmt: str, epoch: int | None, rank_by: str | None, **sub: A
       gain-curate export runs/gsm8k --format openrlhf --epoch 0
       # OpenRLHF: --data.prompt_dataset runs/gsm8k/export/openrlhf/epoch-00000.jsonl
       #           --data.input_key prompt --data.apply_chat_template --data.label_key label
-      gain-curate export runs/gsm8k --format subset --drop-unscored --drop-duplicates \
-          --pass-band 0.1:0.9 --top 0.5 --val-size 500
+      gain-curate export runs/gsm8k --format subset --drop-duplicates --top 0.5 --val-size 500
       # verl: 'data.train_files=[.../export/subset/train-00000-of-00001.parquet]'
       #       'data.val_files=[.../export/subset/val-00000-of-00001.parquet]'
     """
