@@ -127,6 +127,12 @@ def plan_run(
 def curriculum(run: Run, params_kw: dict[str, Any], rank_by: str) -> Curriculum:
     """The schedule over the run's `rank_by` order; `params_kw`: ScheduleParams' fields by
     name, plus `paper` (the reference's rule)."""
+    if rank_by == "learnability-online":
+        raise ValueError(
+            "rank_by learnability-online refits its probe from the trainer's rewards, which an "
+            "open-loop plan never hears: use it in a trainer adapter (TRL `gain_params`, verl "
+            "`+data.gain.rank_by`), or simulate it against known pass rates with `pass_rates`"
+        )
     uids, scores = run.ranking()
     order = read_order(run, rank_by)  # gain_rank at each position of the chosen order
     kw = dict(params_kw)
@@ -138,6 +144,7 @@ def curriculum(run: Run, params_kw: dict[str, Any], rank_by: str) -> Curriculum:
     paper = bool(kw.pop("paper", False))
     params = ScheduleParams.paper(**kw) if paper else ScheduleParams(**kw)
     sched = GainSchedule(len(uids), params, uids=[uids[r] for r in order], scores=scores[order])
+    sched.uniform = rank_by == "uniform"  # no curriculum: every draw uniform
     return Curriculum(sched, order, uids, params, paper, rank_by)
 
 

@@ -3,8 +3,11 @@ schedule parameters from a trainer's config.
 
 `rank_by` (verl `+data.gain.rank_by=learnability`, TRL `gain_params={"rank_by": ...}`):
 the order the schedule draws over, `angle` (default: extra_info.gain_rank), `learnability`
-(the gain_learn_rank column `gain-curate predict` adds) or `length` (gain_tokens_question,
-shortest first); rank_by.order_by decides, the same function `gain-curate schedule` uses."""
+(the gain_learn_rank column `gain-curate predict` adds), `length` (gain_tokens_question,
+shortest first), `uniform` (no curriculum) or `learnability-online` (over the angle order,
+then by the pass rates a probe refit from the trainer's rewards predicts: `states`, the
+run folder, and the keys of curriculum.learning.LearningParams); rank_by.order_by decides,
+the same function `gain-curate schedule` uses."""
 
 from __future__ import annotations
 

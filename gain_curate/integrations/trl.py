@@ -122,7 +122,10 @@ class GainGRPOTrainer(GainCheckpoints, GRPOTrainer):
     """GRPOTrainer whose train sampler follows the GAIN-RL schedule; `gain_params` takes the
     schedule's parameters by name (sigma as a number or '0.05N', mu0, n, alpha, beta,
     adj_min, adj_max, seed, angle, at_end, mode="paper"), `rank_by` for the order it draws
-    over ("angle", the default; "learnability" after `gain-curate predict`; "length"),
+    over ("angle", the default; "learnability" after `gain-curate predict`; "length";
+    "uniform"; "learnability-online" with `states`, the run folder scored with
+    `--keep-states`: the pass-rate probe refit from these rewards, gain_curate.curriculum
+    .learning, with `probe`, `refit_every`, `half_life`, `target`, `width`, `min_groups`),
     `layer` / `inter_weight` for the online angle measurement (defaults: the last layer and
     1, as `score`'s defaults; use the values the shards were scored with), and
     `correct_reward` / `correct_threshold` for what counts as correct (default: the first

@@ -53,6 +53,7 @@ def run(tiny_qwen2_dir: Path, tmp_path_factory) -> Path:
         out=tmp / "run",
         device="cpu",
         data_source="openai/gsm8k",  # verl's default reward scores it (GSM8K's #### answer)
+        keep_states=True,  # the online learnability mode reads them (the shards are the same)
     )
     run_score(cfg)
     return tmp / "run"
@@ -141,6 +142,60 @@ def test_schedule_state_travels_in_verls_dataloader_checkpoint(run: Path, qwen_t
     l2.load_state_dict(state)
     got = [e["gain_uid"] for e in next(iter(l2))["extra_info"]]
     assert ds2.schedule.mu == ds1.schedule.mu > 0 and got == want
+
+
+def test_online_learnability_draws_resume_through_verls_dataloader_checkpoint(
+    run: Path, qwen_tokenizer, tmp_path: Path
+) -> None:
+    """+data.gain.rank_by=learnability-online: after min_groups results the refit probe
+    serves; the dataloader state verl's V1 checkpoint saves (torch.save of data.pt) holds the
+    probe, so a resumed run draws what an uninterrupted one draws."""
+    import torch
+
+    flags = [
+        "+data.gain.rank_by=learnability-online",
+        f"+data.gain.states={run}",
+        f"+data.gain.min_groups={B}",
+    ]
+    cfg = main_ppo_config(*our_flags(run, *flags))
+
+    def loader():
+        ds = create_rl_dataset(cfg.data.train_files, cfg.data, qwen_tokenizer, None)
+        return ds, StatefulDataLoader(
+            ds,
+            batch_size=B,
+            num_workers=0,
+            drop_last=True,
+            collate_fn=collate_fn,
+            sampler=create_rl_sampler(cfg.data, ds),
+        )
+
+    def right(uid: str) -> float:
+        return float(int(uid[:2], 16) % 3 != 0)
+
+    def steps(ds, it, k: int) -> list[list[str]]:
+        out = []
+        for _ in range(k):
+            uids = [e["gain_uid"] for e in next(it)["extra_info"]]
+            out.append(uids)
+            metrics = ds._f.results(uids, [right(u) for u in uids])
+        assert "gain/zero_var" in metrics and metrics["gain/refits"] >= 1
+        return out
+
+    ds, l0 = loader()
+    assert type(ds._f.schedule).__name__ == "LearnabilitySchedule"
+    straight = steps(ds, iter(l0), 4)
+    assert ds._f.schedule.learning_serves
+
+    ds1, l1 = loader()
+    it = iter(l1)
+    first = steps(ds1, it, 2)
+    torch.save(l1.state_dict(), tmp_path / "data.pt")
+    ds2, l2 = loader()
+    l2.load_state_dict(torch.load(tmp_path / "data.pt", weights_only=False))
+    second = steps(ds2, iter(l2), 2)
+    assert first + second == straight
+    assert np.array_equal(ds2._f.schedule.predicted(), ds._f.schedule.predicted())
 
 
 def test_exported_plan_iterates_in_plan_order_through_verls_builders(
