@@ -156,10 +156,8 @@ rank_by_option = click.option(
     "--rank-by",
     type=click.Choice(["angle", "learnability", "length", "learnability-online", "uniform"]),
     default=None,
-    help="The order the curriculum draws over: angle (gain_rank, the default), learnability "
-    "(gain_learn_rank, after `gain-curate predict`), length (shortest question first), "
-    "uniform (no curriculum), learnability-online (refit from the trainer's rewards: a "
-    "trainer adapter's mode; `schedule --simulate --pass-rates FILE` simulates it).",
+    help="The order drawn over: angle (the default), learnability (after `predict`), length, "
+    "uniform, learnability-online (trainers; simulated with --simulate --pass-rates FILE).",
 )
 device_option = click.option(
     "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."
