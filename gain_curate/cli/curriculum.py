@@ -11,6 +11,7 @@ import click
 
 import gain_curate.cli.options as options
 from gain_curate.cli.app import main
+from gain_curate.cli.closed_loop import closed_loop_options, run_closed_loop
 from gain_curate.cli.flags import as_flags
 from gain_curate.cli.options import (
     parse_accuracy,
@@ -99,6 +100,7 @@ from gain_curate.curriculum.params import ScheduleParams
     help="PNG of mu and the draws per epoch [--simulate: OUT/schedule/simulation.png].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the per-epoch summary as JSON.")
+@closed_loop_options
 def schedule(out: Path, **kw: Any) -> None:
     """Plan the GAIN-RL curriculum for a scored run: OUT/schedule/plan.parquet, and a table
     of where mu and the draws go for the accuracy you expect.
@@ -135,6 +137,8 @@ def schedule(out: Path, **kw: Any) -> None:
         params["paper"] = True
     else:
         params["at_end"] = kw["at_end"] or "restart"
+    if kw["pass_rates"] is not None:  # every ranking against known pass rates
+        return run_closed_loop(out, params, kw)
     plot_path = kw["plot_path"] or (out / "schedule" / "simulation.png" if kw["simulate"] else None)
     try:
         res = plan_run(
