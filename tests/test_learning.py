@@ -236,3 +236,34 @@ def test_closed_loop_serves_each_ranking_against_known_pass_rates() -> None:
     assert none[3].share is None and "keep_states" in none[3].line(50)
     with pytest.raises(ValueError, match="at least 16"):
         make_loop(np.full(10, 0.5), ids[:10], 4)
+
+
+def test_validates_probe_starts_the_online_probe_with_the_same_predictions(tmp_path) -> None:
+    """A probe as `validate` saves it (ridge on standardised states), read by states.py and
+    rewritten into the online probe's coordinates: the same predictions at step 0."""
+    from gain_curate.checks.probe import fit_probe
+    from gain_curate.curriculum.states import load_start_probe, load_states
+    from gain_curate.errors import InputError
+    from gain_curate.runfolder.store import write_npz_atomic
+
+    policy = Policy(2)
+    x = policy.x[:300]
+    fit = fit_probe(x.astype(np.float64), policy.truth(0)[:300], meta={"features": "prompt_end@L3"})
+    path = fit.save(tmp_path / "learnability.npz")
+    states = tmp_path / "run"
+    ids = uids()[:300]
+    write_npz_atomic(states / "states.npz", {"gain_uid": np.array(ids), "prompt_end@L3": x})
+    got, name = load_states(states, ids[::-1] + ["not-in-the-file"])
+    assert name == "prompt_end@L3" and got.shape == (301, D)
+    assert np.array_equal(got[0], x[-1])  # by gain_uid, not by position
+    start = load_start_probe(path, name)
+    probe = OnlineProbe(x, half_life=10.0, start=start)
+    assert np.allclose(probe.predicted, fit.predict(x.astype(np.float64)), atol=1e-4)
+    with pytest.raises(InputError, match="reads prompt_end@L3, the online probe reads last_token"):
+        load_start_probe(path, "last_token")
+    with pytest.raises(InputError, match="no states.npz there"):
+        load_states(tmp_path / "nowhere", ids)
+    with pytest.raises(InputError, match="none of the trainer's prompts"):
+        load_states(states, ["a", "b"])
+    with pytest.raises(InputError, match="`feature` 'question_mean' is not in the states"):
+        load_states(states, ids, "question_mean")
