@@ -17,8 +17,9 @@ Target: < 50 ms per step at N = 1,000,000, B = 1,024.
 gain_curate.curriculum.learning) over random float16 states of N prompts x `--dim` values
 (576: SmolLM2-135M's hidden size; 896: Qwen2.5-0.5B's), written to and read back from a
 states.npz the way `score --keep-states` writes it: the file's size, the schedule's resident
-memory for the states, a step without its refit (B draws one at a time, observe, end the
-epoch, the step's groups added to the probe), and a refit (the d x d solve and re-predicting
+memory for the states, the B draws of a step (one at a time), the whole step without its
+refit (the draws, observe, end the epoch: the step's groups added to the probe, O(B d^2)),
+and a refit (the d x d solve and re-predicting
 all N prompts). Targets: a refit under 1 s, a step under 50 ms.
 """
 
@@ -70,6 +71,8 @@ def online(n: int, b: int, dim: int, steps: int) -> str:
     import tempfile
     from pathlib import Path
 
+    import torch
+
     from gain_curate.curriculum.learning import LearnabilitySchedule, LearningParams
     from gain_curate.curriculum.states import load_states
     from gain_curate.runfolder.store import write_npz_atomic
@@ -88,10 +91,11 @@ def online(n: int, b: int, dim: int, steps: int) -> str:
         load = time.perf_counter() - t0
     lp = LearningParams(min_groups=0, refit_every=10**9)  # refits timed apart from steps
     s = LearnabilitySchedule(n, ScheduleParams(batch_size=b), uids=uids, states=x, learning=lp)
-    step_times, refit_times = [], []
+    step_times, draw_times, refit_times = [], [], []
     for _ in range(steps):
         t0 = time.perf_counter()
         drawn = [int(s.take(1)[0]) for _ in range(b)]
+        draw_times.append(time.perf_counter() - t0)
         got = rng.binomial(4, truth[drawn]) / 4
         s.observe([uids[r] for r in drawn], got)
         s.end_epoch()
@@ -101,11 +105,14 @@ def online(n: int, b: int, dim: int, steps: int) -> str:
         s._set_weights()
         refit_times.append(time.perf_counter() - t0)
     step, refit = statistics.median(step_times), statistics.median(refit_times)
+    draws = statistics.median(draw_times)
     return (
-        f"| {date.today().isoformat()} | {cpu_label(1)} | online learnability, N = {n:,}, "
-        f"B = {b:,}, d = {dim} float16 | states.npz {disk / 2**30:.2f} GiB on disk, "
-        f"{x.nbytes / 2**30:.2f} GiB in memory (read in {load:.1f} s) | step {step * 1e3:.1f} ms "
-        f"(median of {steps}, max {max(step_times) * 1e3:.1f}) | refit {refit * 1e3:.0f} ms "
+        f"| {date.today().isoformat()} | {cpu_label(torch.get_num_threads())} | online "
+        f"learnability, N = {n:,}, B = {b:,}, d = {dim} float16 | states.npz "
+        f"{disk / 2**30:.2f} GiB on disk, {x.nbytes / 2**30:.2f} GiB in memory (read in "
+        f"{load:.1f} s) | draws {draws * 1e3:.1f} ms, "
+        f"whole step {step * 1e3:.1f} ms (medians of {steps}; max {max(step_times) * 1e3:.1f}: "
+        f"draws, observe, the step's groups into the probe) | refit {refit * 1e3:.0f} ms "
         f"(median of {steps}, max {max(refit_times) * 1e3:.0f}; penalty {s.probe.alpha:g}) |"
     )
 

@@ -179,7 +179,7 @@ def test_the_probe_recovers_a_fixed_linear_truth_and_starts_from_the_start_probe
     start = static_start(policy)
     fresh = OnlineProbe(policy.x, half_life=10.0, start=start)
     want = policy.x.astype(np.float64) @ start.weight + start.bias
-    assert np.allclose(fresh.predicted, want, atol=1e-3)
+    assert np.allclose(fresh.predicted, want, atol=2e-3)
 
 
 def test_bad_learning_params_name_the_setting() -> None:
@@ -258,7 +258,7 @@ def test_validates_probe_starts_the_online_probe_with_the_same_predictions(tmp_p
     assert np.array_equal(got[0], x[-1])  # by gain_uid, not by position
     start = load_start_probe(path, name)
     probe = OnlineProbe(x, half_life=10.0, start=start)
-    assert np.allclose(probe.predicted, fit.predict(x.astype(np.float64)), atol=1e-4)
+    assert np.allclose(probe.predicted, fit.predict(x.astype(np.float64)), atol=2e-3)
     with pytest.raises(InputError, match="reads prompt_end@L3, the online probe reads last_token"):
         load_start_probe(path, "last_token")
     with pytest.raises(InputError, match="no states.npz there"):

@@ -166,12 +166,16 @@ class OnlineProbe:
 
     def _predict_all(self) -> np.ndarray:
         """(N,) float32 predicted pass rates, not clipped, read in float32 blocks."""
-        weight = torch.from_numpy((self.coef / self.scale).astype(np.float32))
-        bias = np.float32(self.intercept - self.mean @ (self.coef / self.scale))
+        weight = self.coef / self.scale
+        bias = np.float32(self.intercept - self.mean @ weight)
         x = torch.from_numpy(np.ascontiguousarray(self.states))
-        out = torch.empty(len(x), dtype=torch.float32)
-        for lo in range(0, len(x), CHUNK):  # torch converts float16 blocks fast; numpy does not
-            out[lo : lo + CHUNK] = x[lo : lo + CHUNK].float() @ weight
+        if x.dtype == torch.float16:
+            # float16 x float16 with float32 accumulation: 15 ms per 200,000 x 576 here, 20x
+            # the float32 conversion; only the result's rounding (4e-4 near 1) is lost
+            m = float(np.abs(weight).max()) or 1.0  # |w| / m <= 1: no float16 underflow
+            out = (x @ torch.from_numpy((weight / m).astype(np.float16))).float() * m
+        else:
+            out = x.float() @ torch.from_numpy(weight.astype(np.float32))
         return out.numpy() + bias
 
     def state(self) -> ProbeState:
