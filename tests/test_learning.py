@@ -84,10 +84,8 @@ def test_online_tracks_the_drifting_truth_and_serves_fewer_zero_variance_groups(
     static.probe.refit = lambda: None  # never refit: the ranking fixed before training
     shares_static = run(static, Policy())
 
-    uniform = GainSchedule(N, ScheduleParams(batch_size=B, at_end="uniform", mu0=N))
-    uniform.uniform = True
-    uniform.uids = uids()
-    uniform._rank_of = {u: i for i, u in enumerate(uniform.uids)}
+    uniform = GainSchedule(N, params(), uids=uids())
+    uniform.uniform = True  # what rank_by "uniform" builds
     shares_uniform = run(uniform, Policy())
 
     now = policy.truth(STEPS - 1)
